@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: BSL-1.0
+// Shared pieces of the parallax benchmarks: timing that takes the slowest
+// rank, median and spread over repeats, a tiny argument reader, and JSON rows.
+#pragma once
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace bench {
+
+/// Seconds of one call of f, as the slowest rank saw it. Ranks start together.
+inline double timed(const boost::mpi::communicator& comm, const std::function<void()>& f) {
+  comm.barrier();
+  const double t0 = MPI_Wtime();
+  f();
+  const double mine = MPI_Wtime() - t0;
+  double slowest = 0;
+  boost::mpi::all_reduce(comm, mine, slowest, boost::mpi::maximum<double>());
+  return slowest;
+}
+
+struct stats {
+  double median = 0, min = 0, max = 0;
+};
+
+inline stats summarize(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const auto n = v.size();
+  return {n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]), v.front(), v.back()};
+}
+
+/// --name value and --flag arguments.
+class args {
+ public:
+  args(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument " + a);
+      if (i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0) values_[a.substr(2)] = argv[++i];
+      else values_[a.substr(2)] = "";
+    }
+  }
+  std::string get(const std::string& name, const std::string& fallback) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+  }
+  long get(const std::string& name, long fallback) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : std::stol(it->second);
+  }
+  bool has(const std::string& name) const { return values_.count(name) > 0; }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+/// One JSON object of flat fields; values are numbers or strings.
+class row {
+ public:
+  row& set(const std::string& key, double value) {
+    std::ostringstream s;
+    s << std::setprecision(9) << value;
+    fields_.emplace_back(key, s.str());
+    return *this;
+  }
+  row& set(const std::string& key, const std::string& value) {
+    std::string quoted = "\"";
+    for (char c : value) {
+      if (c == '"' || c == '\\') quoted += '\\';
+      quoted += c;
+    }
+    fields_.emplace_back(key, quoted + "\"");
+    return *this;
+  }
+  row& set(const std::string& key, const char* value) { return set(key, std::string(value)); }
+  std::string str() const {
+    std::string s = "{";
+    for (std::size_t i = 0; i < fields_.size(); ++i)
+      s += (i ? ", " : "") + ("\"" + fields_[i].first + "\": ") + fields_[i].second;
+    return s + "}";
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::string>> fields_;
+};
+
+/// Writes {"benchmark": name, "rows": [...]} to path (rank 0 calls it).
+inline void write_json(const std::string& path, const std::string& name, const std::vector<row>& rows,
+                       const row& meta = row()) {
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error("cannot write " + path);
+  out << "{\n  \"benchmark\": \"" << name << "\",\n  \"meta\": " << meta.str() << ",\n  \"rows\": [\n";
+  for (std::size_t i = 0; i < rows.size(); ++i) out << "    " << rows[i].str() << (i + 1 < rows.size() ? ",\n" : "\n");
+  out << "  ]\n}\n";
+}
+
+/// "64 KiB", "16 MiB".
+inline std::string bytes_text(std::size_t b) {
+  if (b >= (1u << 20) && b % (1u << 20) == 0) return std::to_string(b >> 20) + " MiB";
+  if (b >= (1u << 10) && b % (1u << 10) == 0) return std::to_string(b >> 10) + " KiB";
+  return std::to_string(b) + " B";
+}
+
+}  // namespace bench
