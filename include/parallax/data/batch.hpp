@@ -1,0 +1,84 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Batch<X, Y>: inputs and targets of some samples, the batch type of
+/// Sequential and of TensorDataset; and TensorDataset, an in-memory dataset
+/// of two tensors whose leading extent is the sample.
+
+#include <parallax/core/error.hpp>
+#include <parallax/detail/xtensor.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <span>
+#include <string>
+#include <utility>
+
+namespace parallax::data {
+
+/// Inputs and targets of `size()` samples; the leading extent of both is the
+/// sample.
+template <class X, class Y>
+struct Batch {
+  using input_type = X;
+  using target_type = Y;
+  X inputs;
+  Y targets;
+  std::size_t size() const { return inputs.dimension() == 0 ? 0 : inputs.shape()[0]; }
+};
+
+/// Copies rows `indices` of `source` (leading extent = sample) into `out`,
+/// resizing it to [indices.size(), ...] (no allocation when already that shape).
+template <class E>
+void gather_rows(const E& source, std::span<const std::size_t> indices, E& out) {
+  auto shape = source.shape();
+  const std::size_t n = source.dimension() == 0 ? 0 : shape[0];
+  const std::size_t row = n == 0 ? 0 : source.size() / n;
+  shape[0] = indices.size();
+  if (!std::equal(out.shape().begin(), out.shape().end(), shape.begin(), shape.end())) out.resize(shape);
+  auto* dst = out.data();
+  for (std::size_t i = 0; i < indices.size(); ++i) {
+    PARALLAX_CHECK(indices[i] < n, "gather_rows(): index " + std::to_string(indices[i]) + " is past the " +
+                                       std::to_string(n) + " samples");
+    std::copy_n(source.data() + indices[i] * row, row, dst + i * row);
+  }
+}
+
+/// An in-memory dataset of inputs [n, ...] and targets [n, ...]; meets the
+/// Dataset concept for Batch<X, Y>.
+template <class X, class Y>
+class TensorDataset {
+ public:
+  using batch_type = Batch<X, Y>;
+
+  TensorDataset() = default;
+  TensorDataset(X inputs, Y targets) : inputs_(std::move(inputs)), targets_(std::move(targets)) {
+    PARALLAX_CHECK(inputs_.dimension() >= 1 && targets_.dimension() >= 1,
+                   "TensorDataset: inputs and targets need a leading sample dimension");
+    PARALLAX_CHECK(inputs_.shape()[0] == targets_.shape()[0],
+                   "TensorDataset: " + std::to_string(inputs_.shape()[0]) + " inputs but " +
+                       std::to_string(targets_.shape()[0]) + " targets");
+  }
+
+  std::size_t size() const { return inputs_.dimension() == 0 ? 0 : inputs_.shape()[0]; }
+
+  batch_type batch(std::span<const std::size_t> indices) const {
+    batch_type b;
+    batch_into(indices, b);
+    return b;
+  }
+  /// As batch(), reusing b's buffers.
+  void batch_into(std::span<const std::size_t> indices, batch_type& b) const {
+    gather_rows(inputs_, indices, b.inputs);
+    gather_rows(targets_, indices, b.targets);
+  }
+
+  const X& inputs() const { return inputs_; }
+  const Y& targets() const { return targets_; }
+
+ private:
+  X inputs_;
+  Y targets_;
+};
+
+}  // namespace parallax::data
