@@ -246,6 +246,19 @@ class Bucketer {
   auto begin() { return buckets_.begin(); }
   auto end() { return buckets_.end(); }
 
+  /// The part of the buckets' storage that holds tensor i (the buckets are
+  /// one contiguous run, so a tensor's elements are contiguous there too).
+  std::span<T> segment(std::size_t i) {
+    return std::span<T>(storage_).subspan(offsets_[i], offsets_[i + 1] - offsets_[i]);
+  }
+  /// All buckets as one span.
+  std::span<T> storage() { return storage_; }
+
+  /// Calls f(tensor_part, bucket_part, n) for each piece of bucket k: the
+  /// general form of pack and unpack (e.g. to scale or accumulate in the pass).
+  template <class Range, class F>
+  void visit(std::size_t k, Range& tensors, F f);
+
   /// Copies the part of `tensors` that belongs in bucket k into it.
   template <class Range>
   void pack(std::size_t k, const Range& tensors);
@@ -800,6 +813,12 @@ void Bucketer<T>::for_each_piece(std::size_t k, Range& tensors, Copy copy) const
                        " elements, the plan has " + std::to_string(offsets_[i + 1] - offsets_[i]));
     copy(it->data() + (from - offsets_[i]), buckets_[k].data() + (from - lo), to - from);
   }
+}
+
+template <MpiArithmetic T>
+template <class Range, class F>
+void Bucketer<T>::visit(std::size_t k, Range& tensors, F f) {
+  for_each_piece(k, tensors, f);
 }
 
 template <MpiArithmetic T>

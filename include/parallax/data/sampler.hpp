@@ -1,0 +1,180 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// DistributedSampler: which samples each rank takes at each step of an
+/// epoch. Every rank computes the same plan from the same (seed, epoch), so no
+/// communication is needed and every rank runs the same number of steps.
+
+#include <parallax/core/error.hpp>
+#include <parallax/detail/random.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace parallax::data {
+
+/// What happens to the samples that do not fill a last global batch.
+enum class tail_policy {
+  pad,   ///< fill the last batch by wrapping around to the epoch's first samples: every sample is seen
+  drop,  ///< leave them out: every step is a distinct full batch
+};
+
+struct sampler_options {
+  std::uint64_t seed = 0;
+  bool shuffle = true;  ///< a new permutation every epoch, from (seed, epoch)
+  tail_policy tail = tail_policy::pad;
+  /// Relative share of each rank in a global batch (heterogeneous ranks: a
+  /// rank of weight 2 takes twice the samples of a rank of weight 1). Empty:
+  /// all equal. Shares are rounded by largest remainder so they sum to the
+  /// global batch; every rank must get at least one sample.
+  std::vector<double> weights{};
+  /// Draw the epoch's samples with replacement (bootstrap) instead of a
+  /// permutation; used by Ensemble replicas.
+  bool bootstrap = false;
+};
+
+/// Splits each global batch of an epoch between ranks.
+/// @code
+///   parallax::data::DistributedSampler sampler(train.size(), 128, comm.size(), comm.rank(), {.seed = 7});
+///   for (std::size_t s = 0; s < sampler.steps_per_epoch(); ++s)
+///     trainer.train_step(train.batch(sampler.local_indices(s)));
+///   sampler.next_epoch();   // DataParallel::train_epoch does this for you
+/// @endcode
+class DistributedSampler {
+ public:
+  DistributedSampler(std::size_t dataset_size, std::size_t global_batch, int world_size, int rank,
+                     sampler_options options = {});
+
+  std::size_t dataset_size() const { return n_; }
+  std::size_t global_batch() const { return batch_; }
+  std::size_t steps_per_epoch() const { return steps_; }
+  /// The epoch whose plan local_indices() returns (starts at 0).
+  std::uint64_t epoch() const { return epoch_; }
+  /// Moves to another epoch (to resume), recomputing the plan.
+  void set_epoch(std::uint64_t epoch);
+  /// Moves to the next epoch: a new shuffle without the caller tracking it.
+  void next_epoch() { set_epoch(epoch_ + 1); }
+
+  /// This rank's sample indices for step `step` of the current epoch.
+  std::span<const std::size_t> local_indices(std::size_t step) const { return indices(step, rank_); }
+  /// Rank r's indices for a step.
+  std::span<const std::size_t> indices(std::size_t step, int rank) const;
+  /// Every rank's indices for a step, in rank order: the global batch a
+  /// single process would take.
+  std::span<const std::size_t> global_indices(std::size_t step) const;
+
+  std::size_t local_batch_size() const { return local_batch_size(rank_); }
+  std::size_t local_batch_size(int rank) const { return shares_[static_cast<std::size_t>(rank)]; }
+  int world_size() const { return world_; }
+  int rank() const { return rank_; }
+  const sampler_options& options() const { return options_; }
+
+ private:
+  void plan();
+
+  std::size_t n_;
+  std::size_t batch_;
+  int world_;
+  int rank_;
+  sampler_options options_;
+  std::size_t steps_ = 0;
+  std::uint64_t epoch_ = 0;
+  std::vector<std::size_t> shares_;   // samples per rank per step
+  std::vector<std::size_t> offsets_;  // start of rank r inside a global batch
+  std::vector<std::size_t> order_;    // steps_ * batch_ indices for the epoch
+};
+
+// ---------------------------------------------------------------------------
+
+inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::size_t global_batch, int world_size,
+                                              int rank, sampler_options options)
+    : n_(dataset_size), batch_(global_batch), world_(world_size), rank_(rank), options_(std::move(options)) {
+  const std::string where = "DistributedSampler: ";
+  PARALLAX_CHECK(world_ > 0 && rank_ >= 0 && rank_ < world_,
+                 where + "rank " + std::to_string(rank_) + " of world size " + std::to_string(world_));
+  PARALLAX_CHECK(batch_ > 0, where + "the global batch size is 0");
+  PARALLAX_CHECK(n_ > 0, where + "the dataset is empty");
+  const auto p = static_cast<std::size_t>(world_);
+  PARALLAX_CHECK(n_ >= p, where + "the dataset has " + std::to_string(n_) + " samples, fewer than the " +
+                              std::to_string(p) + " ranks: some rank would have no data");
+  PARALLAX_CHECK(batch_ >= p, where + "the global batch of " + std::to_string(batch_) + " is smaller than the " +
+                                  std::to_string(p) + " ranks: some rank would get an empty shard");
+  auto& w = options_.weights;
+  if (w.empty()) w.assign(p, 1.0);
+  PARALLAX_CHECK(w.size() == p, where + std::to_string(w.size()) + " weights for " + std::to_string(p) + " ranks");
+  double total = 0;
+  for (std::size_t r = 0; r < p; ++r) {
+    PARALLAX_CHECK(std::isfinite(w[r]) && w[r] > 0,
+                   where + "weight of rank " + std::to_string(r) + " is " + std::to_string(w[r]) + ", not positive");
+    total += w[r];
+  }
+  // Largest remainder: floor shares, then one more to the largest remainders
+  // (ties to the lower rank), so the shares sum to the batch exactly.
+  shares_.assign(p, 0);
+  std::vector<double> remainder(p);
+  std::size_t given = 0;
+  for (std::size_t r = 0; r < p; ++r) {
+    const double exact = static_cast<double>(batch_) * w[r] / total;
+    shares_[r] = static_cast<std::size_t>(std::floor(exact));
+    remainder[r] = exact - static_cast<double>(shares_[r]);
+    given += shares_[r];
+  }
+  std::vector<std::size_t> by_remainder(p);
+  std::iota(by_remainder.begin(), by_remainder.end(), std::size_t{0});
+  std::stable_sort(by_remainder.begin(), by_remainder.end(),
+                   [&](std::size_t a, std::size_t b) { return remainder[a] > remainder[b]; });
+  for (std::size_t i = 0; given < batch_; ++i, ++given) ++shares_[by_remainder[i % p]];
+  offsets_.assign(p, 0);
+  for (std::size_t r = 0; r < p; ++r) {
+    PARALLAX_CHECK(shares_[r] > 0, where + "rank " + std::to_string(r) + "'s weight gives it no sample of a global batch of " +
+                                       std::to_string(batch_) + ": an empty shard");
+    if (r > 0) offsets_[r] = offsets_[r - 1] + shares_[r - 1];
+  }
+  if (options_.tail == tail_policy::drop) {
+    steps_ = n_ / batch_;
+    PARALLAX_CHECK(steps_ > 0, where + "with tail_policy::drop, " + std::to_string(n_) +
+                                   " samples make no full global batch of " + std::to_string(batch_));
+  } else {
+    steps_ = (n_ + batch_ - 1) / batch_;
+  }
+  plan();
+}
+
+inline void DistributedSampler::set_epoch(std::uint64_t epoch) {
+  epoch_ = epoch;
+  plan();
+}
+
+inline void DistributedSampler::plan() {
+  std::vector<std::size_t> epoch_order(n_);
+  detail::rng g(detail::key(options_.seed, 0x5a3d1e5ULL, epoch_));
+  if (options_.bootstrap) {
+    for (auto& i : epoch_order) i = static_cast<std::size_t>(g.below(n_));
+  } else {
+    std::iota(epoch_order.begin(), epoch_order.end(), std::size_t{0});
+    if (options_.shuffle) detail::shuffle(epoch_order.begin(), epoch_order.end(), g);
+  }
+  order_.resize(steps_ * batch_);
+  for (std::size_t i = 0; i < order_.size(); ++i) order_[i] = epoch_order[i % n_];  // pad wraps around
+}
+
+inline std::span<const std::size_t> DistributedSampler::indices(std::size_t step, int rank) const {
+  PARALLAX_CHECK(step < steps_, "DistributedSampler: step " + std::to_string(step) + " of an epoch of " +
+                                    std::to_string(steps_) + " steps");
+  PARALLAX_CHECK(rank >= 0 && rank < world_, "DistributedSampler: no rank " + std::to_string(rank));
+  const auto r = static_cast<std::size_t>(rank);
+  return std::span<const std::size_t>(order_).subspan(step * batch_ + offsets_[r], shares_[r]);
+}
+
+inline std::span<const std::size_t> DistributedSampler::global_indices(std::size_t step) const {
+  PARALLAX_CHECK(step < steps_, "DistributedSampler: step " + std::to_string(step) + " of an epoch of " +
+                                    std::to_string(steps_) + " steps");
+  return std::span<const std::size_t>(order_).subspan(step * batch_, batch_);
+}
+
+}  // namespace parallax::data

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: BSL-1.0
+// Finite-difference gradient checks for layers and losses (double precision).
+// The surrogate loss of a layer is f(x, params) = sum(forward(x) * w) for a
+// fixed random w, so backward(x, y, dy = w) must give df/dx and add df/dparams.
+#pragma once
+
+#include <parallax/core/concepts.hpp>
+#include <parallax/detail/random.hpp>
+#include <parallax/detail/tensor_list.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gradcheck {
+
+/// Fills a tensor with values uniform in [lo, hi), from a seed.
+template <class E>
+void fill_uniform(E& t, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  parallax::detail::rng g(seed);
+  for (auto& v : t) v = static_cast<typename E::value_type>(lo + (hi - lo) * g.uniform());
+}
+
+struct result {
+  double max_error = 0;  // max over elements of |analytic - numeric| / max(1, |numeric|)
+  std::string where;     // the element that had it
+};
+
+inline void record(result& r, double analytic, double numeric, const std::string& where) {
+  const double err = std::abs(analytic - numeric) / std::max(1.0, std::abs(numeric));
+  if (err >= r.max_error) {
+    r.max_error = err;
+    r.where = where + " analytic " + std::to_string(analytic) + " numeric " + std::to_string(numeric);
+  }
+}
+
+/// Checks a layer's backward against central differences at input x.
+/// Returns the worst relative error over dx and every parameter gradient.
+template <parallax::Layer L>
+result check_layer(L& layer, typename L::input_type x, std::uint64_t seed = 7, double h = 1e-6) {
+  using X = typename L::input_type;
+  using Y = typename L::output_type;
+  Y y;
+  layer.forward(x, y);
+  Y w = y;
+  fill_uniform(w, seed);
+  auto f = [&](const X& input) {
+    Y out;
+    layer.forward(input, out);
+    double s = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) s += static_cast<double>(out.data()[i]) * w.data()[i];
+    return s;
+  };
+  if constexpr (parallax::HasLayerParameters<L>) {
+    parallax::detail::for_each_tensor(layer.gradients(), [](auto& g) { std::fill(g.begin(), g.end(), 0); });
+  }
+  X dx;
+  layer.backward(x, y, w, dx);
+  result r;
+  REQUIRE(dx.shape() == x.shape());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    X plus = x, minus = x;
+    plus.data()[i] += h;
+    minus.data()[i] -= h;
+    record(r, dx.data()[i], (f(plus) - f(minus)) / (2 * h), "dx[" + std::to_string(i) + "]");
+  }
+  if constexpr (parallax::HasLayerParameters<L>) {
+    std::vector<double*> params;
+    std::vector<std::size_t> sizes;
+    parallax::detail::for_each_tensor(layer.parameters(), [&](auto& p) {
+      params.push_back(p.data());
+      sizes.push_back(p.size());
+    });
+    std::vector<double*> grads;
+    parallax::detail::for_each_tensor(layer.gradients(), [&](auto& g) { grads.push_back(g.data()); });
+    REQUIRE(grads.size() == params.size());
+    for (std::size_t t = 0; t < params.size(); ++t)
+      for (std::size_t i = 0; i < sizes[t]; ++i) {
+        const double saved = params[t][i];
+        params[t][i] = saved + h;
+        const double fp = f(x);
+        params[t][i] = saved - h;
+        const double fm = f(x);
+        params[t][i] = saved;
+        record(r, grads[t][i], (fp - fm) / (2 * h), "param " + std::to_string(t) + "[" + std::to_string(i) + "]");
+      }
+  }
+  return r;
+}
+
+/// Checks a loss's gradient (loss(y, t, dy)) against central differences of value(y, t).
+template <parallax::Loss L>
+result check_loss(L& loss, typename L::input_type y, const typename L::target_type& t, double h = 1e-6) {
+  typename L::input_type dy;
+  loss.loss(y, t, dy);
+  REQUIRE(dy.shape() == y.shape());
+  result r;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    auto plus = y, minus = y;
+    plus.data()[i] += h;
+    minus.data()[i] -= h;
+    record(r, dy.data()[i], (loss.value(plus, t) - loss.value(minus, t)) / (2 * h), "dy[" + std::to_string(i) + "]");
+  }
+  return r;
+}
+
+}  // namespace gradcheck
