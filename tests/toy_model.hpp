@@ -112,6 +112,14 @@ struct TinyMLP {
     return s / static_cast<double>(b.size());
   }
 
+  /// The outputs for inputs x [n, d].
+  xt::xtensor<T, 1> predict(const xt::xtensor<T, 2>& x) const {
+    xt::xtensor<T, 1> hidden = xt::zeros<T>({W1.shape()[1]});
+    xt::xtensor<T, 1> out = xt::zeros<T>({x.shape()[0]});
+    for (std::size_t i = 0; i < x.shape()[0]; ++i) out(i) = output(x, i, hidden);
+    return out;
+  }
+
   /// "Correct" when the output has the target's sign.
   std::size_t correct(const batch_type& b) const {
     xt::xtensor<T, 1> hidden = xt::zeros<T>({W1.shape()[1]});
