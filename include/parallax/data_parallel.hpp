@@ -93,7 +93,7 @@ struct evaluation {
 template <class M>
 struct metric {
   std::string name;
-  std::function<double(M&, const typename M::batch_type&)> sum;
+  std::function<double(M&, const typename detail::batch_type_of<M>::type&)> sum;
 };
 
 struct epoch_report {
@@ -116,8 +116,8 @@ class DataParallel {
 
  public:
   using model_type = M;
-  using value_type = model_value_t<M>;
-  using batch_type = typename M::batch_type;
+  using value_type = typename detail::value_type_of<M>::type;
+  using batch_type = typename detail::batch_type_of<M>::type;
 
   /// Collective. Checks that every rank has the same number, shapes and
   /// element type of parameters (a mismatch is the same error on every rank,
@@ -207,7 +207,7 @@ class DataParallel {
 };
 
 template <class M>
-DataParallel(M, const optim::Optimizer<model_value_t<M>>&, data_parallel_options = {},
+DataParallel(M, const optim::Optimizer<typename detail::value_type_of<M>::type>&, data_parallel_options = {},
              mpi::communicator = mpi::communicator()) -> DataParallel<M>;
 
 }  // namespace parallax

@@ -51,8 +51,8 @@ class Ensemble {
 
  public:
   using model_type = M;
-  using value_type = model_value_t<M>;
-  using batch_type = typename M::batch_type;
+  using value_type = typename detail::value_type_of<M>::type;
+  using batch_type = typename detail::batch_type_of<M>::type;
 
   /// Collective. Splits `comm` into replicas of ranks_per_replica
   /// consecutive ranks; replica i builds its model with

@@ -161,6 +161,28 @@ concept HasAccuracy = HasBatchType<M> && requires(M& m, const typename M::batch_
 namespace detail {
 template <class...>
 inline constexpr bool dependent_false = false;
+
+/// Stands in for a type the user's model lacks, so that an entry point's
+/// class body instantiates far enough for check_model() to speak first.
+struct missing_piece {
+  std::size_t size() const { return 0; }
+};
+template <class M>
+struct batch_type_of {
+  using type = missing_piece;
+};
+template <HasBatchType M>
+struct batch_type_of<M> {
+  using type = typename M::batch_type;
+};
+template <class M>
+struct value_type_of {
+  using type = double;
+};
+template <HasFloatingParameters M>
+struct value_type_of<M> {
+  using type = model_value_t<M>;
+};
 }  // namespace detail
 
 /// Compile-time diagnosis for entry points: names the first missing piece of
