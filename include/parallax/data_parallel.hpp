@@ -56,6 +56,13 @@ struct step_report {
   bool skipped = false;             ///< a non-finite gradient skipped the optimizer step
 };
 
+/// Where the time of the last optimizer step went (seconds, this rank).
+struct step_timing {
+  double compute = 0;      ///< loss_and_gradient and packing, over the step's micro-steps
+  double communicate = 0;  ///< the all-reduces
+  double update = 0;       ///< averaging, clipping and the optimizer
+};
+
 struct data_parallel_options {
   /// Byte cap of one gradient bucket: gradients travel in buckets of this
   /// size, each reduced by one all-reduce.
@@ -170,6 +177,8 @@ class DataParallel {
   const data_parallel_options& options() const { return options_; }
   std::uint64_t optimizer_steps() const { return optimizer_->steps(); }
   std::uint64_t skipped_steps() const { return skipped_; }
+  /// Where the time of the last completed optimizer step went.
+  const step_timing& last_timing() const { return last_timing_; }
 
  private:
   using T = value_type;
@@ -204,6 +213,8 @@ class DataParallel {
   double samples_since_average_ = 0;      // local SGD: samples this rank saw since the last average
   std::uint64_t local_steps_ = 0;
   std::uint64_t epoch_ = 0;
+  step_timing timing_;       // the step in progress
+  step_timing last_timing_;  // the last completed step
 };
 
 template <class M>
@@ -349,6 +360,8 @@ void DataParallel<M>::check_replicas() {
 
 template <class M>
 double DataParallel<M>::train_step(const batch_type& batch) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
   const std::size_t n = parallax::batch_size(batch);
   double loss = 0;
   if (n == 0) {
@@ -386,6 +399,7 @@ double DataParallel<M>::train_step(const batch_type& batch) {
       }
     });
   ++micro_;
+  timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
   if (micro_ < options_.accumulation_steps) return loss;
   return options_.average_every == 0 ? synchronize_gradients() : local_step();
 }
@@ -399,8 +413,12 @@ void DataParallel<M>::reset_accumulation() {
 
 template <class M>
 double DataParallel<M>::synchronize_gradients() {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
   // Every bucket is summed over ranks; the meta values travel in the last one.
   for (auto b : buckets_) allreduce_sum(comm_, b);
+  const auto t1 = clock::now();
+  timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
   auto meta = buckets_.segment(grads_.size());
   const double loss_sum = static_cast<double>(meta[0]);
   const double count = static_cast<double>(meta[1]);
@@ -431,6 +449,9 @@ double DataParallel<M>::synchronize_gradients() {
     return loss_sum / count;
   }
   apply_step();
+  timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
+  last_timing_ = timing_;
+  timing_ = {};
   return loss_sum / count;
 }
 

@@ -1,0 +1,204 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Pipeline schedules as data: for each stage, the ordered list of forward,
+/// backward, send and receive operations of one training step. GPipe (all
+/// forwards, then all backwards) and 1F1B (one forward, one backward in the
+/// steady state). One executor (model_parallel.hpp) runs any schedule; a
+/// simulator here checks a schedule without MPI: every send is received, no
+/// stage waits forever, and how many micro-batches a stage holds at once.
+
+#include <parallax/core/error.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace parallax::pipeline {
+
+enum class op_kind {
+  recv_activation,  ///< receive micro-batch mb's input from the previous stage
+  forward,          ///< forward of micro-batch mb through this stage (and the loss on the last)
+  send_activation,  ///< send micro-batch mb's output to the next stage
+  recv_gradient,    ///< receive the gradient of micro-batch mb's output from the next stage
+  backward,         ///< backward of micro-batch mb through this stage
+  send_gradient,    ///< send the gradient of micro-batch mb's input to the previous stage
+};
+
+struct op {
+  op_kind kind;
+  std::size_t micro_batch;
+  friend bool operator==(const op&, const op&) = default;
+};
+
+/// One list of operations per stage.
+using schedule = std::vector<std::vector<op>>;
+
+enum class schedule_kind { gpipe, one_f_one_b };
+
+/// GPipe: every stage runs the forwards of all m micro-batches, then their
+/// backwards (in reverse order, so the last stage starts the backward with
+/// the micro-batch it just finished). A stage holds all m at once.
+schedule gpipe(std::size_t stages, std::size_t micro_batches);
+
+/// 1F1B (PipeDream-Flush): stage s runs min(p - s - 1, m) warm-up forwards,
+/// then alternates one forward and one backward, then drains the remaining
+/// backwards. Stage s holds at most min(p - s, m) micro-batches at once.
+schedule one_f_one_b(std::size_t stages, std::size_t micro_batches);
+
+schedule make_schedule(schedule_kind kind, std::size_t stages, std::size_t micro_batches);
+
+/// What the simulation of a schedule found.
+struct simulation {
+  bool completes = false;  ///< every stage ran to its end, nothing left unreceived
+  std::string problem;     ///< why not, when not
+  std::vector<std::size_t> peak_in_flight;  ///< per stage: most micro-batches forwarded but not yet backwarded
+  std::size_t rounds = 0;  ///< rounds of the simulation (each stage runs at most one op per round)
+};
+
+/// Runs the schedule with sends that never block and receives that block
+/// until the neighbour has sent; checks the order of data dependencies
+/// (forward after its input, backward after its forward and its incoming
+/// gradient, sends after what they send was computed).
+simulation simulate(const schedule& s, std::size_t micro_batches);
+
+// ---------------------------------------------------------------------------
+
+namespace detail {
+inline void check_shape(const char* who, std::size_t stages, std::size_t micro_batches) {
+  PARALLAX_CHECK(stages > 0, std::string(who) + ": no stages");
+  PARALLAX_CHECK(micro_batches > 0, std::string(who) + ": no micro-batches");
+}
+
+inline void add_forward(std::vector<op>& ops, std::size_t stage, std::size_t stages, std::size_t mb) {
+  if (stage > 0) ops.push_back({op_kind::recv_activation, mb});
+  ops.push_back({op_kind::forward, mb});
+  if (stage + 1 < stages) ops.push_back({op_kind::send_activation, mb});
+}
+
+inline void add_backward(std::vector<op>& ops, std::size_t stage, std::size_t stages, std::size_t mb) {
+  if (stage + 1 < stages) ops.push_back({op_kind::recv_gradient, mb});
+  ops.push_back({op_kind::backward, mb});
+  if (stage > 0) ops.push_back({op_kind::send_gradient, mb});
+}
+}  // namespace detail
+
+inline schedule gpipe(std::size_t stages, std::size_t micro_batches) {
+  detail::check_shape("pipeline::gpipe()", stages, micro_batches);
+  schedule s(stages);
+  for (std::size_t st = 0; st < stages; ++st) {
+    for (std::size_t mb = 0; mb < micro_batches; ++mb) detail::add_forward(s[st], st, stages, mb);
+    for (std::size_t mb = micro_batches; mb-- > 0;) detail::add_backward(s[st], st, stages, mb);
+  }
+  return s;
+}
+
+inline schedule one_f_one_b(std::size_t stages, std::size_t micro_batches) {
+  detail::check_shape("pipeline::one_f_one_b()", stages, micro_batches);
+  schedule s(stages);
+  for (std::size_t st = 0; st < stages; ++st) {
+    const std::size_t warmup = std::min(stages - st - 1, micro_batches);
+    std::size_t next_forward = 0;
+    std::size_t next_backward = 0;
+    for (; next_forward < warmup; ++next_forward) detail::add_forward(s[st], st, stages, next_forward);
+    while (next_forward < micro_batches) {
+      detail::add_forward(s[st], st, stages, next_forward++);
+      detail::add_backward(s[st], st, stages, next_backward++);
+    }
+    while (next_backward < micro_batches) detail::add_backward(s[st], st, stages, next_backward++);
+  }
+  return s;
+}
+
+inline schedule make_schedule(schedule_kind kind, std::size_t stages, std::size_t micro_batches) {
+  return kind == schedule_kind::gpipe ? gpipe(stages, micro_batches) : one_f_one_b(stages, micro_batches);
+}
+
+inline simulation simulate(const schedule& s, std::size_t m) {
+  const std::size_t p = s.size();
+  simulation result;
+  result.peak_in_flight.assign(p, 0);
+  // Messages in flight, per link and direction: sent but not yet received.
+  // act[st][mb]: stage st sent mb's activation to st + 1; grad[st][mb]: stage st sent mb's gradient to st - 1.
+  std::vector<std::vector<int>> act(p, std::vector<int>(m, 0)), grad(p, std::vector<int>(m, 0));
+  std::vector<std::vector<bool>> have_input(p, std::vector<bool>(m, false)), forwarded(p, std::vector<bool>(m, false)),
+      have_grad(p, std::vector<bool>(m, false)), backwarded(p, std::vector<bool>(m, false));
+  std::vector<std::size_t> pc(p, 0), in_flight(p, 0);
+  auto fail = [&](std::size_t st, const op& o, const std::string& why) {
+    result.problem = "stage " + std::to_string(st) + ", op " + std::to_string(pc[st]) + " (micro-batch " +
+                     std::to_string(o.micro_batch) + "): " + why;
+    return result;
+  };
+  for (;;) {
+    bool progressed = false;
+    bool all_done = true;
+    for (std::size_t st = 0; st < p; ++st) {
+      if (pc[st] == s[st].size()) continue;
+      all_done = false;
+      const op o = s[st][pc[st]];
+      const std::size_t mb = o.micro_batch;
+      if (mb >= m) return fail(st, o, "micro-batch out of range");
+      switch (o.kind) {
+        case op_kind::recv_activation:
+          if (st == 0) return fail(st, o, "the first stage has nobody to receive an activation from");
+          if (act[st - 1][mb] == 0) continue;  // blocks
+          --act[st - 1][mb];
+          have_input[st][mb] = true;
+          break;
+        case op_kind::forward:
+          if (st > 0 && !have_input[st][mb]) return fail(st, o, "forward before its input arrived");
+          if (forwarded[st][mb]) return fail(st, o, "forward twice");
+          forwarded[st][mb] = true;
+          result.peak_in_flight[st] = std::max(result.peak_in_flight[st], ++in_flight[st]);
+          break;
+        case op_kind::send_activation:
+          if (st + 1 == p) return fail(st, o, "the last stage has nobody to send an activation to");
+          if (!forwarded[st][mb]) return fail(st, o, "sends an activation it has not computed");
+          ++act[st][mb];
+          break;
+        case op_kind::recv_gradient:
+          if (st + 1 == p) return fail(st, o, "the last stage has nobody to receive a gradient from");
+          if (grad[st + 1][mb] == 0) continue;  // blocks
+          --grad[st + 1][mb];
+          have_grad[st][mb] = true;
+          break;
+        case op_kind::backward:
+          if (!forwarded[st][mb]) return fail(st, o, "backward before forward");
+          if (st + 1 < p && !have_grad[st][mb]) return fail(st, o, "backward before its gradient arrived");
+          if (backwarded[st][mb]) return fail(st, o, "backward twice");
+          backwarded[st][mb] = true;
+          --in_flight[st];
+          break;
+        case op_kind::send_gradient:
+          if (st == 0) return fail(st, o, "the first stage has nobody to send a gradient to");
+          if (!backwarded[st][mb]) return fail(st, o, "sends a gradient it has not computed");
+          ++grad[st][mb];
+          break;
+      }
+      ++pc[st];
+      progressed = true;
+    }
+    if (all_done) break;
+    ++result.rounds;
+    if (!progressed) {
+      result.problem = "deadlock: every unfinished stage waits for a message that is never sent";
+      return result;
+    }
+  }
+  for (std::size_t st = 0; st < p; ++st)
+    for (std::size_t mb = 0; mb < m; ++mb) {
+      if (!forwarded[st][mb] || !backwarded[st][mb]) {
+        result.problem = "stage " + std::to_string(st) + " never ran micro-batch " + std::to_string(mb);
+        return result;
+      }
+      if (act[st][mb] != 0 || grad[st][mb] != 0) {
+        result.problem = "a message of micro-batch " + std::to_string(mb) + " from stage " + std::to_string(st) +
+                         " is never received";
+        return result;
+      }
+    }
+  result.completes = true;
+  return result;
+}
+
+}  // namespace parallax::pipeline
