@@ -1,0 +1,426 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Readers for IDX files, the format of MNIST and Fashion-MNIST (plain or
+/// gzip-compressed, told apart by their first bytes), and the loader of an
+/// MNIST-style split of images and labels.
+///
+/// Every reader here is local: it throws parallax::error on this rank only.
+/// In an MPI program, read through parallax::agree (core/comm.hpp) so that a
+/// file missing on one host fails every rank together:
+/// @code
+///   auto train = parallax::agree(comm, [&] { return parallax::data::load_mnist_split(dir, "train"); });
+/// @endcode
+
+#include <parallax/core/error.hpp>
+#include <parallax/detail/inflate.hpp>
+#include <parallax/detail/xtensor.hpp>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace parallax::data {
+
+/// Limits that keep a garbled file from asking for absurd memory.
+struct idx_limits {
+  std::size_t max_dimensions = 4;               ///< most dimensions a header may declare
+  std::size_t max_bytes = std::size_t{1} << 31;  ///< most bytes of element data (after decompression)
+};
+
+/// IDX element types: the third byte of the magic number. Multi-byte
+/// elements are stored big-endian.
+enum class idx_type : std::uint8_t {
+  u8 = 0x08,   ///< unsigned byte
+  i8 = 0x09,   ///< signed byte
+  i16 = 0x0B,  ///< 16-bit integer
+  i32 = 0x0C,  ///< 32-bit integer
+  f32 = 0x0D,  ///< IEEE 754 single
+  f64 = 0x0E,  ///< IEEE 754 double
+};
+
+/// Bytes per element of `type`.
+constexpr std::size_t idx_element_size(idx_type type);
+
+/// "unsigned byte (0x08)", ...: an element type for messages.
+std::string idx_type_name(idx_type type);
+
+/// The header of an IDX file: element type, shape, and where the values start.
+struct idx_header {
+  idx_type type = idx_type::u8;
+  std::vector<std::size_t> shape;
+  std::size_t data_offset = 0;  ///< bytes of magic number and extents
+  /// Number of elements: the product of the extents.
+  std::size_t count() const;
+  /// Bytes of element data: count() times the element size.
+  std::size_t data_bytes() const;
+};
+
+/// Parses and checks the header at the front of the decoded bytes of an IDX
+/// file: two zero bytes, a known type code, 1..limits.max_dimensions
+/// dimensions, nonzero extents, at most limits.max_bytes of data, and exactly
+/// that many bytes after the header (fewer: truncated; more: trailing
+/// garbage). `name` (usually the path) is quoted in every message.
+idx_header parse_idx_header(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits = {});
+
+/// Decodes an IDX file held in memory, plain or gzip-compressed (told by its
+/// magic bytes), converting each element to T. A value that T cannot hold
+/// (300 into uint8, NaN or 1e10 into int32, 1e300 into float) is an error, not
+/// a silent wrap. `name` is quoted in messages.
+template <class T>
+xt::xarray<T> decode_idx(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits = {});
+
+/// Reads an IDX file, plain or gzip-compressed (told by its magic bytes, not
+/// by its name), converting each element to T as decode_idx does. Errors name
+/// the path and the cause: missing or unreadable file, bad header, truncated
+/// data or trailing garbage, gzip errors, values T cannot hold.
+/// @code
+///   xt::xarray<std::uint8_t> images = parallax::data::read_idx<std::uint8_t>("train-images-idx3-ubyte.gz");
+///   // images.shape() == {60000, 28, 28}
+/// @endcode
+template <class T>
+xt::xarray<T> read_idx(const std::string& path, idx_limits limits = {});
+
+/// Fashion-MNIST / MNIST split loaded as float images in [0, 1] and int32 labels.
+struct image_set {
+  xt::xtensor<float, 2> images;         ///< [n, rows * cols], pixel / 255
+  xt::xtensor<std::int32_t, 1> labels;  ///< [n], each in 0..9
+  std::size_t rows = 0, cols = 0;
+};
+
+/// Reads an image file (unsigned bytes, 3 dimensions: n, rows, cols) and a
+/// label file (unsigned bytes, 1 dimension: n), each plain or gzip. Checks
+/// that the counts match and that every label is a class 0..9 (MNIST and
+/// Fashion-MNIST have ten; for sets with more classes, such as EMNIST, use
+/// read_idx directly).
+image_set read_image_set(const std::string& images_path, const std::string& labels_path, idx_limits limits = {});
+
+/// Where Debian-style dataset packages put Fashion-MNIST.
+inline constexpr const char* default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+
+/// Loads split "train" (train-images-idx3-ubyte, train-labels-idx1-ubyte) or
+/// "test" (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) from `dir`. Each
+/// file may be plain or end in .gz; when both exist the plain file is used,
+/// because someone unpacked it on purpose and it loads faster.
+/// @code
+///   auto train = parallax::data::load_mnist_split(parallax::data::default_fashion_mnist_dir, "train");
+///   // train.images: [60000, 784], train.labels: [60000]
+/// @endcode
+image_set load_mnist_split(const std::string& dir, const std::string& split, idx_limits limits = {});
+
+// ---------------------------------------------------------------------------
+// Implementation
+// ---------------------------------------------------------------------------
+
+}  // namespace parallax::data
+
+namespace parallax::detail {
+
+/// a + b, or the largest size_t when that overflows.
+inline std::size_t idx_saturating_add(std::size_t a, std::size_t b) {
+  return b > std::numeric_limits<std::size_t>::max() - a ? std::numeric_limits<std::size_t>::max() : a + b;
+}
+
+/// Largest header that `limits` allow: magic number plus max_dimensions extents.
+inline std::size_t idx_max_header_bytes(const data::idx_limits& limits) {
+  const std::size_t dims = std::min<std::size_t>(limits.max_dimensions, 255);  // the count is one byte
+  return 4 + 4 * dims;
+}
+
+/// The total size `limits` allow for a decoded file: header plus data.
+inline std::size_t idx_max_file_bytes(const data::idx_limits& limits) {
+  return idx_saturating_add(limits.max_bytes, idx_max_header_bytes(limits));
+}
+
+/// "f(): 'name'": the start of every message about one file.
+inline std::string idx_where(std::string_view function, const std::string& name) {
+  return std::string(function) + ": '" + name + "'";
+}
+
+/// Checks the header of decoded IDX bytes; `where` starts every message.
+inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, const std::string& where,
+                                         const data::idx_limits& limits) {
+  using data::idx_type;
+  PARALLAX_CHECK(bytes.size() >= 4, where + ": only " + std::to_string(bytes.size()) +
+                                        " bytes, too short for an IDX header (not an IDX file?)");
+  PARALLAX_CHECK(bytes[0] == 0 && bytes[1] == 0,
+                 where + ": bad magic number: the first two bytes are not zero (not an IDX file?)");
+  data::idx_header h;
+  const std::uint8_t code = bytes[2];
+  switch (code) {
+    case 0x08: case 0x09: case 0x0B: case 0x0C: case 0x0D: case 0x0E:
+      h.type = static_cast<idx_type>(code);
+      break;
+    default: {
+      static constexpr char hex[] = "0123456789ABCDEF";
+      const std::string text{'0', 'x', hex[code >> 4], hex[code & 15]};
+      throw_error(where + ": bad magic number: unknown element type code " + text +
+                  " (expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)");
+    }
+  }
+  const std::size_t dims = bytes[3];
+  PARALLAX_CHECK(dims >= 1 && dims <= limits.max_dimensions,
+                 where + ": bad magic number: " + std::to_string(dims) + " dimensions, expected 1 to " +
+                     std::to_string(limits.max_dimensions));
+  h.data_offset = 4 + 4 * dims;
+  PARALLAX_CHECK(bytes.size() >= h.data_offset, where + ": truncated header: " + std::to_string(dims) +
+                                                    " dimensions need " + std::to_string(h.data_offset) +
+                                                    " bytes, the file has " + std::to_string(bytes.size()));
+  // Multiply in bytes, checking against max_bytes at every step: no overflow,
+  // and nothing is allocated for a size the limits refuse.
+  std::size_t total = data::idx_element_size(h.type);
+  for (std::size_t i = 0; i < dims; ++i) {
+    const std::uint8_t* p = bytes.data() + 4 + 4 * i;
+    const std::size_t extent = (std::size_t{p[0]} << 24) | (std::size_t{p[1]} << 16) | (std::size_t{p[2]} << 8) | p[3];
+    PARALLAX_CHECK(extent != 0, where + ": dimension " + std::to_string(i) + " has extent 0");
+    PARALLAX_CHECK(total <= limits.max_bytes / extent,
+                   where + ": dimension " + std::to_string(i) + " has extent " + std::to_string(extent) +
+                       ", which makes the data larger than limits.max_bytes (" + std::to_string(limits.max_bytes) +
+                       " bytes)");
+    total *= extent;
+    h.shape.push_back(extent);
+  }
+  const std::size_t actual = bytes.size() - h.data_offset;
+  const std::string declared = "shape " + shape_string(h.shape) + " of " + data::idx_type_name(h.type) + " needs " +
+                               std::to_string(total) + " bytes of data, the file holds " + std::to_string(actual);
+  PARALLAX_CHECK(actual >= total, where + ": truncated: " + declared);
+  PARALLAX_CHECK(actual <= total, where + ": trailing garbage: " + declared);
+  return h;
+}
+
+/// The whole file, decompressed when it starts with the gzip magic. Reads no
+/// more than `limits` can accept: decompressed, at most max_bytes plus the
+/// largest header; compressed, that plus gzip's own overhead (5 bytes per
+/// 64 KiB stored block, 18 per member, optional name and comment), allowed
+/// as 1/64 plus 1 MiB.
+inline std::vector<std::uint8_t> idx_read_file(const std::string& path, const std::string& where,
+                                               const data::idx_limits& limits) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  PARALLAX_CHECK(status.type() != fs::file_type::not_found, where + ": no such file");
+  PARALLAX_CHECK(!ec, where + ": cannot access the file: " + ec.message());
+  PARALLAX_CHECK(fs::is_regular_file(status), where + ": not a regular file");
+  const std::uintmax_t size = fs::file_size(path, ec);
+  PARALLAX_CHECK(!ec, where + ": cannot read the file size: " + ec.message());
+  const std::size_t raw_cap = idx_max_file_bytes(limits);
+  const std::size_t file_cap = idx_saturating_add(raw_cap, idx_saturating_add(raw_cap / 64, std::size_t{1} << 20));
+  PARALLAX_CHECK(size <= file_cap, where + ": the file is " + std::to_string(size) +
+                                       " bytes, more than limits.max_bytes allows");
+  std::ifstream in(path, std::ios::binary);
+  PARALLAX_CHECK(in.is_open(), where + ": cannot open the file for reading");
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  PARALLAX_CHECK(in.gcount() == static_cast<std::streamsize>(bytes.size()),
+                 where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) +
+                     " bytes");
+  if (is_gzip(bytes)) return gunzip(bytes, raw_cap, where + ": gzip");
+  PARALLAX_CHECK(bytes.size() <= raw_cap, where + ": the file is " + std::to_string(size) +
+                                              " bytes, more than limits.max_bytes allows");
+  return bytes;
+}
+
+/// Whether `value` survives conversion to T: an integer must lie in T's
+/// range; a floating value going to an integer type must be finite with its
+/// truncation in range; a finite floating value going to a narrower floating
+/// type must not exceed its largest value. Integers always convert to
+/// floating types (rounding if need be).
+template <class T, class S>
+bool idx_fits(S value) {
+  if constexpr (std::is_integral_v<S> && std::is_integral_v<T>) {
+    constexpr auto max = static_cast<std::uintmax_t>(std::numeric_limits<T>::max());
+    if constexpr (std::is_signed_v<S>) {
+      const auto v = static_cast<std::intmax_t>(value);
+      if (v < 0) return std::is_signed_v<T> && v >= static_cast<std::intmax_t>(std::numeric_limits<T>::min());
+      return static_cast<std::uintmax_t>(v) <= max;
+    } else {
+      return static_cast<std::uintmax_t>(value) <= max;
+    }
+  } else if constexpr (std::is_integral_v<S>) {
+    return true;
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if constexpr (sizeof(T) >= sizeof(S)) return true;
+    else return !std::isfinite(value) || std::fabs(value) <= static_cast<S>(std::numeric_limits<T>::max());
+  } else {
+    if (!std::isfinite(value)) return false;
+    // 2^digits is exact in long double for every integer type, and every
+    // integer in [-2^digits, 2^digits) (signed) or [0, 2^digits) (unsigned)
+    // is representable.
+    const long double t = std::trunc(static_cast<long double>(value));
+    const long double bound = std::ldexp(1.0L, std::numeric_limits<T>::digits);
+    return t < bound && (std::is_signed_v<T> ? t >= -bound : t >= 0.0L);
+  }
+}
+
+/// Decodes big-endian elements of type S at `values` into `out`.
+template <class S, class T>
+void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where) {
+  using bits_type = std::conditional_t<sizeof(S) == 1, std::uint8_t,
+                    std::conditional_t<sizeof(S) == 2, std::uint16_t,
+                    std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    const std::uint8_t* p = values + i * sizeof(S);
+    std::uint64_t bits = 0;
+    for (std::size_t b = 0; b < sizeof(S); ++b) bits = (bits << 8) | p[b];
+    const S value = std::bit_cast<S>(static_cast<bits_type>(bits));
+    if (!idx_fits<T>(value)) {
+      std::array<char, 64> text{};  // shortest form that reads back as the same value
+      const auto end = std::to_chars(text.data(), text.data() + text.size(), value).ptr;
+      throw_error(where + ": element " + std::to_string(i) + " (" + std::string(text.data(), end) +
+                  ") does not fit in " + type_name<T>());
+    }
+    out[i] = static_cast<T>(value);
+  }
+}
+
+/// Decodes checked, decompressed IDX bytes into an array of T.
+template <class T>
+xt::xarray<T> idx_decode(std::span<const std::uint8_t> decoded, const std::string& where,
+                         const data::idx_limits& limits) {
+  static_assert(std::is_arithmetic_v<T> && !std::is_same_v<T, bool>,
+                "parallax: read_idx<T> needs an arithmetic element type T (not bool)");
+  using data::idx_type;
+  const data::idx_header h = idx_parse_header(decoded, where, limits);
+  auto out = xt::xarray<T>::from_shape(h.shape);
+  const std::uint8_t* values = decoded.data() + h.data_offset;
+  const std::span<T> flat(out.data(), out.size());
+  switch (h.type) {
+    case idx_type::u8: idx_convert<std::uint8_t>(values, flat, where); break;
+    case idx_type::i8: idx_convert<std::int8_t>(values, flat, where); break;
+    case idx_type::i16: idx_convert<std::int16_t>(values, flat, where); break;
+    case idx_type::i32: idx_convert<std::int32_t>(values, flat, where); break;
+    case idx_type::f32: idx_convert<float>(values, flat, where); break;
+    case idx_type::f64: idx_convert<double>(values, flat, where); break;
+  }
+  return out;
+}
+
+}  // namespace parallax::detail
+
+namespace parallax::data {
+
+constexpr std::size_t idx_element_size(idx_type type) {
+  switch (type) {
+    case idx_type::u8: case idx_type::i8: return 1;
+    case idx_type::i16: return 2;
+    case idx_type::i32: case idx_type::f32: return 4;
+    case idx_type::f64: return 8;
+  }
+  return 0;
+}
+
+inline std::string idx_type_name(idx_type type) {
+  switch (type) {
+    case idx_type::u8: return "unsigned byte (0x08)";
+    case idx_type::i8: return "signed byte (0x09)";
+    case idx_type::i16: return "int16 (0x0B)";
+    case idx_type::i32: return "int32 (0x0C)";
+    case idx_type::f32: return "float (0x0D)";
+    case idx_type::f64: return "double (0x0E)";
+  }
+  return "unknown";
+}
+
+inline std::size_t idx_header::count() const {
+  std::size_t n = 1;
+  for (const auto extent : shape) n *= extent;
+  return n;
+}
+
+inline std::size_t idx_header::data_bytes() const { return count() * idx_element_size(type); }
+
+inline idx_header parse_idx_header(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits) {
+  return detail::idx_parse_header(bytes, detail::idx_where("parse_idx_header()", name), limits);
+}
+
+template <class T>
+xt::xarray<T> decode_idx(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits) {
+  const std::string where = detail::idx_where("decode_idx()", name);
+  if (!detail::is_gzip(bytes)) return detail::idx_decode<T>(bytes, where, limits);
+  const auto raw = detail::gunzip(bytes, detail::idx_max_file_bytes(limits), where + ": gzip");
+  return detail::idx_decode<T>(raw, where, limits);
+}
+
+template <class T>
+xt::xarray<T> read_idx(const std::string& path, idx_limits limits) {
+  const std::string where = detail::idx_where("read_idx()", path);
+  return detail::idx_decode<T>(detail::idx_read_file(path, where, limits), where, limits);
+}
+
+inline image_set read_image_set(const std::string& images_path, const std::string& labels_path, idx_limits limits) {
+  const std::string at_images = detail::idx_where("read_image_set()", images_path);
+  const std::string at_labels = detail::idx_where("read_image_set()", labels_path);
+
+  const auto image_bytes = detail::idx_read_file(images_path, at_images, limits);
+  const idx_header ih = detail::idx_parse_header(image_bytes, at_images, limits);
+  PARALLAX_CHECK(ih.type == idx_type::u8,
+                 at_images + ": images hold " + idx_type_name(ih.type) + " elements, expected unsigned byte (0x08)");
+  PARALLAX_CHECK(ih.shape.size() == 3, at_images + ": images have " + std::to_string(ih.shape.size()) +
+                                           " dimensions, expected 3 (count, rows, columns)");
+
+  const auto label_bytes = detail::idx_read_file(labels_path, at_labels, limits);
+  const idx_header lh = detail::idx_parse_header(label_bytes, at_labels, limits);
+  PARALLAX_CHECK(lh.type == idx_type::u8,
+                 at_labels + ": labels hold " + idx_type_name(lh.type) + " elements, expected unsigned byte (0x08)");
+  PARALLAX_CHECK(lh.shape.size() == 1, at_labels + ": labels have " + std::to_string(lh.shape.size()) +
+                                           " dimensions, expected 1 (count)");
+
+  const std::size_t n = ih.shape[0];
+  PARALLAX_CHECK(n == lh.shape[0], "read_image_set(): '" + images_path + "' holds " + std::to_string(n) +
+                                       " images but '" + labels_path + "' holds " + std::to_string(lh.shape[0]) +
+                                       " labels");
+  image_set set;
+  set.rows = ih.shape[1];
+  set.cols = ih.shape[2];
+
+  set.labels = xt::xtensor<std::int32_t, 1>(std::array<std::size_t, 1>{n});
+  const std::uint8_t* labels = label_bytes.data() + lh.data_offset;
+  for (std::size_t i = 0; i < n; ++i) {
+    PARALLAX_CHECK(labels[i] <= 9, at_labels + ": label " + std::to_string(i) + " is " + std::to_string(labels[i]) +
+                                       ", outside the classes 0..9");
+    set.labels(i) = labels[i];
+  }
+
+  // A table, not a multiply by 1/255: 255 must map to exactly 1.0f.
+  std::array<float, 256> scale{};
+  for (std::size_t v = 0; v < 256; ++v) scale[v] = static_cast<float>(v) / 255.0f;
+  const std::size_t pixels = set.rows * set.cols;
+  set.images = xt::xtensor<float, 2>(std::array<std::size_t, 2>{n, pixels});
+  const std::uint8_t* src = image_bytes.data() + ih.data_offset;
+  float* dst = set.images.data();
+  for (std::size_t i = 0; i < n * pixels; ++i) dst[i] = scale[src[i]];
+  return set;
+}
+
+inline image_set load_mnist_split(const std::string& dir, const std::string& split, idx_limits limits) {
+  PARALLAX_CHECK(split == "train" || split == "test",
+                 "load_mnist_split(): split must be \"train\" or \"test\", not \"" + split + "\"");
+  const std::string prefix = split == "train" ? "train" : "t10k";
+  auto find = [&](const std::string& base) {
+    const std::filesystem::path plain = std::filesystem::path(dir) / base;
+    const std::filesystem::path gz = std::filesystem::path(dir) / (base + ".gz");
+    std::error_code ec;
+    if (std::filesystem::exists(plain, ec)) return plain.string();
+    PARALLAX_CHECK(std::filesystem::exists(gz, ec),
+                   "load_mnist_split(): neither '" + plain.string() + "' nor '" + gz.string() + "' exists");
+    return gz.string();
+  };
+  const std::string images = find(prefix + "-images-idx3-ubyte");
+  const std::string labels = find(prefix + "-labels-idx1-ubyte");
+  return read_image_set(images, labels, limits);
+}
+
+}  // namespace parallax::data
