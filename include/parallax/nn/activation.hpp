@@ -1,0 +1,109 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Elementwise activations ReLU, Tanh and Sigmoid over tensors of any rank:
+/// stateless layers whose backward reads the input (ReLU) or the output
+/// (Tanh, Sigmoid), whichever gives the derivative directly.
+
+#include <parallax/core/error.hpp>
+#include <parallax/detail/xtensor.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace parallax::nn {
+
+namespace detail {
+
+/// The shared body of an elementwise layer: Derived provides
+/// `static T value(T x)`, `static T slope(T x, T y)` (dy/dx from x and y)
+/// and `static constexpr const char* name`.
+template <class Derived, class T, std::size_t N>
+class Elementwise {
+ public:
+  static_assert(N >= 1, "parallax: an elementwise layer needs tensors of rank 1 or more (batch first)");
+  using value_type = T;
+  using input_type = xt::xtensor<T, N>;
+  using output_type = xt::xtensor<T, N>;
+
+  /// No parameters: nothing to draw.
+  void initialize(std::uint64_t /*seed*/, std::size_t /*index*/) {}
+
+  /// y = f(x) elementwise; y is resized only when its shape differs from x's.
+  void forward(const input_type& x, output_type& y) const {
+    if (y.shape() != x.shape()) y.resize(x.shape());
+    const T* in = x.data();
+    T* out = y.data();
+    const std::size_t n = x.size();
+    for (std::size_t i = 0; i < n; ++i) out[i] = Derived::value(in[i]);
+  }
+
+  /// dx = f'(x) * dy elementwise, with f' from x or y.
+  void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) const {
+    PARALLAX_CHECK(y.shape() == x.shape() && dy.shape() == x.shape(),
+                   std::string(Derived::name) + "::backward(): x, y and dy must have one shape, got " +
+                       parallax::detail::shape_string(x.shape()) + ", " +
+                       parallax::detail::shape_string(y.shape()) + " and " +
+                       parallax::detail::shape_string(dy.shape()));
+    if (dx.shape() != x.shape()) dx.resize(x.shape());
+    const T* in = x.data();
+    const T* out = y.data();
+    const T* g = dy.data();
+    T* d = dx.data();
+    const std::size_t n = x.size();
+    for (std::size_t i = 0; i < n; ++i) d[i] = Derived::slope(in[i], out[i]) * g[i];
+  }
+
+  /// The layer's name, e.g. "ReLU".
+  std::string describe() const { return Derived::name; }
+
+  /// The input shape itself; throws parallax::error when its rank is not N.
+  std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const {
+    PARALLAX_CHECK(input_shape.size() == N, std::string(Derived::name) + ": input shape " +
+                                                parallax::detail::shape_string(input_shape) +
+                                                " does not fit the expected rank-" + std::to_string(N) +
+                                                " shape (batch, ...)");
+    return input_shape;
+  }
+
+  /// Stateless: 0.
+  static std::size_t parameter_count() { return 0; }
+};
+
+}  // namespace detail
+
+/// max(x, 0); the slope is 1 where x > 0 and 0 elsewhere (0 at x = 0).
+template <class T, std::size_t N = 2>
+class ReLU : public detail::Elementwise<ReLU<T, N>, T, N> {
+ public:
+  static constexpr const char* name = "ReLU";
+  static T value(T x) { return x > T(0) ? x : T(0); }
+  static T slope(T x, T /*y*/) { return x > T(0) ? T(1) : T(0); }
+};
+
+/// tanh(x); the slope is 1 - y^2.
+template <class T, std::size_t N = 2>
+class Tanh : public detail::Elementwise<Tanh<T, N>, T, N> {
+ public:
+  static constexpr const char* name = "Tanh";
+  static T value(T x) { return std::tanh(x); }
+  static T slope(T /*x*/, T y) { return T(1) - y * y; }
+};
+
+/// 1 / (1 + exp(-x)), evaluated without overflow for large |x|; the slope is
+/// y (1 - y).
+template <class T, std::size_t N = 2>
+class Sigmoid : public detail::Elementwise<Sigmoid<T, N>, T, N> {
+ public:
+  static constexpr const char* name = "Sigmoid";
+  static T value(T x) {
+    if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+    const T e = std::exp(x);
+    return e / (T(1) + e);
+  }
+  static T slope(T /*x*/, T y) { return y * (T(1) - y); }
+};
+
+}  // namespace parallax::nn
