@@ -7,6 +7,7 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/data/batch.hpp>
+#include <parallax/detail/chain.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/detail/xtensor.hpp>
 
@@ -22,171 +23,6 @@
 namespace parallax::nn {
 
 namespace detail {
-
-/// Stands in for a type that a malformed part does not name, so that one
-/// clear diagnostic is not followed by a cascade of unrelated ones.
-struct missing_type {
-  using value_type = double;
-};
-
-/// Part I of a chain, or missing_type when I is past its end.
-template <std::size_t I, class... Parts>
-struct part_at {
-  using type = missing_type;
-};
-template <std::size_t I, class... Parts>
-  requires(I < sizeof...(Parts))
-struct part_at<I, Parts...> {
-  using type = std::tuple_element_t<I, std::tuple<Parts...>>;
-};
-
-template <class L>
-struct input_of {
-  using type = missing_type;
-};
-template <class L>
-  requires requires { typename L::input_type; }
-struct input_of<L> {
-  using type = typename L::input_type;
-};
-
-template <class L>
-struct output_of {
-  using type = missing_type;
-};
-template <class L>
-  requires requires { typename L::output_type; }
-struct output_of<L> {
-  using type = typename L::output_type;
-};
-
-template <class L>
-struct target_of {
-  using type = missing_type;
-};
-template <class L>
-  requires requires { typename L::target_type; }
-struct target_of<L> {
-  using type = typename L::target_type;
-};
-
-/// Checks that part I (not the last) is a Layer; the instantiation context
-/// of a failure shows I.
-template <std::size_t I, class L>
-struct layer_part {
-  static constexpr bool check() {
-    if constexpr (Loss<L> && !HasLayerTypes<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: part I is a Loss, but only the last part may be one: the parts "
-                    "before it must be Layers; see docs/layer.md");
-    } else if constexpr (!HasLayerTypes<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: layer I is not a Layer: it needs `using input_type = ...;` and "
-                    "`using output_type = ...;` naming xtensor containers (batch first); see docs/layer.md");
-    } else if constexpr (!HasForward<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: layer I is not a Layer: it needs `forward(const input_type& x, "
-                    "output_type& y)`; see docs/layer.md");
-    } else if constexpr (!HasBackward<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: layer I is not a Layer: it needs `backward(const input_type& x, "
-                    "const output_type& y, const output_type& dy, input_type& dx)`; see docs/layer.md");
-    } else if constexpr (!HasInitialize<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: layer I is not a Layer: it needs `initialize(std::uint64_t seed, "
-                    "std::size_t index)`; see docs/layer.md");
-    }
-    return true;
-  }
-  static constexpr bool value = check();
-};
-
-/// Checks that layer I's output feeds layer I + 1; the instantiation context
-/// of a failure shows I.
-template <std::size_t I, class A, class B>
-struct layer_pair {
-  static constexpr bool check() {
-    if constexpr (HasLayerTypes<A> && HasLayerTypes<B>) {
-      static_assert(std::is_same_v<typename A::output_type, typename B::input_type>,
-                    "parallax: Sequential: the output_type of layer I does not match the input_type of layer "
-                    "I + 1; see docs/layer.md");
-    }
-    return true;
-  }
-  static constexpr bool value = check();
-};
-
-/// Checks that the last part (part I) is a Loss that takes the output of the
-/// last layer (layer I - 1).
-template <std::size_t I, class A, class L>
-struct loss_part {
-  static constexpr bool check() {
-    if constexpr (!Loss<L> && Layer<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: the last part (part I) is a Layer, not a Loss: end the chain with a "
-                    "loss such as SoftmaxCrossEntropy or MeanSquaredError; see docs/layer.md");
-    } else if constexpr (!Loss<L>) {
-      static_assert(parallax::detail::dependent_false<L>,
-                    "parallax: Sequential: the last part (part I) is not a Loss: it needs input_type, "
-                    "target_type, `double loss(y, t, dy)` and `double value(y, t)`; see docs/layer.md");
-    } else if constexpr (HasLayerTypes<A>) {
-      static_assert(std::is_same_v<typename A::output_type, typename L::input_type>,
-                    "parallax: Sequential: the output_type of the last layer (layer I - 1) does not match the "
-                    "input_type of the loss (part I); see docs/layer.md");
-    }
-    return true;
-  }
-  static constexpr bool value = check();
-};
-
-/// Every check of a chain; true once the diagnostics (if any) are out.
-template <class... Parts>
-constexpr bool check_sequential() {
-  if constexpr (sizeof...(Parts) < 2) {
-    static_assert(parallax::detail::dependent_false<Parts...>,
-                  "parallax: Sequential needs at least one layer followed by a loss; see docs/layer.md");
-  } else {
-    using parts = std::tuple<Parts...>;
-    constexpr std::size_t layers = sizeof...(Parts) - 1;
-    [[maybe_unused]] constexpr bool ok =
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (layer_part<I, std::tuple_element_t<I, parts>>::value && ...);
-        }(std::make_index_sequence<layers>{}) &&
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (layer_pair<I, std::tuple_element_t<I, parts>, std::tuple_element_t<I + 1, parts>>::value && ...);
-        }(std::make_index_sequence<layers - 1>{}) &&
-        loss_part<layers, std::tuple_element_t<layers - 1, parts>, std::tuple_element_t<layers, parts>>::value;
-  }
-  return true;
-}
-
-/// The same checks as check_sequential, as a plain bool without diagnostics:
-/// Sequential compiles its bodies only for a well-formed chain, so a user
-/// sees the one diagnostic and not a cascade from forward and backward.
-template <class... Parts>
-constexpr bool chain_ok() {
-  if constexpr (sizeof...(Parts) < 2) {
-    return false;
-  } else {
-    using parts = std::tuple<Parts...>;
-    constexpr std::size_t layers = sizeof...(Parts) - 1;
-    using last_layer = std::tuple_element_t<layers - 1, parts>;
-    using loss = std::tuple_element_t<layers, parts>;
-    constexpr bool all_layers = []<std::size_t... I>(std::index_sequence<I...>) {
-      return (Layer<std::tuple_element_t<I, parts>> && ...);
-    }(std::make_index_sequence<layers>{});
-    if constexpr (!all_layers || !Loss<loss>) {
-      return false;
-    } else {
-      constexpr bool pairs = []<std::size_t... I>(std::index_sequence<I...>) {
-        return (std::is_same_v<typename std::tuple_element_t<I, parts>::output_type,
-                               typename std::tuple_element_t<I + 1, parts>::input_type> &&
-                ...);
-      }(std::make_index_sequence<layers - 1>{});
-      return pairs && std::is_same_v<typename last_layer::output_type, typename loss::input_type>;
-    }
-  }
-}
 
 /// A part's parameters (or gradients) as a std::tuple to concatenate: the
 /// part's own tuple, its other tensor list wrapped in a tuple, or nothing.
@@ -226,12 +62,12 @@ concept has_const_parameters = !HasLayerParameters<L> || requires(const L& l) {
 /// @endcode
 template <class... Parts>
 class Sequential {
-  static_assert(detail::check_sequential<Parts...>());
-  static constexpr bool chain_ok_ = detail::chain_ok<Parts...>();
+  static_assert(parallax::detail::check_chain<Parts...>());
+  static constexpr bool chain_ok_ = parallax::detail::chain_ok<Parts...>();
 
   using parts_tuple = std::tuple<Parts...>;
   template <std::size_t I>
-  using part_t = typename detail::part_at<I, Parts...>::type;
+  using part_t = typename parallax::detail::part_at<I, Parts...>::type;
 
  public:
   /// How many layers precede the loss.
@@ -239,11 +75,11 @@ class Sequential {
 
   using loss_type = part_t<layer_count>;
   /// The first layer's input.
-  using input_type = typename detail::input_of<part_t<0>>::type;
+  using input_type = typename parallax::detail::input_of<part_t<0>>::type;
   /// The last layer's output (what predict returns and the loss reads).
-  using output_type = typename detail::output_of<part_t<layer_count - 1>>::type;
+  using output_type = typename parallax::detail::output_of<part_t<layer_count - 1>>::type;
   /// What the loss compares the output with.
-  using target_type = typename detail::target_of<loss_type>::type;
+  using target_type = typename parallax::detail::target_of<loss_type>::type;
   /// Inputs and targets of some samples.
   using batch_type = parallax::data::Batch<input_type, target_type>;
   /// The element type of the output (and, for the reference layers, of the
@@ -365,7 +201,7 @@ class Sequential {
   struct buffers;
   template <std::size_t... I>
   struct buffers<std::index_sequence<I...>> {
-    using type = std::tuple<typename detail::output_of<part_t<I>>::type...>;
+    using type = std::tuple<typename parallax::detail::output_of<part_t<I>>::type...>;
   };
   using buffer_tuple = typename buffers<std::make_index_sequence<layer_count>>::type;
 
