@@ -11,6 +11,7 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
+#include <parallax/evaluation.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
@@ -84,23 +85,6 @@ struct data_parallel_options {
   optim::lr_schedule schedule{};
   /// Called after every step on rank 0 only; other ranks stay silent.
   std::function<void(const step_report&)> on_step{};
-};
-
-/// Mean loss and accuracy of a model over a dataset, identical on every rank.
-struct evaluation {
-  std::size_t samples = 0;
-  double loss = 0;
-  std::optional<double> accuracy;  ///< when the model has correct(batch)
-  std::vector<std::pair<std::string, double>> metrics;  ///< user metrics, means over samples
-  double metric(const std::string& name) const;
-};
-
-/// A user metric for evaluate(): `sum(model, batch)` returns the metric
-/// summed over the batch's samples; evaluate reports its mean.
-template <class M>
-struct metric {
-  std::string name;
-  std::function<double(M&, const typename detail::batch_type_of<M>::type&)> sum;
 };
 
 struct epoch_report {
@@ -228,12 +212,6 @@ DataParallel(M, const optim::Optimizer<typename detail::value_type_of<M>::type>&
 // ===========================================================================
 
 namespace parallax {
-
-inline double evaluation::metric(const std::string& name) const {
-  for (const auto& [n, v] : metrics)
-    if (n == name) return v;
-  throw error("evaluation::metric(): no metric named '" + name + "'");
-}
 
 namespace detail {
 

@@ -44,6 +44,20 @@ void gather_rows(const E& source, std::span<const std::size_t> indices, E& out) 
   }
 }
 
+/// Copies rows [begin, begin + count) of `source` into `out`, resizing it to
+/// [count, ...] (no allocation when already that shape).
+template <class E>
+void slice_rows(const E& source, std::size_t begin, std::size_t count, E& out) {
+  auto shape = source.shape();
+  const std::size_t n = source.dimension() == 0 ? 0 : shape[0];
+  PARALLAX_CHECK(begin + count <= n, "slice_rows(): rows [" + std::to_string(begin) + ", " +
+                                         std::to_string(begin + count) + ") of " + std::to_string(n));
+  const std::size_t row = n == 0 ? 0 : source.size() / n;
+  shape[0] = count;
+  if (!std::equal(out.shape().begin(), out.shape().end(), shape.begin(), shape.end())) out.resize(shape);
+  std::copy_n(source.data() + begin * row, count * row, out.data());
+}
+
 /// An in-memory dataset of inputs [n, ...] and targets [n, ...]; meets the
 /// Dataset concept for Batch<X, Y>.
 template <class X, class Y>

@@ -1,0 +1,367 @@
+// SPDX-License-Identifier: BSL-1.0
+// Suite model_parallel: a p-stage pipeline equals the unsplit chain trained
+// on one rank (DESIGN.md invariant 2) for both schedules and several
+// micro-batch counts; saved activations as promised; each rank holds only its
+// layers; bad partitions and mismatched boundaries end with the same error on
+// every rank.
+
+#include <parallax/model_parallel.hpp>
+#include <parallax/nn/activation.hpp>
+#include <parallax/nn/linear.hpp>
+#include <parallax/nn/loss.hpp>
+#include <parallax/nn/sequential.hpp>
+#include <parallax/optim/adam.hpp>
+#include <parallax/optim/sgd.hpp>
+
+#include <doctest/doctest.h>
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+using parallax::mpi::communicator;
+using namespace parallax::nn;
+
+namespace {
+
+template <class T>
+using Chain = parallax::ModelParallel<Linear<T>, Tanh<T>, Linear<T>, Sigmoid<T>, Linear<T>, Tanh<T>, Linear<T>,
+                                      SoftmaxCrossEntropy<T>>;
+
+template <class T>
+auto chain_args() {
+  return std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 6}, std::tuple{}, std::tuple{6, 4}, std::tuple{},
+                    std::tuple{4, 3}, std::tuple{}};
+}
+
+template <class T>
+auto serial_chain(std::uint64_t seed) {
+  Sequential net{Linear<T>(5, 7), Tanh<T>{}, Linear<T>(7, 6), Sigmoid<T>{}, Linear<T>(6, 4), Tanh<T>{}, Linear<T>(4, 3),
+                 SoftmaxCrossEntropy<T>{}};
+  net.initialize(seed);
+  return net;
+}
+
+template <class T>
+parallax::data::Batch<xt::xtensor<T, 2>, xt::xtensor<std::int32_t, 1>> make_batch(std::size_t n, std::uint64_t seed) {
+  parallax::detail::rng g(seed);
+  parallax::data::Batch<xt::xtensor<T, 2>, xt::xtensor<std::int32_t, 1>> b;
+  b.inputs = xt::zeros<T>({n, std::size_t(5)});
+  b.targets = xt::zeros<std::int32_t>({n});
+  for (auto& v : b.inputs) v = static_cast<T>(2 * g.uniform() - 1);
+  for (auto& t : b.targets) t = static_cast<std::int32_t>(g.below(3));
+  return b;
+}
+
+/// Max |pipeline - serial| over this rank's layers; the serial chain's layer
+/// I is compared with the pipeline's layer I when this rank holds it.
+template <class T, class MP, class Net>
+double max_difference(MP& mp, Net& net) {
+  double worst = 0;
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    (
+        [&] {
+          if (auto* mine = mp.template layer<I>()) {
+            if constexpr (parallax::HasLayerParameters<std::remove_pointer_t<decltype(mine)>>) {
+              std::vector<T> a, b;
+              parallax::detail::for_each_tensor(mine->parameters(), [&](auto& t) { a.insert(a.end(), t.begin(), t.end()); });
+              parallax::detail::for_each_tensor(net.template layer<I>().parameters(),
+                                                [&](auto& t) { b.insert(b.end(), t.begin(), t.end()); });
+              REQUIRE(a.size() == b.size());
+              for (std::size_t k = 0; k < a.size(); ++k)
+                worst = std::max(worst, std::abs(static_cast<double>(a[k]) - static_cast<double>(b[k])));
+            }
+          }
+        }(),
+        ...);
+  }(std::make_index_sequence<MP::layer_count>{});
+  return worst;
+}
+
+template <class T>
+std::vector<std::span<T>> spans(auto&& list) {
+  std::vector<std::span<T>> out;
+  parallax::detail::for_each_tensor(list, [&](auto& t) { out.emplace_back(t.data(), t.size()); });
+  return out;
+}
+
+template <class T>
+std::vector<std::span<const T>> const_spans(auto&& list) {
+  std::vector<std::span<const T>> out;
+  parallax::detail::for_each_tensor(list, [&](auto& t) { out.emplace_back(t.data(), t.size()); });
+  return out;
+}
+
+/// Serial reference: the Sequential chain, same optimizer, same batches.
+template <class T, class Net>
+void train_serial(Net& net, const parallax::optim::Optimizer<T>& optimizer, std::size_t steps, std::size_t batch,
+                  double clip = 0) {
+  auto opt = optimizer.clone();
+  for (std::size_t s = 0; s < steps; ++s) {
+    net.loss_and_gradient(make_batch<T>(batch, 100 + s));
+    if (clip > 0) parallax::optim::clip_by_global_norm<T>(spans<T>(net.gradients()), clip);
+    opt->step(spans<T>(net.parameters()), const_spans<T>(net.gradients()));
+  }
+}
+
+template <class T>
+double run_equivalence(const communicator& world, const parallax::optim::Optimizer<T>& opt,
+                       parallax::pipeline::schedule_kind kind, std::size_t m, bool recompute, std::size_t batch,
+                       double clip = 0) {
+  Chain<T> mp(chain_args<T>(), opt,
+              {.micro_batches = m, .schedule = kind, .recompute = recompute, .seed = 42, .clip_norm = clip}, world);
+  auto net = serial_chain<T>(42);
+  double last_loss = 0;
+  for (std::size_t s = 0; s < 10; ++s) last_loss = mp.train_step(make_batch<T>(batch, 100 + s));
+  train_serial(net, opt, 10, batch, clip);
+  // The loss is the same on every rank and equals the serial one.
+  double root = last_loss;
+  parallax::mpi::broadcast(world, root, world.size() - 1);
+  CHECK(last_loss == root);
+  CHECK(std::isfinite(last_loss));
+  double worst = max_difference<T>(mp, net), all = 0;
+  parallax::mpi::all_reduce(world, worst, all, parallax::mpi::maximum<double>());
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("ModelParallel: p stages equal the serial chain in double (both schedules, m = 1, 2, 4, 8)") {
+  communicator world;
+  parallax::optim::SGD<double> sgd({.lr = 0.5, .momentum = 0.9});
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b})
+    for (std::size_t m : {1, 2, 4, 8})
+      for (bool recompute : {false, true}) {
+        const double d1 = run_equivalence<double>(world, sgd, kind, m, recompute, 16);
+        CHECK_MESSAGE(d1 <= 1e-12, "SGD m=" << m << " recompute=" << recompute << ": " << d1);
+        // 13 samples: micro-batches of unequal size, the loss still the exact mean.
+        const double d2 = run_equivalence<double>(world, adam, kind, m, recompute, 13);
+        CHECK_MESSAGE(d2 <= 1e-12, "Adam, batch 13, m=" << m << " recompute=" << recompute << ": " << d2);
+      }
+}
+
+TEST_CASE("ModelParallel: float within 1e-5 relative, and clipping by the global norm across stages") {
+  communicator world;
+  parallax::optim::SGD<float> sgd({.lr = 0.5, .momentum = 0.9});
+  for (std::size_t m : {1, 4}) {
+    const double d = run_equivalence<float>(world, sgd, parallax::pipeline::schedule_kind::one_f_one_b, m, false, 16);
+    CHECK_MESSAGE(d <= 1e-5, "float m=" << m << ": " << d);
+  }
+  parallax::optim::SGD<double> plain({.lr = 2.0});
+  const double clipped = run_equivalence<double>(world, plain, parallax::pipeline::schedule_kind::gpipe, 4, false, 16, 0.05);
+  CHECK(clipped <= 1e-12);
+  // The clip is active: without it the run ends elsewhere.
+  const double unclipped = run_equivalence<double>(world, plain, parallax::pipeline::schedule_kind::gpipe, 4, false, 16, 0);
+  CHECK(unclipped <= 1e-12);
+  Chain<double> a(chain_args<double>(), plain, {.micro_batches = 4, .seed = 42, .clip_norm = 0.05}, world);
+  Chain<double> b(chain_args<double>(), plain, {.micro_batches = 4, .seed = 42}, world);
+  for (std::size_t s = 0; s < 3; ++s) {
+    a.train_step(make_batch<double>(16, 100 + s));
+    b.train_step(make_batch<double>(16, 100 + s));
+  }
+  auto net = serial_chain<double>(42);
+  double da = max_difference<double>(a, net), db = max_difference<double>(b, net), ta = 0, tb = 0;
+  parallax::mpi::all_reduce(world, da, ta, parallax::mpi::maximum<double>());
+  parallax::mpi::all_reduce(world, db, tb, parallax::mpi::maximum<double>());
+  CHECK(std::abs(ta - tb) > 1e-6);
+}
+
+TEST_CASE("ModelParallel: training moves the weights and lowers the loss") {
+  communicator world;
+  Chain<double> mp(chain_args<double>(), parallax::optim::Adam<double>({.lr = 0.02}), {.micro_batches = 4, .seed = 1}, world);
+  const auto batch = make_batch<double>(32, 7);
+  const double first = mp.train_step(batch);
+  double last = first;
+  for (int s = 0; s < 200; ++s) last = mp.train_step(batch);
+  CHECK(last < 0.5 * first);
+}
+
+TEST_CASE("ModelParallel: 1F1B holds at most p micro-batches of activations, GPipe holds m") {
+  communicator world;
+  const std::size_t p = static_cast<std::size_t>(world.size());
+  const std::size_t s = static_cast<std::size_t>(world.rank());
+  for (std::size_t m : {1, 2, 4, 8}) {
+    Chain<double> f(chain_args<double>(), parallax::optim::SGD<double>(),
+                    {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::one_f_one_b}, world);
+    Chain<double> g(chain_args<double>(), parallax::optim::SGD<double>(),
+                    {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::gpipe}, world);
+    Chain<double> r(chain_args<double>(), parallax::optim::SGD<double>(),
+                    {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::gpipe, .recompute = true}, world);
+    const auto batch = make_batch<double>(16, 3);
+    f.train_step(batch);
+    g.train_step(batch);
+    r.train_step(batch);
+    CHECK(f.stats().peak_micro_batches == std::min(p - s, m));
+    CHECK(f.stats().peak_micro_batches <= p);
+    CHECK(g.stats().peak_micro_batches == m);
+    CHECK(f.stats().peak_saved_bytes <= g.stats().peak_saved_bytes);
+    if (m > p) CHECK(f.stats().peak_saved_bytes < g.stats().peak_saved_bytes);
+    // Recomputation keeps only stage inputs and outputs.
+    if (f.end_layer() - f.first_layer() > 1) CHECK(r.stats().peak_saved_bytes < g.stats().peak_saved_bytes);
+  }
+}
+
+TEST_CASE("ModelParallel: each rank builds only its own layers") {
+  communicator world;
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {}, world);
+  std::size_t held = 0;
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    std::vector<bool> present = {(mp.template layer<I>() != nullptr)...};
+    for (std::size_t i = 0; i < present.size(); ++i) {
+      CHECK(present[i] == (i >= mp.first_layer() && i < mp.end_layer()));
+      held += present[i];
+    }
+  }(std::make_index_sequence<Chain<double>::layer_count>{});
+  CHECK(held == mp.end_layer() - mp.first_layer());
+  // Parameters: each rank holds exactly its layers' share; together, the whole chain.
+  const std::size_t counts[] = {5 * 7 + 7, 0, 7 * 6 + 6, 0, 6 * 4 + 4, 0, 4 * 3 + 3};
+  std::size_t mine = 0;
+  for (std::size_t i = mp.first_layer(); i < mp.end_layer(); ++i) mine += counts[i];
+  CHECK(mp.stats().local_parameters == mine);
+  std::size_t total = 0, local = mp.stats().local_parameters;
+  parallax::mpi::all_reduce(world, local, total, std::plus<std::size_t>());
+  CHECK(total == 42 + 48 + 28 + 15);
+  // The default partition balances parameter counts.
+  const std::vector<double> costs(std::begin(counts), std::end(counts));
+  CHECK(mp.boundaries() == parallax::pipeline::balanced_boundaries(costs, static_cast<std::size_t>(world.size())));
+}
+
+TEST_CASE("ModelParallel: predict and evaluate through the pipeline equal the serial chain") {
+  communicator world;
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>({.lr = 0.3}), {.micro_batches = 3, .seed = 9}, world);
+  auto net = serial_chain<double>(9);
+  for (std::size_t s = 0; s < 3; ++s) mp.train_step(make_batch<double>(12, 100 + s));
+  train_serial(net, parallax::optim::SGD<double>({.lr = 0.3}), 3, 12);
+  const auto probe = make_batch<double>(10, 77);
+  const auto out = mp.predict(probe.inputs);
+  const auto expected = net.predict(probe.inputs);
+  REQUIRE(out.shape() == expected.shape());
+  CHECK(xt::amax(xt::abs(out - expected))() <= 1e-12);
+  // evaluate: 50 samples in batches of 16 (a short last batch).
+  const auto data = make_batch<double>(50, 5);
+  parallax::data::TensorDataset<xt::xtensor<double, 2>, xt::xtensor<std::int32_t, 1>> ds(data.inputs, data.targets);
+  const auto result = mp.evaluate(ds, 16);
+  CHECK(result.samples == 50);
+  CHECK(result.loss == doctest::Approx(net.loss(data)).epsilon(1e-12));
+  REQUIRE(result.accuracy.has_value());
+  CHECK(*result.accuracy == doctest::Approx(static_cast<double>(net.correct(data)) / 50.0));
+}
+
+namespace {
+template <class F>
+std::string agreed_error(const communicator& world, F&& f) {
+  std::string message;
+  try {
+    f();
+  } catch (const parallax::error& e) {
+    message = e.what();
+  }
+  std::vector<std::string> all;
+  parallax::mpi::all_gather(world, message, all);
+  for (const auto& m : all) CHECK(m == message);
+  return message;
+}
+
+/// An identity layer that throws in forward when told to: a failure on one stage.
+struct Faulty {
+  using input_type = xt::xtensor<double, 2>;
+  using output_type = xt::xtensor<double, 2>;
+  bool fail = false;
+  void initialize(std::uint64_t, std::size_t) {}
+  void forward(const input_type& x, output_type& y) {
+    if (fail) throw std::runtime_error("Faulty: deliberate failure");
+    y = x;
+  }
+  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) { dx = dy; }
+  static std::size_t parameter_count() { return 0; }
+};
+}  // namespace
+
+TEST_CASE("ModelParallel: bad partitions are one error on every rank") {
+  communicator world;
+  const int p = world.size();
+  using Small = parallax::ModelParallel<Linear<double>, SoftmaxCrossEntropy<double>>;
+  if (p > 1) {
+    CHECK(agreed_error(world, [&] { Small mp(std::make_tuple(std::make_tuple(5, 3)), parallax::optim::SGD<double>(), {}, world); })
+              .find("more stages than layers") != std::string::npos);
+  }
+  parallax::pipeline::boundaries empty_stage;  // 0, 0, ..., 7: stage 0 empty
+  for (int s = 0; s < p; ++s) empty_stage.push_back(0);
+  empty_stage.push_back(7);
+  if (p > 1)
+    CHECK(agreed_error(world, [&] {
+            Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.boundaries = empty_stage}, world);
+          }).find("stage 0 is empty") != std::string::npos);
+  CHECK(agreed_error(world, [&] {
+          Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.micro_batches = 0}, world);
+        }).find("micro_batches must be at least 1") != std::string::npos);
+  // Ranks that disagree on the partition.
+  if (p > 1) {
+    parallax::pipeline::boundaries mine = {0};
+    for (int s = 1; s < p; ++s) mine.push_back(static_cast<std::size_t>(s));
+    mine.push_back(7);
+    if (world.rank() == 0) mine[static_cast<std::size_t>(p) - 1] = 6;  // valid, but not what the others use
+    CHECK(agreed_error(world, [&] {
+            Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.boundaries = mine}, world);
+          }).find("the partition") != std::string::npos);
+  }
+}
+
+TEST_CASE("ModelParallel: a mismatched stage boundary is one error on every rank, naming both layers") {
+  communicator world;
+  const int p = world.size();
+  // Layer 2 expects 8 features, layer 0 makes 7.
+  using Broken = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
+                                         SoftmaxCrossEntropy<double>>;
+  const parallax::pipeline::boundaries cuts[] = {{0, 5}, {0, 2, 5}, {0, 2, 3, 5}, {0, 1, 2, 3, 5}};
+  Broken mp(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{8, 3}, std::tuple{}, std::tuple{3, 3}, std::tuple{}},
+            parallax::optim::SGD<double>(), {.micro_batches = 2, .boundaries = cuts[p - 1]}, world);
+  const auto message = agreed_error(world, [&] { mp.train_step(make_batch<double>(16, 1)); });
+  CHECK(message.find("layer 2 Linear(8 -> 3), which cannot take the output of layer 1 Tanh") != std::string::npos);
+  CHECK(message.find("of shape (16, 7)") != std::string::npos);
+  const std::string stage = p == 4 ? "stage 2" : "stage 1";
+  if (p > 1) CHECK(message.find(stage + " begins with layer 2") != std::string::npos);
+}
+
+TEST_CASE("ModelParallel: bad batches and a failing layer are one error on every rank") {
+  communicator world;
+  const int p = world.size();
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.micro_batches = 4}, world);
+  CHECK(agreed_error(world, [&] { mp.train_step(make_batch<double>(3, 1)); })
+            .find("a batch of 3 samples cannot be cut into 4 micro-batches") != std::string::npos);
+  auto mismatched = make_batch<double>(8, 1);
+  mismatched.targets = xt::zeros<std::int32_t>({std::size_t(7)});
+  CHECK(agreed_error(world, [&] { mp.train_step(mismatched); }).find("8 inputs but 7 targets") != std::string::npos);
+  // A layer that throws on the last stage, mid-schedule.
+  using WithFaulty = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Faulty, Linear<double>,
+                                             SoftmaxCrossEntropy<double>>;
+  parallax::pipeline::boundaries cut = {0};
+  for (int s = 1; s < p; ++s) cut.push_back(static_cast<std::size_t>(s));
+  cut.push_back(5);
+  WithFaulty wf(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3}, std::tuple{}},
+                parallax::optim::SGD<double>(), {.micro_batches = 2, .boundaries = cut}, world);
+  if (auto* f = wf.layer<3>()) f->fail = true;
+  const auto message = agreed_error(world, [&] { wf.train_step(make_batch<double>(8, 1)); });
+  CHECK(message.find("Faulty: deliberate failure") != std::string::npos);
+  // It recovers: the next step works.
+  if (auto* f = wf.layer<3>()) f->fail = false;
+  CHECK(std::isfinite(wf.train_step(make_batch<double>(8, 1))));
+}
+
+TEST_CASE("ModelParallel: profiled boundaries are valid and the same on every rank") {
+  communicator world;
+  const auto sample = make_batch<double>(32, 4);
+  const auto b = Chain<double>::profile_boundaries(chain_args<double>(), sample.inputs, {}, world);
+  CHECK_NOTHROW(parallax::pipeline::check_boundaries(b, 7, static_cast<std::size_t>(world.size())));
+  std::vector<std::size_t> root = b;
+  parallax::mpi::broadcast(world, root, 0);
+  CHECK(root == b);
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.boundaries = b}, world);
+  CHECK(std::isfinite(mp.train_step(sample)));
+}
