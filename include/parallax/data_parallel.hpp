@@ -85,6 +85,10 @@ struct data_parallel_options {
   optim::lr_schedule schedule{};
   /// Called after every step on rank 0 only; other ranks stay silent.
   std::function<void(const step_report&)> on_step{};
+  /// Called after every step of train_epoch on every rank (collective work
+  /// such as periodic checkpoints goes here); the sampler's position is
+  /// already past the step.
+  std::function<void(const step_report&)> after_step{};
 };
 
 struct epoch_report {
@@ -130,10 +134,11 @@ class DataParallel {
   data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
                                         data::sampler_options options = {}) const;
 
-  /// Collective. One epoch of the sampler's plan over `dataset` (anything
-  /// with size() and batch(indices); batch_into(indices, batch&) is used
-  /// when present to reuse buffers), then moves the sampler to the next
-  /// epoch. Leftover accumulated micro-steps are applied at the end.
+  /// Collective. The rest of the sampler's epoch (from sampler.position(),
+  /// so a resumed run continues mid-epoch) over `dataset` (anything with
+  /// size() and batch(indices); batch_into(indices, batch&) is used when
+  /// present to reuse buffers), then moves the sampler to the next epoch.
+  /// Leftover accumulated micro-steps are applied at the end.
   template <class D>
     requires Dataset<D, typename M::batch_type>
   epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler);
@@ -196,7 +201,6 @@ class DataParallel {
   std::uint64_t skipped_ = 0;
   double samples_since_average_ = 0;      // local SGD: samples this rank saw since the last average
   std::uint64_t local_steps_ = 0;
-  std::uint64_t epoch_ = 0;
   step_timing timing_;       // the step in progress
   step_timing last_timing_;  // the last completed step
 };
@@ -347,6 +351,9 @@ double DataParallel<M>::train_step(const batch_type& batch) {
     meta_[3] += T(1);
   } else {
     try {
+      // Layers with step-keyed randomness (dropout) see the optimizer step,
+      // so a resumed run draws the same masks as an uninterrupted one.
+      if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
       loss = static_cast<double>(model_.loss_and_gradient(batch));
       refresh_views();
     } catch (const error& e) {
@@ -528,10 +535,11 @@ epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSam
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   epoch_report report;
+  report.steps = sampler.steps_per_epoch() - sampler.position();
   double weighted_loss = 0;
   batch_type batch{};
   const std::size_t steps = sampler.steps_per_epoch();
-  for (std::size_t s = 0; s < steps; ++s) {
+  for (std::size_t s = sampler.position(); s < steps; ++s) {
     const auto t0 = clock::now();
     const auto indices = sampler.local_indices(s);
     if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
@@ -541,15 +549,14 @@ epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSam
     const std::size_t step_samples = sampler.global_batch();
     weighted_loss += loss * static_cast<double>(step_samples);
     report.samples += step_samples;
-    if (options_.on_step && comm_.rank() == 0) {
-      options_.on_step({sampler.epoch(), s, steps, optimizer_->steps(), loss, step_samples,
-                        std::chrono::duration<double>(clock::now() - t0).count(), skipped_ > skipped_before});
-    }
+    sampler.set_position(s + 1);
+    const step_report step{sampler.epoch(), s, steps, optimizer_->steps(), loss, step_samples,
+                           std::chrono::duration<double>(clock::now() - t0).count(), skipped_ > skipped_before};
+    if (options_.on_step && comm_.rank() == 0) options_.on_step(step);
+    if (options_.after_step) options_.after_step(step);
   }
   flush();
   sampler.next_epoch();
-  ++epoch_;
-  report.steps = steps;
   report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : 0.0;
   if (options_.average_every > 0 || options_.accumulation_steps > 1) {
     // Step losses were local on some micro-steps: report the global mean.

@@ -387,21 +387,34 @@ inline void agree(const mpi::communicator& comm, const std::string& failure) {
   std::vector<int> failed;
   for (int r = 0; r < comm.size(); ++r)
     if (!all[static_cast<std::size_t>(r)].empty()) failed.push_back(r);
+  // Messages end with " [rank r]"; ranks that failed the same way are named
+  // together: "cause [ranks 0, 2, 3]".
+  auto cause = [](const std::string& m) {
+    const auto at = m.rfind(" [rank ");
+    return at != std::string::npos && m.back() == ']' ? m.substr(0, at) : m;
+  };
+  std::vector<std::pair<std::string, std::vector<int>>> groups;
+  for (int r : failed) {
+    const auto c = cause(all[static_cast<std::size_t>(r)]);
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == c; });
+    if (it == groups.end()) groups.push_back({c, {r}});
+    else it->second.push_back(r);
+  }
   std::string text;
-  if (failed.size() == 1) {
-    text = all[static_cast<std::size_t>(failed.front())];
-  } else {
-    text = std::to_string(failed.size()) + " ranks failed; first: " +
-           all[static_cast<std::size_t>(failed.front())];
-    std::size_t shown = 1;
-    for (std::size_t i = 1; i < failed.size() && shown < 4; ++i) {
-      const auto& m = all[static_cast<std::size_t>(failed[i])];
-      if (m != all[static_cast<std::size_t>(failed.front())]) {
-        text += "; also: " + m;
-        ++shown;
-      }
+  for (std::size_t g = 0; g < groups.size() && g < 4; ++g) {
+    const auto& [c, ranks] = groups[g];
+    if (g > 0) text += "; also: ";
+    if (ranks.size() == 1 && all[static_cast<std::size_t>(ranks[0])] != c) {
+      text += all[static_cast<std::size_t>(ranks[0])];  // as thrown, with its rank
+    } else if (ranks.size() == 1) {
+      text += c;
+    } else {
+      text += c + " [ranks ";
+      for (std::size_t i = 0; i < ranks.size(); ++i) text += (i ? ", " : "") + std::to_string(ranks[i]);
+      text += "]";
     }
   }
+  if (groups.size() > 4) text += "; and " + std::to_string(groups.size() - 4) + " other causes";
   throw error(text);
 }
 

@@ -59,6 +59,11 @@ class DistributedSampler {
   void set_epoch(std::uint64_t epoch);
   /// Moves to the next epoch: a new shuffle without the caller tracking it.
   void next_epoch() { set_epoch(epoch_ + 1); }
+  /// The next step of the epoch to train (DataParallel::train_epoch starts
+  /// here and advances it; a checkpoint saves it, so a resumed run continues
+  /// mid-epoch). set_epoch() resets it to 0.
+  std::size_t position() const { return position_; }
+  void set_position(std::size_t step);
 
   /// This rank's sample indices for step `step` of the current epoch.
   std::span<const std::size_t> local_indices(std::size_t step) const { return indices(step, rank_); }
@@ -84,6 +89,7 @@ class DistributedSampler {
   sampler_options options_;
   std::size_t steps_ = 0;
   std::uint64_t epoch_ = 0;
+  std::size_t position_ = 0;
   std::vector<std::size_t> shares_;   // samples per rank per step
   std::vector<std::size_t> offsets_;  // start of rank r inside a global batch
   std::vector<std::size_t> order_;    // steps_ * batch_ indices for the epoch
@@ -147,7 +153,14 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
 
 inline void DistributedSampler::set_epoch(std::uint64_t epoch) {
   epoch_ = epoch;
+  position_ = 0;
   plan();
+}
+
+inline void DistributedSampler::set_position(std::size_t step) {
+  PARALLAX_CHECK(step <= steps_, "DistributedSampler::set_position(): step " + std::to_string(step) +
+                                     " of an epoch of " + std::to_string(steps_) + " steps");
+  position_ = step;
 }
 
 inline void DistributedSampler::plan() {

@@ -1,0 +1,255 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Durable files for checkpoints: a checksummed container (magic, version,
+/// element code, payload size, CRC-32 of the payload) written atomically —
+/// to a temporary file in the same folder, flushed and synced, then renamed
+/// over the final name, and the folder synced — and read back with every
+/// field checked, so that a truncated, corrupted or foreign file is a clear
+/// error naming the file and the cause.
+
+#include <parallax/core/error.hpp>
+
+#include <boost/crc.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <ostream>
+#include <streambuf>
+#include <string>
+#include <vector>
+
+namespace parallax::io {
+
+/// The fixed-size header in front of every checkpoint file.
+struct file_header {
+  static constexpr std::array<char, 8> magic = {'P', 'L', 'X', 'C', 'K', 'P', 'T', '\0'};
+  std::uint32_t version = 0;
+  std::uint32_t element = 0;  ///< element type code of the tensors inside (0: none)
+  std::uint64_t payload_bytes = 0;
+  std::uint32_t crc32 = 0;    ///< CRC-32 of the payload
+};
+inline constexpr std::size_t file_header_bytes = 8 + 4 + 4 + 8 + 4;
+
+/// Writes `path` atomically: `write_payload(out)` streams the payload into an
+/// std::ostream that checksums it on the way to a temporary file; the header
+/// is completed, the file synced and renamed over `path`, the folder synced.
+/// A crash at any moment leaves either the old file or the new one, never a
+/// mix. Returns the header written.
+file_header write_atomically(const std::string& path, std::uint32_t version, std::uint32_t element,
+                             const std::function<void(std::ostream&)>& write_payload);
+
+/// Reads and checks a file written by write_atomically: magic, version (at
+/// most `newest_version`), size and CRC. Returns the header and the payload.
+std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header = nullptr);
+
+/// Syncs a folder so that renames inside it are durable.
+void sync_directory(const std::string& dir);
+
+// ---------------------------------------------------------------------------
+
+namespace detail {
+
+inline std::string errno_text() { return std::strerror(errno); }
+
+/// A streambuf that checksums and writes to a file descriptor through a
+/// buffer.
+class crc_file_buffer : public std::streambuf {
+ public:
+  explicit crc_file_buffer(int fd) : fd_(fd), buffer_(std::size_t{1} << 20) {
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+  }
+  std::uint32_t crc() const { return crc_.checksum(); }
+  std::uint64_t bytes() const { return bytes_; }
+  bool failed() const { return failed_; }
+  int sync() override { return flush_buffer() ? 0 : -1; }
+
+ protected:
+  int_type overflow(int_type ch) override {
+    if (!flush_buffer()) return traits_type::eof();
+    if (!traits_type::eq_int_type(ch, traits_type::eof())) {
+      *pptr() = traits_type::to_char_type(ch);
+      pbump(1);
+    }
+    return traits_type::not_eof(ch);
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    if (n >= static_cast<std::streamsize>(buffer_.size())) {
+      // Large blocks (tensors) go straight to the file.
+      if (!flush_buffer() || !write_all(s, static_cast<std::size_t>(n))) return 0;
+      return n;
+    }
+    return std::streambuf::xsputn(s, n);
+  }
+
+ private:
+  bool write_all(const char* s, std::size_t n) {
+    crc_.process_bytes(s, n);
+    bytes_ += n;
+    while (n > 0) {
+      const ssize_t w = ::write(fd_, s, n);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        failed_ = true;
+        return false;
+      }
+      s += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+  bool flush_buffer() {
+    const auto n = static_cast<std::size_t>(pptr() - pbase());
+    if (n > 0 && !write_all(pbase(), n)) return false;
+    setp(buffer_.data(), buffer_.data() + buffer_.size());
+    return true;
+  }
+  int fd_;
+  std::vector<char> buffer_;
+  boost::crc_32_type crc_;
+  std::uint64_t bytes_ = 0;
+  bool failed_ = false;
+};
+
+inline void put32(char* at, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+inline void put64(char* at, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+inline std::uint32_t get32(const unsigned char* at) {
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(at[i]) << (8 * i);
+  return v;
+}
+inline std::uint64_t get64(const unsigned char* at) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(at[i]) << (8 * i);
+  return v;
+}
+
+inline std::array<char, file_header_bytes> encode(const file_header& h) {
+  std::array<char, file_header_bytes> out{};
+  std::memcpy(out.data(), file_header::magic.data(), 8);
+  put32(out.data() + 8, h.version);
+  put32(out.data() + 12, h.element);
+  put64(out.data() + 16, h.payload_bytes);
+  put32(out.data() + 24, h.crc32);
+  return out;
+}
+
+}  // namespace detail
+
+inline void sync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;  // best effort: some file systems do not allow it
+  ::fsync(fd);
+  ::close(fd);
+}
+
+inline file_header write_atomically(const std::string& path, std::uint32_t version, std::uint32_t element,
+                                    const std::function<void(std::ostream&)>& write_payload) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  const fs::path temp = dir / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid()));
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  PARALLAX_CHECK(fd >= 0, "checkpoint: cannot create '" + temp.string() + "': " + detail::errno_text());
+  file_header header{version, element, 0, 0};
+  bool ok = true;
+  std::string cause;
+  try {
+    const auto blank = detail::encode(header);
+    ok = ::write(fd, blank.data(), blank.size()) == static_cast<ssize_t>(blank.size());
+    if (!ok) cause = detail::errno_text();
+    if (ok) {
+      detail::crc_file_buffer buffer(fd);
+      std::ostream out(&buffer);
+      write_payload(out);
+      out.flush();
+      ok = !buffer.failed() && out.good();
+      if (!ok) cause = "write failed: " + detail::errno_text();
+      header.payload_bytes = buffer.bytes();
+      header.crc32 = buffer.crc();
+    }
+    if (ok) {
+      const auto full = detail::encode(header);
+      ok = ::pwrite(fd, full.data(), full.size(), 0) == static_cast<ssize_t>(full.size()) && ::fsync(fd) == 0;
+      if (!ok) cause = detail::errno_text();
+    }
+  } catch (const std::exception& e) {
+    ok = false;
+    cause = e.what();
+  }
+  ::close(fd);
+  if (!ok) {
+    std::error_code ignored;
+    fs::remove(temp, ignored);
+    parallax::detail::throw_error("checkpoint: writing '" + path + "' failed: " + cause);
+  }
+  std::error_code ec;
+  fs::rename(temp, target, ec);
+  if (ec) {
+    fs::remove(temp, ec);
+    parallax::detail::throw_error("checkpoint: cannot rename '" + temp.string() + "' to '" + path + "': " + ec.message());
+  }
+  sync_directory(dir.string());
+  return header;
+}
+
+inline std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header) {
+  const std::string where = "checkpoint file '" + path + "'";
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  PARALLAX_CHECK(fd >= 0, where + ": cannot open: " + detail::errno_text());
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }
+  } close_at_exit{fd};
+  auto read_all = [&](char* into, std::uint64_t n) {
+    std::uint64_t got = 0;
+    while (got < n) {
+      const ssize_t r = ::read(fd, into + got, n - got);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      got += static_cast<std::uint64_t>(r);
+    }
+    return got;
+  };
+  struct stat st {};
+  PARALLAX_CHECK(::fstat(fd, &st) == 0, where + ": cannot stat: " + detail::errno_text());
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  PARALLAX_CHECK(size >= file_header_bytes, where + ": truncated (" + std::to_string(size) +
+                                                " bytes, shorter than the header)");
+  std::array<unsigned char, file_header_bytes> raw{};
+  PARALLAX_CHECK(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), where + ": cannot read the header");
+  PARALLAX_CHECK(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0,
+                 where + ": not a parallax checkpoint (wrong magic number)");
+  file_header h;
+  h.version = detail::get32(raw.data() + 8);
+  h.element = detail::get32(raw.data() + 12);
+  h.payload_bytes = detail::get64(raw.data() + 16);
+  h.crc32 = detail::get32(raw.data() + 24);
+  PARALLAX_CHECK(h.version >= 1 && h.version <= newest_version,
+                 where + ": format version " + std::to_string(h.version) + " is unknown (this parallax reads up to " +
+                     std::to_string(newest_version) + ")");
+  // The size is checked against the file before anything is allocated.
+  PARALLAX_CHECK(size - file_header_bytes == h.payload_bytes,
+                 where + ": truncated or padded: the header announces " + std::to_string(h.payload_bytes) +
+                     " payload bytes, the file has " + std::to_string(size - file_header_bytes));
+  std::vector<char> payload(h.payload_bytes);
+  PARALLAX_CHECK(read_all(payload.data(), payload.size()) == payload.size(), where + ": short read");
+  boost::crc_32_type crc;
+  crc.process_bytes(payload.data(), payload.size());
+  PARALLAX_CHECK(crc.checksum() == h.crc32, where + ": corrupted: CRC-32 mismatch");
+  if (header) *header = h;
+  return payload;
+}
+
+}  // namespace parallax::io

@@ -1,0 +1,382 @@
+// SPDX-License-Identifier: BSL-1.0
+// Suite reliability: checkpoints of DataParallel and ModelParallel — exact
+// resume, resharding to other rank counts and partitions, Sequential <->
+// ModelParallel, retention, and every kind of damaged checkpoint detected
+// with its message on every rank.
+
+#include "toy_model.hpp"
+
+#include <parallax/io/checkpoint.hpp>
+#include <parallax/nn/activation.hpp>
+#include <parallax/nn/linear.hpp>
+#include <parallax/nn/loss.hpp>
+#include <parallax/nn/sequential.hpp>
+#include <parallax/optim/adam.hpp>
+#include <parallax/optim/sgd.hpp>
+
+#include <doctest/doctest.h>
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using parallax::mpi::communicator;
+using namespace parallax::nn;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// A fresh folder, the same name on every rank of `comm`, removed at the end.
+struct scratch_dir {
+  communicator comm;
+  std::string path;
+  explicit scratch_dir(const communicator& c) : comm(c) {
+    static int counter = 0;
+    if (comm.rank() == 0)
+      path = (fs::temp_directory_path() / ("parallax-ckpt-" + std::to_string(::getpid()) + "-" + std::to_string(counter)))
+                 .string();
+    ++counter;
+    parallax::mpi::broadcast(comm, path, 0);
+    comm.barrier();
+  }
+  ~scratch_dir() {
+    comm.barrier();
+    if (comm.rank() == 0) fs::remove_all(path);
+  }
+};
+
+template <class F>
+std::string agreed_error(const communicator& world, F&& f) {
+  std::string message;
+  try {
+    f();
+  } catch (const parallax::error& e) {
+    message = e.what();
+  }
+  std::vector<std::string> all;
+  parallax::mpi::all_gather(world, message, all);
+  for (const auto& m : all) CHECK(m == message);
+  return message;
+}
+
+constexpr std::size_t features = 5, hidden = 4;
+
+template <class T>
+std::vector<T> flat_parameters(auto&& list) {
+  std::vector<T> out;
+  parallax::detail::for_each_tensor(list, [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+  return out;
+}
+
+using Net = Sequential<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>, SoftmaxCrossEntropy<double>>;
+using Pipe = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
+                                     SoftmaxCrossEntropy<double>>;
+const auto pipe_args = std::tuple{std::tuple{5, 6}, std::tuple{}, std::tuple{6, 6}, std::tuple{}, std::tuple{6, 3}, std::tuple{}};
+
+Net make_net(std::uint64_t seed) {
+  Net net{Linear<double>(5, 6), Tanh<double>{}, Linear<double>(6, 6), Tanh<double>{}, Linear<double>(6, 3),
+          SoftmaxCrossEntropy<double>{}};
+  net.initialize(seed);
+  return net;
+}
+
+Net::batch_type chain_batch(std::size_t n, std::uint64_t seed) {
+  parallax::detail::rng g(seed);
+  Net::batch_type b;
+  b.inputs = xt::zeros<double>({n, std::size_t(5)});
+  b.targets = xt::zeros<std::int32_t>({n});
+  for (auto& v : b.inputs) v = 2 * g.uniform() - 1;
+  for (auto& t : b.targets) t = static_cast<std::int32_t>(g.below(3));
+  return b;
+}
+
+/// All of a pipeline's parameters, gathered to every rank in layer order.
+std::vector<double> gather_pipe(Pipe& p) {
+  std::vector<double> mine;
+  p.for_each_local_layer([&](std::size_t, auto& layer) {
+    if constexpr (parallax::HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
+      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { mine.insert(mine.end(), t.begin(), t.end()); });
+  });
+  std::vector<std::vector<double>> all;
+  parallax::mpi::all_gather(p.communicator(), mine, all);
+  std::vector<double> out;
+  for (const auto& part : all) out.insert(out.end(), part.begin(), part.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("checkpoint: DataParallel resumes exactly (parameters, Adam state, sampler position)") {
+  communicator world;
+  scratch_dir dir(world);
+  const auto data = toy::make_data<double>(90, features, 5);
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  // Uninterrupted: 2 epochs.
+  parallax::DataParallel full(toy::TinyMLP<double>(features, hidden, 3), adam, {}, world);
+  auto s_full = full.make_sampler(data.size(), 12, {.seed = 4});
+  full.train_epoch(data, s_full);
+  full.train_epoch(data, s_full);
+  // Interrupted: a checkpoint at step 3 of the second epoch, then a new trainer resumes.
+  parallax::io::Checkpointer checkpoints(dir.path, {.keep = 2}, world);
+  {
+    parallax::DataParallel first(toy::TinyMLP<double>(features, hidden, 3), adam, {}, world);
+    auto s = first.make_sampler(data.size(), 12, {.seed = 4});
+    first.train_epoch(data, s);
+    for (std::size_t i = 0; i < 3; ++i) {
+      first.train_step(data.batch(s.local_indices(s.position())));
+      s.set_position(s.position() + 1);
+    }
+    checkpoints.save(first, &s);
+  }
+  parallax::DataParallel resumed(toy::TinyMLP<double>(features, hidden, 99), adam, {}, world);  // other init
+  auto s = resumed.make_sampler(data.size(), 12, {.seed = 4});
+  const auto loaded = checkpoints.resume_latest(resumed, &s);
+  REQUIRE(loaded.has_value());
+  CHECK(s.epoch() == 1);
+  CHECK(s.position() == 3);
+  CHECK(resumed.optimizer_steps() == 8 + 3);
+  resumed.train_epoch(data, s);
+  CHECK(flat_parameters<double>(resumed.model().parameters()) == flat_parameters<double>(full.model().parameters()));
+  CHECK(resumed.optimizer().state() == full.optimizer().state());
+}
+
+TEST_CASE("checkpoint: ModelParallel resumes exactly, also with another partition") {
+  communicator world;
+  scratch_dir dir(world);
+  const std::size_t p = static_cast<std::size_t>(world.size());
+  parallax::optim::Adam<double> adam({.lr = 0.02});
+  Pipe full(pipe_args, adam, {.micro_batches = 2, .seed = 5}, world);
+  for (std::size_t s = 0; s < 8; ++s) full.train_step(chain_batch(12, s));
+  parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+  {
+    Pipe first(pipe_args, adam, {.micro_batches = 2, .seed = 5}, world);
+    for (std::size_t s = 0; s < 5; ++s) first.train_step(chain_batch(12, s));
+    checkpoints.save(first);
+  }
+  // Another cut: stage boundaries moved (when there is room to move them).
+  parallax::pipeline::boundaries other = {0};
+  for (std::size_t s = 1; s < p; ++s) other.push_back(5 - (p - s));
+  other.push_back(5);
+  Pipe resumed(pipe_args, adam, {.micro_batches = 2, .seed = 77, .boundaries = other}, world);
+  REQUIRE(checkpoints.resume_latest(resumed).has_value());
+  for (std::size_t s = 5; s < 8; ++s) resumed.train_step(chain_batch(12, s));
+  CHECK(gather_pipe(resumed) == gather_pipe(full));
+}
+
+TEST_CASE("checkpoint: a Sequential trained on one rank loads into ModelParallel, and back") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::optim::SGD<double> sgd({.lr = 0.3, .momentum = 0.9});
+  communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+  // Rank 0 trains the plain chain alone and writes a checkpoint.
+  std::vector<double> serial_after;
+  if (world.rank() == 0) {
+    parallax::DataParallel single(make_net(8), sgd, {}, self);
+    for (std::size_t s = 0; s < 4; ++s) single.train_step(chain_batch(12, s));
+    parallax::io::Checkpointer(dir.path, {}, self).save(single);
+    for (std::size_t s = 4; s < 7; ++s) single.train_step(chain_batch(12, s));
+    serial_after = flat_parameters<double>(single.model().parameters());
+  }
+  parallax::mpi::broadcast(world, serial_after, 0);
+  // Every rank: a pipeline resumes from it and continues the same way.
+  Pipe pipe(pipe_args, sgd, {.micro_batches = 3, .seed = 1}, world);
+  parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+  REQUIRE(checkpoints.resume_latest(pipe).has_value());
+  for (std::size_t s = 4; s < 7; ++s) pipe.train_step(chain_batch(12, s));
+  const auto piped = gather_pipe(pipe);
+  REQUIRE(piped.size() == serial_after.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < piped.size(); ++i) worst = std::max(worst, std::abs(piped[i] - serial_after[i]));
+  CHECK(worst <= 1e-12);
+  // And back: the pipeline's checkpoint into a single-rank Sequential.
+  const auto saved = checkpoints.save(pipe);
+  if (world.rank() == 0) {
+    parallax::DataParallel single(make_net(1234), sgd, {}, self);
+    parallax::io::Checkpointer(dir.path, {}, self).load(single, nullptr, saved);
+    CHECK(flat_parameters<double>(single.model().parameters()) == piped);
+  }
+}
+
+TEST_CASE("checkpoint: written at 2 ranks, loads at 1, 3 and 4 (data parallel and pipeline)") {
+  communicator world;
+  if (world.size() < 2) return;
+  scratch_dir dir(world);
+  const auto data = toy::make_data<double>(60, features, 5);
+  parallax::optim::SGD<double> sgd({.lr = 0.1, .momentum = 0.5});
+  // Writers: ranks 0 and 1.
+  communicator pair = world.split(world.rank() < 2 ? 0 : 1);
+  std::vector<double> reference;
+  std::string dp_path, pipe_path;
+  if (world.rank() < 2) {
+    parallax::DataParallel writer(toy::TinyMLP<double>(features, hidden, 2), sgd, {}, pair);
+    auto s = writer.make_sampler(data.size(), 10, {.seed = 1});
+    writer.train_epoch(data, s);
+    dp_path = parallax::io::Checkpointer(dir.path + "/dp", {}, pair).save(writer, &s);
+    reference = flat_parameters<double>(writer.model().parameters());
+    Pipe pipe(pipe_args, sgd, {.micro_batches = 2, .seed = 3}, pair);
+    for (std::size_t k = 0; k < 3; ++k) pipe.train_step(chain_batch(8, k));
+    pipe_path = parallax::io::Checkpointer(dir.path + "/pipe", {}, pair).save(pipe);
+  }
+  parallax::mpi::broadcast(world, reference, 0);
+  parallax::mpi::broadcast(world, dp_path, 0);
+  parallax::mpi::broadcast(world, pipe_path, 0);
+  // The pipeline's parameters, from a 1-rank load (the unsplit model).
+  std::vector<double> unsplit;
+  if (world.rank() == 0) {
+    communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+    Pipe one(pipe_args, sgd, {.micro_batches = 2}, self);
+    parallax::io::Checkpointer(dir.path + "/pipe", {}, self).load(one, nullptr, pipe_path);
+    unsplit = gather_pipe(one);
+  }
+  parallax::mpi::broadcast(world, unsplit, 0);
+  for (int n : {1, 3, 4}) {
+    if (n > world.size()) continue;
+    communicator group = world.split(world.rank() < n ? 0 : 1);
+    if (world.rank() >= n) continue;
+    parallax::DataParallel reader(toy::TinyMLP<double>(features, hidden, 50), sgd, {}, group);
+    auto s = reader.make_sampler(data.size(), 10, {.seed = 1});
+    parallax::io::Checkpointer(dir.path + "/dp", {}, group).load(reader, &s, dp_path);
+    CHECK(flat_parameters<double>(reader.model().parameters()) == reference);
+    CHECK(s.epoch() == 1);
+    if (n <= 5) {
+      Pipe pipe(pipe_args, sgd, {.micro_batches = 2}, group);
+      parallax::io::Checkpointer(dir.path + "/pipe", {}, group).load(pipe, nullptr, pipe_path);
+      CHECK(gather_pipe(pipe) == unsplit);
+    }
+  }
+}
+
+TEST_CASE("checkpoint: keeps the newest K and prunes the rest") {
+  communicator world;
+  scratch_dir dir(world);
+  const auto data = toy::make_data<double>(40, features, 5);
+  parallax::DataParallel dp(toy::TinyMLP<double>(features, hidden, 3), parallax::optim::SGD<double>(), {}, world);
+  parallax::io::Checkpointer checkpoints(dir.path, {.keep = 2, .every_steps = 2}, world);
+  auto s = dp.make_sampler(data.size(), 8, {});
+  int saved = 0;
+  for (int i = 0; i < 9; ++i) {
+    dp.train_step(data.batch(s.local_indices(static_cast<std::size_t>(i % 5))));
+    saved += checkpoints.maybe_save(dp, &s);
+  }
+  CHECK(saved == 4);  // steps 2, 4, 6, 8
+  const auto left = checkpoints.list();
+  REQUIRE(left.size() == 2);
+  CHECK(fs::path(left[0]).filename() == "step-000000000008");
+  CHECK(fs::path(left[1]).filename() == "step-000000000006");
+}
+
+TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on every rank") {
+  communicator world;
+  scratch_dir dir(world);
+  const int p = world.size();
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  Pipe pipe(pipe_args, adam, {.micro_batches = 2}, world);
+  parallax::io::Checkpointer checkpoints(dir.path, {.keep = 10, .quiet = true}, world);
+  pipe.train_step(chain_batch(8, 1));
+  const auto good = checkpoints.save(pipe);
+  pipe.train_step(chain_batch(8, 2));
+  auto newest = checkpoints.save(pipe);
+  const auto part0 = (fs::path(newest) / ("part-0-" + std::to_string(pipe.boundaries()[1]) + ".bin")).string();
+  auto damage = [&](auto how) {
+    world.barrier();
+    if (world.rank() == 0) how();
+    world.barrier();
+  };
+  const auto manifest = (fs::path(newest) / "MANIFEST").string();
+  std::vector<char> original, original_manifest;
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+  };
+  if (world.rank() == 0) {
+    original = slurp(part0);
+    original_manifest = slurp(manifest);
+  }
+  auto restore = [&] {
+    damage([&] {
+      std::ofstream(part0, std::ios::binary | std::ios::trunc).write(original.data(), static_cast<std::streamsize>(original.size()));
+      std::ofstream(manifest, std::ios::binary | std::ios::trunc)
+          .write(original_manifest.data(), static_cast<std::streamsize>(original_manifest.size()));
+    });
+  };
+  Pipe other(pipe_args, adam, {.micro_batches = 2}, world);
+  SUBCASE("truncated") {
+    damage([&] { fs::resize_file(part0, fs::file_size(part0) - 10); });
+    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("truncated") != std::string::npos);
+  }
+  SUBCASE("flipped bytes") {
+    damage([&] {
+      std::fstream f(part0, std::ios::binary | std::ios::in | std::ios::out);
+      f.seekp(200);
+      f.put('\x5a');
+      f.put('\xa5');
+    });
+    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("CRC-32 mismatch") != std::string::npos);
+  }
+  SUBCASE("a pipeline part deleted") {
+    damage([&] { fs::remove(part0); });
+    const auto m = agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(m.find("is incomplete: part 'part-0-") != std::string::npos);
+    CHECK(m.find("is missing") != std::string::npos);
+  }
+  SUBCASE("no manifest") {
+    damage([&] { fs::remove(fs::path(newest) / "MANIFEST"); });
+    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("has no MANIFEST") != std::string::npos);
+  }
+  SUBCASE("unknown format version") {
+    damage([&] {
+      std::fstream f(part0, std::ios::binary | std::ios::in | std::ios::out);
+      f.seekp(8);
+      f.put('\x63');
+    });
+    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); })
+              .find("format version 99 is unknown") != std::string::npos);
+  }
+  SUBCASE("another model's checkpoint") {
+    using Wide = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
+                                         SoftmaxCrossEntropy<double>>;
+    Wide wide(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 7}, std::tuple{}, std::tuple{7, 3}, std::tuple{}},
+              adam, {.micro_batches = 2}, world);
+    const auto m = agreed_error(world, [&] { checkpoints.load(wide, nullptr, newest); });
+    CHECK(m.find("was written for another model") != std::string::npos);
+    CHECK(m.find("has shape (5, 6) there, (5, 7) in this model") != std::string::npos);
+  }
+  SUBCASE("other element type or optimizer") {
+    using Floats = parallax::ModelParallel<Linear<float>, Tanh<float>, Linear<float>, Tanh<float>, Linear<float>,
+                                           SoftmaxCrossEntropy<float>>;
+    Floats f(pipe_args, parallax::optim::Adam<float>(), {.micro_batches = 2}, world);
+    CHECK(agreed_error(world, [&] { checkpoints.load(f, nullptr, newest); })
+              .find("holds float64 tensors, the model has float32") != std::string::npos);
+    Pipe sgd(pipe_args, parallax::optim::SGD<double>(), {.micro_batches = 2}, world);
+    CHECK(agreed_error(world, [&] { checkpoints.load(sgd, nullptr, newest); })
+              .find("holds adam optimizer state, the trainer uses sgd") != std::string::npos);
+  }
+  SUBCASE("resume_latest falls back to the newest valid checkpoint and says why") {
+    damage([&] {
+      std::fstream f(part0, std::ios::binary | std::ios::in | std::ios::out);
+      f.seekp(100);
+      f.put('\x00');
+      f.put('\x11');
+    });
+    const auto loaded = checkpoints.resume_latest(other);
+    REQUIRE(loaded.has_value());
+    CHECK(*loaded == good);
+    REQUIRE(checkpoints.skipped().size() == 1);
+    CHECK(checkpoints.skipped()[0].first == newest);
+    CHECK(checkpoints.skipped()[0].second.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(other.optimizer().steps() == 1);
+  }
+  restore();
+  // The intact checkpoint still loads after all that.
+  Pipe again(pipe_args, adam, {.micro_batches = 2}, world);
+  CHECK_NOTHROW(checkpoints.load(again, nullptr, newest));
+  CHECK(gather_pipe(again) == gather_pipe(pipe));
+  (void)p;
+}
