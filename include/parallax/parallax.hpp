@@ -3,6 +3,37 @@
 /// The umbrella header: includes every public parallax header.
 
 #include <parallax/version.hpp>
-#include <parallax/core/error.hpp>
-#include <parallax/core/concepts.hpp>
+
 #include <parallax/core/comm.hpp>
+#include <parallax/core/concepts.hpp>
+#include <parallax/core/error.hpp>
+
+#include <parallax/data/batch.hpp>
+#include <parallax/data/idx.hpp>
+#include <parallax/data/sampler.hpp>
+
+#include <parallax/optim/adam.hpp>
+#include <parallax/optim/clip.hpp>
+#include <parallax/optim/optimizer.hpp>
+#include <parallax/optim/schedule.hpp>
+#include <parallax/optim/sgd.hpp>
+
+#include <parallax/nn/activation.hpp>
+#include <parallax/nn/conv2d.hpp>
+#include <parallax/nn/dropout.hpp>
+#include <parallax/nn/flatten.hpp>
+#include <parallax/nn/linear.hpp>
+#include <parallax/nn/loss.hpp>
+#include <parallax/nn/maxpool2d.hpp>
+#include <parallax/nn/sequential.hpp>
+
+#include <parallax/pipeline/partition.hpp>
+#include <parallax/pipeline/schedule.hpp>
+
+#include <parallax/data_parallel.hpp>
+#include <parallax/ensemble.hpp>
+#include <parallax/evaluation.hpp>
+#include <parallax/model_parallel.hpp>
+
+#include <parallax/io/checkpoint.hpp>
+#include <parallax/io/file.hpp>
