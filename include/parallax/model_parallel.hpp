@@ -506,7 +506,7 @@ void ModelParallel<Parts...>::prepare(const batch_type* batch, bool training) {
         failure = detail::with_rank("ModelParallel: " + where + detail::layer_name(layer, I()) +
                                     ", which cannot take " +
                                     (from.empty() ? std::string("the batch's inputs") : "the output of " + from) +
-                                    " of shape " + detail::shape_string(shape) + ": " + e.what());
+                                    " of shape " + detail::shape_string(shape) + ": " + detail::without_rank(e.what()));
       }
     });
   }
@@ -593,7 +593,7 @@ void ModelParallel<Parts...>::forward(std::size_t mb, const batch_type* batch, b
       }
     });
   } catch (const std::exception& e) {
-    note(std::string("ModelParallel: forward on stage ") + std::to_string(stage_) + ": " + e.what());
+    note(std::string("ModelParallel: forward on stage ") + std::to_string(stage_) + ": " + detail::without_rank(e.what()));
     for_range(end_ - 1, end_, [&](auto I) {
       auto& y = std::get<I()>(s.out);
       y.resize(micro_shape(stage_out_shape_, mb));
@@ -626,7 +626,7 @@ void ModelParallel<Parts...>::forward(std::size_t mb, const batch_type* batch, b
         }
       }
     } catch (const std::exception& e) {
-      note(std::string("ModelParallel: loss on stage ") + std::to_string(stage_) + ": " + e.what());
+      note(std::string("ModelParallel: loss on stage ") + std::to_string(stage_) + ": " + detail::without_rank(e.what()));
       auto& dy = std::get<layer_count - 1>(s.dy);
       dy.resize(y.shape());
       dy.fill(0);
@@ -704,7 +704,7 @@ void ModelParallel<Parts...>::backward(std::size_t mb) {
       }
     });
   } catch (const std::exception& e) {
-    note(std::string("ModelParallel: backward on stage ") + std::to_string(stage_) + ": " + e.what());
+    note(std::string("ModelParallel: backward on stage ") + std::to_string(stage_) + ": " + detail::without_rank(e.what()));
     for_range(begin_, begin_ + 1, [&](auto I) {
       auto& dx = std::get<I()>(s.dx);
       dx.resize(micro_shape(stage_in_shape_, mb));

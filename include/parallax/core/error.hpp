@@ -48,6 +48,14 @@ inline std::string with_rank(std::string_view message) {
   return text;
 }
 
+/// A message without the " [rank r]" that with_rank() appended, to quote it
+/// inside another message.
+inline std::string without_rank(std::string_view message) {
+  const auto at = message.rfind(" [rank ");
+  if (at == std::string_view::npos || message.empty() || message.back() != ']') return std::string(message);
+  return std::string(message.substr(0, at));
+}
+
 [[noreturn]] inline void throw_error(std::string_view message) {
   throw error(with_rank(message));
 }
