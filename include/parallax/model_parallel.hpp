@@ -205,6 +205,21 @@ class ModelParallel {
   using inputs_tuple = typename buffers<std::make_index_sequence<layer_count>>::inputs;
   using outputs_tuple = typename buffers<std::make_index_sequence<layer_count>>::outputs;
 
+  /// Receives of one kind posted at the start of a step (one per
+  /// micro-batch, distinct tags), and spare buffers they reuse.
+  template <class E>
+  struct receive_queue {
+    std::vector<std::optional<tensor_receive<E>>> pending;
+    std::vector<E> spare;
+  };
+  template <class S>
+  struct queues;
+  template <std::size_t... I>
+  struct queues<std::index_sequence<I...>> {
+    using activations = std::tuple<receive_queue<in_t<I>>...>;
+    using gradients = std::tuple<receive_queue<out_t<I>>...>;
+  };
+
   /// One micro-batch in flight on this stage: what backward needs.
   struct slot {
     inputs_tuple in;        // the stage input, at index begin_
@@ -235,6 +250,10 @@ class ModelParallel {
   void send_activation(std::size_t mb);
   void send_gradient(std::size_t mb);
   void note(const std::string& what);
+  void post_receives(bool training);
+  void poll_receives(std::size_t from);
+  template <class E>
+  static void take(receive_queue<E>& q, std::size_t mb, E& into);
   std::vector<std::size_t> micro_shape(const std::vector<std::size_t>& full, std::size_t mb) const;
   void refresh_views();
   std::size_t saved_bytes(const slot& s) const;
@@ -270,6 +289,8 @@ class ModelParallel {
   double loss_sum_ = 0;      // last stage: sum over samples of the loss
   double correct_sum_ = 0;   // last stage, forward-only runs
   std::string failure_;
+  typename queues<std::make_index_sequence<layer_count>>::activations activation_queues_;  // used at begin_
+  typename queues<std::make_index_sequence<layer_count>>::gradients gradient_queues_;      // used at end_ - 1
   outputs_tuple recomputed_;  // scratch outputs when recomputing
   inputs_tuple dx_scratch_;   // gradients between layers of this stage
   output_type* collect_ = nullptr;  // predict(): the last stage gathers outputs here
@@ -554,11 +575,66 @@ void ModelParallel<Parts...>::release(std::size_t mb) {
 }
 
 template <class... Parts>
+template <class E>
+void ModelParallel<Parts...>::take(receive_queue<E>& q, std::size_t mb, E& into) {
+  // Swap the arrived tensor into place (no copy); the slot's old buffer
+  // becomes a spare for the next step's receives.
+  auto& incoming = q.pending[mb]->wait();
+  std::swap(incoming, into);
+  q.spare.push_back(std::move(incoming));
+  q.pending[mb].reset();
+}
+
+template <class... Parts>
+void ModelParallel<Parts...>::post_receives(bool training) {
+  // Every receive of the step is posted up front with its own tag, so
+  // messages land while this stage computes.
+  const std::size_t m = options_.micro_batches;
+  auto post = [&](auto& q, int source, auto tag_of) {
+    q.pending.resize(m);
+    for (std::size_t mb = 0; mb < m; ++mb) {
+      using E = typename std::remove_cvref_t<decltype(q.spare)>::value_type;
+      E buffer{};
+      if (!q.spare.empty()) {
+        buffer = std::move(q.spare.back());
+        q.spare.pop_back();
+      }
+      q.pending[mb].emplace(pipe_, source, tag_of(mb), std::move(buffer));
+    }
+  };
+  if (stage_ > 0)
+    for_range(begin_, begin_ + 1, [&](auto I) {
+      post(std::get<I()>(activation_queues_), stage_ - 1, [&](std::size_t mb) { return tag_activation(mb); });
+    });
+  if (training && stage_ + 1 < stages_)
+    for_range(end_ - 1, end_, [&](auto I) {
+      post(std::get<I()>(gradient_queues_), stage_ + 1, [&](std::size_t mb) { return tag_gradient(mb); });
+    });
+}
+
+template <class... Parts>
+void ModelParallel<Parts...>::poll_receives(std::size_t from) {
+  // Moves the next receives along (posts their element receives as soon as
+  // their headers are in) without waiting.
+  const std::size_t to = std::min(from + 2, options_.micro_batches);
+  for_range(begin_, begin_ + 1, [&](auto I) {
+    auto& q = std::get<I()>(activation_queues_);
+    for (std::size_t mb = from; mb < to && mb < q.pending.size(); ++mb)
+      if (q.pending[mb]) q.pending[mb]->test();
+  });
+  for_range(end_ - 1, end_, [&](auto I) {
+    auto& q = std::get<I()>(gradient_queues_);
+    for (std::size_t mb = from; mb < to && mb < q.pending.size(); ++mb)
+      if (q.pending[mb]) q.pending[mb]->test();
+  });
+}
+
+template <class... Parts>
 void ModelParallel<Parts...>::receive_activation(std::size_t mb) {
   auto& s = *pool_[acquire(mb)];
   for_range(begin_, begin_ + 1, [&](auto I) {
     auto& x = std::get<I()>(s.in);
-    recv_tensor(pipe_, stage_ - 1, tag_activation(mb), x);
+    take(std::get<I()>(activation_queues_), mb, x);
     const auto want = micro_shape(stage_in_shape_, mb);
     if (!std::equal(x.shape().begin(), x.shape().end(), want.begin(), want.end())) {
       note("ModelParallel: stage " + std::to_string(stage_) + " received an activation of shape " +
@@ -653,7 +729,7 @@ void ModelParallel<Parts...>::receive_gradient(std::size_t mb) {
   auto& s = *pool_[slot_of_[mb]];
   for_range(end_ - 1, end_, [&](auto I) {
     auto& dy = std::get<I()>(s.dy);
-    recv_tensor(pipe_, stage_ + 1, tag_gradient(mb), dy);
+    take(std::get<I()>(gradient_queues_), mb, dy);
     const auto want = micro_shape(stage_out_shape_, mb);
     if (!std::equal(dy.shape().begin(), dy.shape().end(), want.begin(), want.end())) {
       note("ModelParallel: stage " + std::to_string(stage_) + " received a gradient of shape " +
@@ -726,7 +802,9 @@ void ModelParallel<Parts...>::send_gradient(std::size_t mb) {
 template <class... Parts>
 void ModelParallel<Parts...>::run(const batch_type* batch, const pipeline::schedule& ops, bool training) {
   using pipeline::op_kind;
+  post_receives(training);
   for (const auto& o : ops[static_cast<std::size_t>(stage_)]) {
+    poll_receives(o.micro_batch);
     switch (o.kind) {
       case op_kind::recv_activation: receive_activation(o.micro_batch); break;
       case op_kind::forward: forward(o.micro_batch, batch, training); break;

@@ -188,6 +188,9 @@ template <class E>
 class tensor_receive {
  public:
   tensor_receive(const mpi::communicator& comm, int source, int tag);
+  /// As above, receiving into `storage` (its buffer is reused when the
+  /// incoming size matches: no allocation in a steady state).
+  tensor_receive(const mpi::communicator& comm, int source, int tag, E&& storage);
   tensor_receive(tensor_receive&&) noexcept = default;
   tensor_receive& operator=(tensor_receive&&) noexcept = default;
 
@@ -725,6 +728,12 @@ tensor_receive<E>::tensor_receive(const mpi::communicator& comm, int source, int
                               tag, comm_, &h),
                     "MPI_Irecv");
   detail::request_access::add(header_request_, h, false);
+}
+
+template <class E>
+tensor_receive<E>::tensor_receive(const mpi::communicator& comm, int source, int tag, E&& storage)
+    : tensor_receive(comm, source, tag) {
+  tensor_ = std::move(storage);
 }
 
 template <class E>
