@@ -7,6 +7,7 @@
 /// on the whole global batch (DESIGN.md invariant 2). Also: gradient
 /// accumulation, local SGD (periodic parameter averaging), sharded evaluation.
 
+#include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
@@ -159,6 +160,11 @@ class DataParallel {
     requires Dataset<D, typename M::batch_type>
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256, const std::vector<metric<M>>& metrics = {});
 
+  /// Sets the hook called after every step of train_epoch on every rank
+  /// (see data_parallel_options::after_step), e.g. once a Checkpointer that
+  /// needs this trainer exists.
+  void set_after_step(std::function<void(const step_report&)> hook) { options_.after_step = std::move(hook); }
+
   M& model() { return model_; }
   const M& model() const { return model_; }
   optim::Optimizer<value_type>& optimizer() { return *optimizer_; }
@@ -278,6 +284,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
       options_(std::move(options)),
       meta_(meta_size, T(0)),
       buckets_(options_.bucket_bytes) {
+  warn_if_slow_blas(comm_);
   // Everything that can differ between ranks is agreed before any rank throws.
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
@@ -411,18 +418,21 @@ double DataParallel<M>::synchronize_gradients() {
   const std::string failure = failure_;
   reset_accumulation();
   if (any_failed) agree(comm_, failure);  // throws the same error on every rank
-  // Sum -> mean, checking finiteness in the same pass (x - x is 0 only for
-  // finite x). The values are bitwise equal on every rank, so is the verdict.
+  // Sum -> mean, checking finiteness in the same pass (x - x is NaN exactly
+  // for an infinite or NaN x; an integer OR keeps the loop vectorisable).
+  // The values are bitwise equal on every rank, so is the verdict.
   const T inv = T(1) / static_cast<T>(count);
-  T nonfinite = 0;
+  unsigned nonfinite = 0;
   for (std::size_t i = 0; i < grads_.size(); ++i) {
-    auto g = step_grads_[i];
-    for (auto& x : g) {
-      x *= inv;
-      nonfinite += x - x;
+    T* g = step_grads_[i].data();
+    const std::size_t n = step_grads_[i].size();
+    for (std::size_t j = 0; j < n; ++j) {
+      g[j] *= inv;
+      const T z = g[j] - g[j];
+      nonfinite |= z != z ? 1u : 0u;
     }
   }
-  if (nonfinite != T(0) || std::isnan(nonfinite)) {
+  if (nonfinite != 0) {
     std::size_t bad = 0;
     for (; bad < grads_.size(); ++bad)
       if (std::any_of(step_grads_[bad].begin(), step_grads_[bad].end(), [](T x) { return !std::isfinite(x); })) break;

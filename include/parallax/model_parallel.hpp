@@ -7,6 +7,7 @@
 /// it owns. The result equals training the unsplit chain on one rank
 /// (DESIGN.md invariant 2).
 
+#include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
@@ -386,6 +387,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   static_assert(sizeof...(Args) == sizeof...(Parts) || sizeof...(Args) == layer_count,
                 "parallax: ModelParallel needs one tuple of constructor arguments per layer (and optionally one "
                 "for the loss)");
+  warn_if_slow_blas(comm_);
   pipe_ = mpi::communicator(detail::private_comm(MPI_Comm(comm_)), mpi::comm_attach);
   stages_ = comm_.size();
   stage_ = comm_.rank();

@@ -4,6 +4,7 @@
 
 #include <parallax/version.hpp>
 
+#include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
+# Suite examples: fashion_mnist with --strategy pipeline at 2, 3 and 4 ranks
+# reaches the accuracy of --strategy data at 2 ranks (same initial weights,
+# same global batches; only floating-point rounding differs), and a run
+# resumed from a mid-epoch checkpoint at another rank count ends where the
+# uninterrupted run ends. Short runs on the first 6000 training images.
+# Usage: same_accuracy.sh FASHION_MNIST_BINARY [mpiexec flags...]
+set -uo pipefail
+demo=$1; shift
+flags=("$@" -x OPENBLAS_NUM_THREADS=1)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+common=(--epochs 2 --limit 6000 --quiet)
+passed=0 failed=0
+accuracy() { sed -n 's/^accuracy \([0-9.]*\),.*/\1/p' "$1" | tail -n 1; }
+check() {  # check NAME CONDITION-AS-PYTHON
+  if python3 -c "import sys; sys.exit(0 if ($2) else 1)"; then echo "ok      $1"; passed=$((passed + 1))
+  else echo "FAILED  $1 ($2)"; failed=$((failed + 1)); fi
+}
+run() {  # run LOG RANKS ARGS...
+  local log=$1 n=$2; shift 2
+  mpiexec "${flags[@]}" -n "$n" "$demo" "${common[@]}" "$@" >"$log" 2>&1 || { echo "run failed: $*"; tail -n 5 "$log"; }
+}
+
+run "$tmp/data.log" 2 --strategy data
+reference=$(accuracy "$tmp/data.log")
+echo "data parallel, 2 ranks: accuracy ${reference:-none}"
+for n in 2 3 4; do
+  run "$tmp/pipe$n.log" "$n" --strategy pipeline --micro-batches 4
+  a=$(accuracy "$tmp/pipe$n.log")
+  echo "pipeline, $n stages: accuracy ${a:-none}"
+  check "pipeline at $n ranks reaches the data-parallel accuracy" "'${a}' != '' and '${reference}' != '' and abs(${a:-0} - ${reference:-1}) <= 0.005"
+done
+
+# Interrupted at a mid-epoch checkpoint, resumed at 3 ranks: same end.
+run "$tmp/full.log" 2 --strategy data --checkpoint-dir "$tmp/ckpt" --checkpoint-every 30
+full=$(accuracy "$tmp/full.log")
+newest=$(ls -d "$tmp/ckpt"/step-* | sort | tail -n 1)
+rm -rf "$newest" "$(ls -d "$tmp/ckpt"/step-* | sort | tail -n 1)"   # keep a mid-epoch one
+run "$tmp/resumed.log" 3 --strategy data --checkpoint-dir "$tmp/ckpt" --resume
+resumed=$(accuracy "$tmp/resumed.log")
+grep -h "resumed from" "$tmp/resumed.log"
+check "a run resumed at 3 ranks ends with the uninterrupted run's accuracy" "'${resumed}' != '' and '${resumed}' == '${full}'"
+echo "parallax-test-cases: $passed passed, $failed failed (examples)"
+[ "$failed" = 0 ]
