@@ -14,6 +14,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include "case_listener.hpp"
+
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/environment.hpp>
@@ -27,30 +29,6 @@
 
 namespace {
 
-std::vector<int>& outcomes() {
-  static std::vector<int> failed_per_case;
-  return failed_per_case;
-}
-
-/// Records, in run order, whether each test case failed on this rank.
-struct outcome_listener : doctest::IReporter {
-  explicit outcome_listener(const doctest::ContextOptions&) {}
-  void report_query(const doctest::QueryData&) override {}
-  void test_run_start() override {}
-  void test_run_end(const doctest::TestRunStats&) override {}
-  void test_case_start(const doctest::TestCaseData&) override {}
-  void test_case_reenter(const doctest::TestCaseData&) override {}
-  void test_case_end(const doctest::CurrentTestCaseStats& stats) override {
-    outcomes().push_back(stats.testCaseSuccess ? 0 : 1);
-  }
-  void test_case_exception(const doctest::TestCaseException&) override {}
-  void subcase_start(const doctest::SubcaseSignature&) override {}
-  void subcase_end() override {}
-  void log_assert(const doctest::AssertData&) override {}
-  void log_message(const doctest::MessageData&) override {}
-  void test_case_skipped(const doctest::TestCaseData&) override {}
-};
-
 void print_prefixed(std::ostream& out, const std::string& text, int rank) {
   std::istringstream lines(text);
   std::string line;
@@ -61,7 +39,7 @@ void print_prefixed(std::ostream& out, const std::string& text, int rank) {
 
 }  // namespace
 
-DOCTEST_REGISTER_LISTENER("parallax_outcomes", 1, outcome_listener);
+DOCTEST_REGISTER_LISTENER("parallax_cases", 1, case_listener);
 
 int main(int argc, char** argv) {
   boost::mpi::environment env(argc, argv);
@@ -78,7 +56,7 @@ int main(int argc, char** argv) {
 
   // Every rank ran the same cases; a rank that ran a different number is a
   // harness failure in its own right.
-  auto flags = outcomes();
+  auto flags = case_failures();
   const int count = static_cast<int>(flags.size());
   int max_count = 0;
   int min_count = 0;

@@ -4,6 +4,7 @@
 // ModelParallel, retention, and every kind of damaged checkpoint detected
 // with its message on every rank.
 
+#include "agreed.hpp"
 #include "toy_model.hpp"
 
 #include <parallax/io/checkpoint.hpp>
@@ -52,19 +53,6 @@ struct scratch_dir {
   }
 };
 
-template <class F>
-std::string agreed_error(const communicator& world, F&& f) {
-  std::string message;
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    message = e.what();
-  }
-  std::vector<std::string> all;
-  parallax::mpi::all_gather(world, message, all);
-  for (const auto& m : all) CHECK(m == message);
-  return message;
-}
 
 constexpr std::size_t features = 5, hidden = 4;
 

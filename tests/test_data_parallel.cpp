@@ -4,6 +4,7 @@
 // weighted shards, momentum and Adam; local SGD; sharded evaluation; and the
 // failures that must end the same way on every rank.
 
+#include "agreed.hpp"
 #include "toy_model.hpp"
 
 #include <parallax/data_parallel.hpp>
@@ -295,23 +296,6 @@ TEST_CASE("DataParallel: the progress hook fires on rank 0 only") {
 
 // --- failures: the same clear error on every rank, and the test finishes ---
 
-namespace {
-/// Runs f, returns the parallax::error message ("" if none), and checks every
-/// rank got the same one.
-template <class F>
-std::string agreed_error(const communicator& world, F&& f) {
-  std::string message;
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    message = e.what();
-  }
-  std::vector<std::string> all;
-  parallax::mpi::all_gather(world, message, all);
-  for (const auto& m : all) CHECK(m == message);
-  return message;
-}
-}  // namespace
 
 TEST_CASE("DataParallel: models that differ between ranks are one error on every rank") {
   communicator world;

@@ -5,6 +5,8 @@
 // layers; bad partitions and mismatched boundaries end with the same error on
 // every rank.
 
+#include "agreed.hpp"
+
 #include <parallax/model_parallel.hpp>
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/linear.hpp>
@@ -254,19 +256,6 @@ TEST_CASE("ModelParallel: predict and evaluate through the pipeline equal the se
 }
 
 namespace {
-template <class F>
-std::string agreed_error(const communicator& world, F&& f) {
-  std::string message;
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    message = e.what();
-  }
-  std::vector<std::string> all;
-  parallax::mpi::all_gather(world, message, all);
-  for (const auto& m : all) CHECK(m == message);
-  return message;
-}
 
 /// An identity layer that throws in forward when told to: a failure on one stage.
 struct Faulty {

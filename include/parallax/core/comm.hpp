@@ -421,34 +421,32 @@ inline void agree(const mpi::communicator& comm, const std::string& failure) {
   throw error(text);
 }
 
+namespace detail {
+/// Runs f; returns "" or the message of what it threw (with the rank).
+template <class F>
+std::string failure_of(F&& f) {
+  try {
+    f();
+  } catch (const error& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return with_rank(e.what());
+  } catch (...) {
+    return with_rank("unknown exception");
+  }
+  return {};
+}
+}  // namespace detail
+
 template <class F>
   requires std::invocable<F&>
 std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f) {
   using R = std::invoke_result_t<F&>;
-  std::string failure;
   if constexpr (std::is_void_v<R>) {
-    try {
-      f();
-    } catch (const error& e) {
-      failure = e.what();
-    } catch (const std::exception& e) {
-      failure = detail::with_rank(e.what());
-    } catch (...) {
-      failure = detail::with_rank("unknown exception");
-    }
-    agree(comm, failure);
+    agree(comm, detail::failure_of(f));
   } else {
     std::optional<R> result;
-    try {
-      result.emplace(f());
-    } catch (const error& e) {
-      failure = e.what();
-    } catch (const std::exception& e) {
-      failure = detail::with_rank(e.what());
-    } catch (...) {
-      failure = detail::with_rank("unknown exception");
-    }
-    agree(comm, failure);
+    agree(comm, detail::failure_of([&] { result.emplace(f()); }));
     return std::move(*result);
   }
 }

@@ -34,6 +34,38 @@ struct adam_options {
   double weight_decay = 0;
 };
 
+namespace detail {
+
+/// What Adam and AdamW share: the moments, the step, the state. `Decoupled`
+/// selects AdamW's weight decay; `Derived` is the final class (for clone()).
+template <std::floating_point T, bool Decoupled, class Derived>
+class adam_family : public Optimizer<T> {
+ public:
+  void step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) override;
+  std::unique_ptr<Optimizer<T>> clone() const override;
+  /// kind "adam" or "adamw", slots {"m", "v"}.
+  optimizer_state<T> state() const override;
+  void load_state(const optimizer_state<T>& s) override;
+
+  /// The options this optimizer was built with (lr as at construction).
+  const adam_options& options() const { return options_; }
+
+ protected:
+  explicit adam_family(adam_options options);
+
+ private:
+  static constexpr const char* kind() { return Decoupled ? "adamw" : "adam"; }
+  // Names for messages, fixed at compile time (no allocation per step).
+  static constexpr std::string_view constructor_name = Decoupled ? "AdamW::AdamW()" : "Adam::Adam()";
+  static constexpr std::string_view step_name = Decoupled ? "AdamW::step()" : "Adam::step()";
+  static constexpr std::string_view load_name = Decoupled ? "AdamW::load_state()" : "Adam::load_state()";
+  adam_options options_;
+  std::vector<std::vector<T>> m_;  // one buffer per tensor once steps_ > 0
+  std::vector<std::vector<T>> v_;
+};
+
+}  // namespace detail
+
 /// Adam, step t = 1, 2, ... (PyTorch's rule):
 /// @code
 ///   d = g + weight_decay * p
@@ -41,51 +73,21 @@ struct adam_options {
 ///   v = beta2 * v + (1 - beta2) * d * d
 ///   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// @endcode
-/// Its state is two slots, "m" and "v", which start at zero.
+/// Its state is two slots, "m" and "v", which start at zero. The constructor
+/// throws parallax::error naming the option and its value when an option is
+/// out of range (see adam_options).
 template <std::floating_point T>
-class Adam final : public Optimizer<T> {
+class Adam final : public detail::adam_family<T, false, Adam<T>> {
  public:
-  /// Throws parallax::error naming the option and its value when an option
-  /// is out of range (see adam_options).
-  explicit Adam(adam_options options = {});
-
-  void step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) override;
-  std::unique_ptr<Optimizer<T>> clone() const override;
-  /// kind "adam", slots {"m", "v"}.
-  optimizer_state<T> state() const override;
-  void load_state(const optimizer_state<T>& s) override;
-
-  /// The options this optimizer was built with (lr as at construction).
-  const adam_options& options() const;
-
- private:
-  adam_options options_;
-  std::vector<std::vector<T>> m_;  // one buffer per tensor once steps_ > 0
-  std::vector<std::vector<T>> v_;
+  explicit Adam(adam_options options = {}) : detail::adam_family<T, false, Adam<T>>(options) {}
 };
 
 /// AdamW: first p = p * (1 - lr * weight_decay), then the Adam step above
 /// without the weight-decay term (PyTorch's rule). Same slots as Adam.
 template <std::floating_point T>
-class AdamW final : public Optimizer<T> {
+class AdamW final : public detail::adam_family<T, true, AdamW<T>> {
  public:
-  /// Throws parallax::error naming the option and its value when an option
-  /// is out of range (see adam_options).
-  explicit AdamW(adam_options options = {.weight_decay = 0.01});
-
-  void step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) override;
-  std::unique_ptr<Optimizer<T>> clone() const override;
-  /// kind "adamw", slots {"m", "v"}.
-  optimizer_state<T> state() const override;
-  void load_state(const optimizer_state<T>& s) override;
-
-  /// The options this optimizer was built with (lr as at construction).
-  const adam_options& options() const;
-
- private:
-  adam_options options_;
-  std::vector<std::vector<T>> m_;  // one buffer per tensor once steps_ > 0
-  std::vector<std::vector<T>> v_;
+  explicit AdamW(adam_options options = {.weight_decay = 0.01}) : detail::adam_family<T, true, AdamW<T>>(options) {}
 };
 
 namespace detail {
@@ -195,30 +197,34 @@ optimizer_state<T> adam_state(std::string kind, std::uint64_t steps, double lr, 
 
 }  // namespace detail
 
-template <std::floating_point T>
-Adam<T>::Adam(adam_options options) : Optimizer<T>(options.lr), options_(options) {
-  detail::check_adam_options("Adam::Adam()", options);
+namespace detail {
+
+template <std::floating_point T, bool Decoupled, class Derived>
+adam_family<T, Decoupled, Derived>::adam_family(adam_options options) : Optimizer<T>(options.lr), options_(options) {
+  check_adam_options(constructor_name, options);
 }
 
-template <std::floating_point T>
-void Adam<T>::step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) {
-  detail::adam_step("Adam::step()", params, grads, this->learning_rate_, this->steps_, options_, false, m_, v_);
+template <std::floating_point T, bool Decoupled, class Derived>
+void adam_family<T, Decoupled, Derived>::step(std::span<const std::span<T>> params,
+                                              std::span<const std::span<const T>> grads) {
+  adam_step(step_name, params, grads, this->learning_rate_, this->steps_, options_, Decoupled,
+            m_, v_);
   ++this->steps_;
 }
 
-template <std::floating_point T>
-std::unique_ptr<Optimizer<T>> Adam<T>::clone() const {
-  return std::make_unique<Adam<T>>(*this);
+template <std::floating_point T, bool Decoupled, class Derived>
+std::unique_ptr<Optimizer<T>> adam_family<T, Decoupled, Derived>::clone() const {
+  return std::make_unique<Derived>(static_cast<const Derived&>(*this));
 }
 
-template <std::floating_point T>
-optimizer_state<T> Adam<T>::state() const {
-  return detail::adam_state("adam", this->steps_, this->learning_rate_, m_, v_);
+template <std::floating_point T, bool Decoupled, class Derived>
+optimizer_state<T> adam_family<T, Decoupled, Derived>::state() const {
+  return adam_state(kind(), this->steps_, this->learning_rate_, m_, v_);
 }
 
-template <std::floating_point T>
-void Adam<T>::load_state(const optimizer_state<T>& s) {
-  detail::check_state("Adam::load_state()", s, "adam", {"m", "v"});
+template <std::floating_point T, bool Decoupled, class Derived>
+void adam_family<T, Decoupled, Derived>::load_state(const optimizer_state<T>& s) {
+  check_state(load_name, s, kind(), {"m", "v"});
   std::vector<std::vector<T>> m = s.slots[0];
   std::vector<std::vector<T>> v = s.slots[1];
   m_ = std::move(m);
@@ -227,46 +233,6 @@ void Adam<T>::load_state(const optimizer_state<T>& s) {
   this->learning_rate_ = s.learning_rate;
 }
 
-template <std::floating_point T>
-const adam_options& Adam<T>::options() const {
-  return options_;
-}
-
-template <std::floating_point T>
-AdamW<T>::AdamW(adam_options options) : Optimizer<T>(options.lr), options_(options) {
-  detail::check_adam_options("AdamW::AdamW()", options);
-}
-
-template <std::floating_point T>
-void AdamW<T>::step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) {
-  detail::adam_step("AdamW::step()", params, grads, this->learning_rate_, this->steps_, options_, true, m_, v_);
-  ++this->steps_;
-}
-
-template <std::floating_point T>
-std::unique_ptr<Optimizer<T>> AdamW<T>::clone() const {
-  return std::make_unique<AdamW<T>>(*this);
-}
-
-template <std::floating_point T>
-optimizer_state<T> AdamW<T>::state() const {
-  return detail::adam_state("adamw", this->steps_, this->learning_rate_, m_, v_);
-}
-
-template <std::floating_point T>
-void AdamW<T>::load_state(const optimizer_state<T>& s) {
-  detail::check_state("AdamW::load_state()", s, "adamw", {"m", "v"});
-  std::vector<std::vector<T>> m = s.slots[0];
-  std::vector<std::vector<T>> v = s.slots[1];
-  m_ = std::move(m);
-  v_ = std::move(v);
-  this->steps_ = s.steps;
-  this->learning_rate_ = s.learning_rate;
-}
-
-template <std::floating_point T>
-const adam_options& AdamW<T>::options() const {
-  return options_;
-}
+}  // namespace detail
 
 }  // namespace parallax::optim
