@@ -11,6 +11,7 @@ PARALLAX_PACKAGES=(
   libxtensor-dev libxtensor-blas-dev libopenblas-dev
   doctest-dev libcli11-dev nlohmann-json3-dev
   dataset-fashion-mnist
+  iproute2
 )
 
 parallax_install_missing() {

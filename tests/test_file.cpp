@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: BSL-1.0
+// Suite io: the checksummed, atomically written checkpoint container.
+
+#include <parallax/io/file.hpp>
+
+#include <doctest/doctest.h>
+
+#include <boost/crc.hpp>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+struct temp_folder {
+  fs::path path = fs::temp_directory_path() / ("parallax-file-" + std::to_string(::getpid()));
+  temp_folder() { fs::create_directories(path); }
+  ~temp_folder() { fs::remove_all(path); }
+};
+}  // namespace
+
+TEST_CASE("file: the CRC-32 equals Boost.CRC's crc_32_type at every length and alignment") {
+  std::vector<unsigned char> data(4096 + 16);
+  unsigned x = 7;
+  for (auto& b : data) b = static_cast<unsigned char>((x = x * 1103515245u + 12345u) >> 16);
+  for (std::size_t offset = 0; offset < 8; ++offset)
+    for (std::size_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 100, 4096}) {
+      boost::crc_32_type reference;
+      reference.process_bytes(data.data() + offset, n);
+      parallax::io::detail::crc32 ours;
+      ours.process_bytes(data.data() + offset, n);
+      CHECK(ours.checksum() == reference.checksum());
+    }
+  // In pieces, as the writer feeds it.
+  boost::crc_32_type whole;
+  whole.process_bytes(data.data(), data.size());
+  parallax::io::detail::crc32 pieces;
+  for (std::size_t at = 0; at < data.size(); at += 13) pieces.process_bytes(data.data() + at, std::min<std::size_t>(13, data.size() - at));
+  CHECK(pieces.checksum() == whole.checksum());
+  // The standard check value of CRC-32.
+  parallax::io::detail::crc32 check;
+  check.process_bytes("123456789", 9);
+  CHECK(check.checksum() == 0xCBF43926u);
+}
+
+TEST_CASE("file: written atomically, read back checked") {
+  temp_folder dir;
+  const auto path = (dir.path / "a.bin").string();
+  const std::string payload(3'000'000, 'x');
+  const auto header = parallax::io::write_atomically(path, 1, 7, [&](std::ostream& out) { out << payload; });
+  CHECK(header.payload_bytes == payload.size());
+  parallax::io::file_header read{};
+  const auto back = parallax::io::read_checked(path, 1, &read);
+  CHECK(std::string(back.begin(), back.end()) == payload);
+  CHECK(read.element == 7);
+  CHECK(read.crc32 == header.crc32);
+  // Nothing but the file itself is left.
+  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("file: a failing writer leaves the old file and no temporary") {
+  temp_folder dir;
+  const auto path = (dir.path / "b.bin").string();
+  parallax::io::write_atomically(path, 1, 0, [](std::ostream& out) { out << "old"; });
+  CHECK_THROWS_WITH_AS(parallax::io::write_atomically(path, 1, 0,
+                                                      [](std::ostream& out) {
+                                                        out << "partial";
+                                                        throw std::runtime_error("disk on fire");
+                                                      }),
+                       doctest::Contains("disk on fire"), parallax::error);
+  const auto back = parallax::io::read_checked(path, 1);
+  CHECK(std::string(back.begin(), back.end()) == "old");
+  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
+}
+
+TEST_CASE("file: damaged files are errors that name the file and the cause") {
+  temp_folder dir;
+  const auto path = (dir.path / "c.bin").string();
+  parallax::io::write_atomically(path, 1, 0, [](std::ostream& out) { out << std::string(1000, 'y'); });
+  auto flip = [&](std::streamoff at, char value) {
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(at);
+    f.put(value);
+  };
+  SUBCASE("missing") { CHECK_THROWS_WITH_AS(parallax::io::read_checked(path + "x", 1), doctest::Contains("cannot open"), parallax::error); }
+  SUBCASE("payload byte") {
+    flip(500, 'z');
+    CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 1), doctest::Contains("c.bin': corrupted: CRC-32 mismatch"),
+                         parallax::error);
+  }
+  SUBCASE("magic") {
+    flip(0, 'Q');
+    CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 1), doctest::Contains("wrong magic number"), parallax::error);
+  }
+  SUBCASE("truncated") {
+    fs::resize_file(path, 600);
+    CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 1), doctest::Contains("truncated or padded"), parallax::error);
+  }
+  SUBCASE("shorter than a header") {
+    fs::resize_file(path, 5);
+    CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 1), doctest::Contains("shorter than the header"), parallax::error);
+  }
+  SUBCASE("a newer format") {
+    CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 0), doctest::Contains("format version 1 is unknown"), parallax::error);
+  }
+}
