@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
 
   std::vector<bench::row> rows;
   if (world.rank() == 0)
-    std::cout << "allreduce at " << world.size()
+    std::cout << "BLAS core " << bench::blas_core() << "\n"
+              << "allreduce at " << world.size()
               << " ranks, float: parallax::allreduce_mean vs MPI_Allreduce(sum) + scaling (raw mean)\n"
               << "     size |  ours median (min-max) ms | raw mean median (min-max) | ours/raw | sum only | ours/sum\n";
   for (std::size_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
@@ -78,7 +79,7 @@ int main(int argc, char** argv) {
     }
   }
   if (world.rank() == 0 && !json.empty()) {
-    bench::write_json(json, "allreduce", rows, bench::row().set("reps", static_cast<double>(reps)));
+    bench::write_json(json, "allreduce", rows, bench::environment_meta(world).set("reps", static_cast<double>(reps)));
     std::cout << "wrote " << json << "\n";
   }
 }

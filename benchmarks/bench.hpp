@@ -1,15 +1,20 @@
 // SPDX-License-Identifier: BSL-1.0
 // Shared pieces of the parallax benchmarks: timing that takes the slowest
-// rank, median and spread over repeats, a tiny argument reader, and JSON rows.
+// rank, median and spread over repeats, a tiny argument reader, JSON rows, and
+// the facts every result file records (BLAS core, threads, ranks).
 #pragma once
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
+#include <dlfcn.h>
 #include <mpi.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -17,6 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bench {
@@ -79,6 +85,10 @@ class row {
   row& set(const std::string& key, const std::string& value) {
     std::string quoted = "\"";
     for (char c : value) {
+      if (c == '\n') {
+        quoted += "\\n";
+        continue;
+      }
       if (c == '"' || c == '\\') quoted += '\\';
       quoted += c;
     }
@@ -105,6 +115,80 @@ inline void write_json(const std::string& path, const std::string& name, const s
   out << "{\n  \"benchmark\": \"" << name << "\",\n  \"meta\": " << meta.str() << ",\n  \"rows\": [\n";
   for (std::size_t i = 0; i < rows.size(); ++i) out << "    " << rows[i].str() << (i + 1 < rows.size() ? ",\n" : "\n");
   out << "  ]\n}\n";
+}
+
+namespace detail {
+
+/// A function of the loaded BLAS by name, or null. When the program does not
+/// link OpenBLAS itself (allreduce uses no BLAS and the linker drops it), the
+/// library is opened on the side so the record still says which kernels
+/// OpenBLAS picks on this machine under this environment.
+inline void* blas_symbol(const char* name, bool& linked) {
+  linked = true;
+  if (void* symbol = dlsym(RTLD_DEFAULT, name)) return symbol;
+  linked = false;
+  void* library = dlopen("libopenblas.so.0", RTLD_LAZY | RTLD_LOCAL);
+  return library ? dlsym(library, name) : nullptr;
+}
+
+/// Calls a `char* f()` found by blas_symbol; "" when there is none.
+inline std::string call_text_function(void* symbol) {
+  if (symbol == nullptr) return "";
+  char* (*function)() = nullptr;
+  static_assert(sizeof(function) == sizeof(symbol));
+  std::memcpy(&function, &symbol, sizeof(symbol));  // POSIX: dlsym's pointer names a function
+  const char* text = function();
+  return text ? text : "";
+}
+
+}  // namespace detail
+
+/// The BLAS kernels in use: OpenBLAS's openblas_get_corename() ("SkylakeX",
+/// "Haswell", ...), looked up at run time with dlsym so that a benchmark
+/// links and runs with any BLAS. "unknown (not OpenBLAS)" for another BLAS;
+/// a suffix says when the program itself does not use OpenBLAS.
+inline std::string blas_core() {
+  bool linked = true;
+  const std::string name = detail::call_text_function(detail::blas_symbol("openblas_get_corename", linked));
+  if (name.empty()) return "unknown (not OpenBLAS)";
+  return linked ? name : name + " (OpenBLAS not used by this program)";
+}
+
+/// OpenBLAS's build configuration (openblas_get_config()), or "" for another BLAS.
+inline std::string blas_config() {
+  bool linked = true;
+  return detail::call_text_function(detail::blas_symbol("openblas_get_config", linked));
+}
+
+/// The value of an environment variable, or "(unset)".
+inline std::string env_or_unset(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "(unset)";
+}
+
+/// The facts every benchmark's JSON "meta" records: world size, BLAS core and
+/// configuration, the thread and core variables, the host's core count.
+inline row environment_meta(const boost::mpi::communicator& world) {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return row()
+      .set("ranks", world.size())
+      .set("blas_core", blas_core())
+      .set("blas_config", blas_config())
+      .set("OPENBLAS_NUM_THREADS", env_or_unset("OPENBLAS_NUM_THREADS"))
+      .set("OPENBLAS_CORETYPE", env_or_unset("OPENBLAS_CORETYPE"))
+      .set("cores", static_cast<double>(std::thread::hardware_concurrency()))
+      .set("host", host);
+}
+
+/// A barrier that sleeps while it waits: a rank that sits out a measurement
+/// leaves its core to the others instead of spinning in MPI's progress loop.
+inline void idle_barrier(const boost::mpi::communicator& comm) {
+  MPI_Request request;
+  MPI_Ibarrier(MPI_Comm(comm), &request);
+  int done = 0;
+  for (MPI_Test(&request, &done, MPI_STATUS_IGNORE); !done; MPI_Test(&request, &done, MPI_STATUS_IGNORE))
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 /// "64 KiB", "16 MiB".

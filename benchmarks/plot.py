@@ -1,0 +1,179 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: BSL-1.0
+"""Turns benchmark JSON files into PNG pictures (Debian's python3-matplotlib).
+
+Each file's "benchmark" field picks the picture:
+  vs_pytorch     (benchmarks/run_vs_pytorch.sh)  epoch time, parallax vs PyTorch, by process count
+  data_parallel  (benchmarks/data_parallel)      step time per configuration, split into
+                                                 compute / all-reduce / update, with speedups
+  allreduce      (benchmarks/allreduce)          time per all-reduce against buffer size, and the ratio
+
+  /usr/bin/python3 benchmarks/plot.py build-bench/vs_pytorch.json --out docs/images/vs_pytorch.png
+  /usr/bin/python3 benchmarks/plot.py build-bench/data_parallel.json build-bench/allreduce.json --out-dir build-bench
+
+Only pictures meant for the README belong in the repository (docs/images/);
+everything else stays in the build directory.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+PARALLAX = "#1f5fa8"
+PYTORCH = "#e07b22"
+GREY = "#8a8a8a"
+
+
+def machine_line(meta):
+    """'2 cores, OpenBLAS core SkylakeX, 1 BLAS thread per process'."""
+    parts = []
+    cores = meta.get("cores")
+    cpu = meta.get("cpu", "")
+    if cores:
+        parts.append(f"{int(cores)} cores" + (f" {cpu}" if cpu else ""))
+    core = meta.get("blas_core")
+    if core:
+        parts.append(f"OpenBLAS core {core}")
+    threads = meta.get("OPENBLAS_NUM_THREADS")
+    if threads and threads != "(unset)":
+        parts.append(f"{threads} BLAS thread per process")
+    return ", ".join(parts)
+
+
+def finish(fig, out):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=150, bbox_inches="tight", facecolor="white")
+    plt.close(fig)
+    print(f"wrote {out}")
+
+
+def plot_vs_pytorch(doc, out):
+    meta, rows = doc["meta"], doc["rows"]
+    counts = sorted({r["processes"] for r in rows})
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    width = 0.36
+    tallest = max(r["max"] for r in rows)
+    for i, n in enumerate(counts):
+        for j, framework in enumerate(("parallax", "pytorch")):
+            r = next((r for r in rows if r["processes"] == n and r["framework"] == framework), None)
+            if r is None:
+                continue
+            x = i + (j - 0.5) * width
+            color = PARALLAX if framework == "parallax" else PYTORCH
+            ax.bar(x, r["epoch_s"], width, color=color, zorder=2,
+                   yerr=[[r["epoch_s"] - r["min"]], [r["max"] - r["epoch_s"]]], capsize=3,
+                   error_kw={"elinewidth": 1, "ecolor": "#333333"})
+            label = f"{r['epoch_s']:.2f} s\n{r['samples_per_s'] / 1000:.0f}k samples/s"
+            if framework == "pytorch":
+                label += f"\n{r['ratio_to_parallax']:.2f}x parallax's time"
+            ax.text(x, r["max"] + 0.02 * tallest, label, ha="center", va="bottom", fontsize=8)
+    names = {1: "1 process", **{n: f"{n} processes" for n in counts if n > 1}}
+    ax.set_xticks(range(len(counts)))
+    ax.set_xticklabels([f"{names[n]}\n(PyTorch: {'single' if n == 1 else 'DDP, gloo'})" for n in counts])
+    ax.set_ylabel("seconds per epoch (lower is better)")
+    ax.set_ylim(0, tallest * 1.38)
+    ax.grid(axis="y", color="#dddddd", zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=PARALLAX), plt.Rectangle((0, 0), 1, 1, color=PYTORCH)]
+    torch = meta.get("torch_debian_package") or meta.get("torch", "")
+    ax.legend(handles, ["parallax (C++, MPI)", f"PyTorch {torch}"], loc="upper right", frameon=False, fontsize=9)
+    batch = rows[0]["batch_per_process"]
+    ax.set_title(f"Fashion-MNIST, one epoch: MLP 784-256-128-10, batch {batch} per process, SGD momentum\n"
+                 f"{machine_line(meta)}", fontsize=10)
+    date = meta.get("date", "")[:10]
+    fig.text(0.99, 0.005, f"median of {rows[0].get('repeats', '?')} epochs, bars: min-max; {date}",
+             ha="right", va="bottom", fontsize=7, color=GREY)
+    finish(fig, out)
+
+
+def plot_data_parallel(doc, out):
+    meta, rows = doc["meta"], doc["rows"]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
+    # Whiskers stop at 1.5 x the slowest median, so one stray step cannot squash the bars.
+    limit = 1.5 * max(r["step_s"] for r in rows) * 1e3
+    labels = []
+    for y, r in enumerate(reversed(rows)):
+        labels.append(r["name"])
+        step = r["step_s"] * 1e3
+        if r["kind"] == "DataParallel":
+            compute, comm, update = r["compute_s"] * 1e3, r["comm_s"] * 1e3, r["update_s"] * 1e3
+            ax.barh(y, compute, color=PARALLAX, zorder=2)
+            ax.barh(y, comm, left=compute, color="#d62728", zorder=2)
+            ax.barh(y, update, left=compute + comm, color="#7fb3e6", zorder=2)
+            rest = step - compute - comm - update
+            if rest > 0:
+                ax.barh(y, rest, left=compute + comm + update, color="#dddddd", zorder=2)
+        else:
+            ax.barh(y, step, color=GREY, zorder=2)
+        right = min(r["max"] * 1e3, limit)
+        ax.plot([r["min"] * 1e3, right], [y, y], color="#333333", lw=1, zorder=3)
+        note = f"{step:.1f} ms"
+        if r.get("role") != "1 rank":
+            note += f", speedup {r['speedup']:.2f}" + (" (bound)" if r.get("role") == "bound" else "")
+        ax.text(max(step, right) + 0.01 * limit, y, note, va="center", fontsize=8)
+    ax.set_yticks(range(len(labels)))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("milliseconds per step (median; line: min-max)")
+    ax.set_xlim(0, limit * 1.3)
+    ax.grid(axis="x", color="#eeeeee", zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (PARALLAX, "#d62728", "#7fb3e6", GREY)]
+    ax.legend(handles, ["compute", "all-reduce", "update", "hand-written (total)"], loc="lower right",
+              fontsize=8, frameon=False)
+    ax.set_title(f"{meta.get('model', 'model')}: step time at global batch {int(meta.get('global_batch', 0))}\n"
+                 f"{machine_line(meta)}", fontsize=9)
+    finish(fig, out)
+
+
+def plot_allreduce(doc, out):
+    meta, rows = doc["meta"], doc["rows"]
+    rows = sorted(rows, key=lambda r: r["bytes"])
+    sizes = [r["bytes"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    top.loglog(sizes, [r["ours_s"] * 1e3 for r in rows], "o-", color=PARALLAX, label="parallax::allreduce_mean")
+    top.loglog(sizes, [r["baseline_s"] * 1e3 for r in rows], "s--", color=GREY, label="MPI_Allreduce + scaling")
+    if all("raw_sum_only_s" in r for r in rows):
+        top.loglog(sizes, [r["raw_sum_only_s"] * 1e3 for r in rows], ":", color="#555555",
+                   label="MPI_Allreduce (sum only)")
+    top.set_ylabel("ms per all-reduce (median)")
+    top.legend(frameon=False, fontsize=8)
+    top.grid(color="#eeeeee", which="both")
+    bottom.semilogx(sizes, [r["ratio"] for r in rows], "o-", color=PARALLAX)
+    bottom.axhline(1.0, color=GREY, lw=1)
+    bottom.set_ylabel("ours / MPI")
+    bottom.set_xlabel("buffer (bytes, float)")
+    bottom.grid(color="#eeeeee", which="both")
+    ranks = rows[0]["ranks"] if rows else "?"
+    top.set_title(f"all-reduce mean at {ranks} ranks\n{machine_line(meta)}", fontsize=9)
+    finish(fig, out)
+
+
+PLOTS = {"vs_pytorch": plot_vs_pytorch, "data_parallel": plot_data_parallel, "allreduce": plot_allreduce}
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Turn benchmark JSON files into PNG pictures.")
+    parser.add_argument("inputs", nargs="+", help="JSON files written by the benchmarks")
+    parser.add_argument("--out", help="the PNG to write (one input only)")
+    parser.add_argument("--out-dir", help="directory for <benchmark>.png (default: beside each input)")
+    args = parser.parse_args()
+    if args.out and len(args.inputs) > 1:
+        parser.error("--out takes one input; use --out-dir for several")
+    for path in args.inputs:
+        with open(path) as f:
+            doc = json.load(f)
+        kind = doc.get("benchmark")
+        if kind not in PLOTS:
+            sys.exit(f"plot.py: {path}: no picture for benchmark '{kind}' (known: {', '.join(PLOTS)})")
+        out = args.out or os.path.join(args.out_dir or os.path.dirname(os.path.abspath(path)), kind + ".png")
+        PLOTS[kind](doc, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSL-1.0
+# One epoch of Fashion-MNIST with the MLP 784-256-128-10, parallax against
+# PyTorch, in one run: parallax at 1 rank and at N ranks (benchmarks/mlp_epoch),
+# PyTorch in a single process and DistributedDataParallel (gloo) on N
+# processes (benchmarks/pytorch_mlp.py); the same batch per process, optimizer,
+# learning rate and data files. Prints a table (epoch time, samples/s, ratio
+# to parallax at the same process count) and writes one JSON for
+# benchmarks/plot.py.
+#
+#   benchmarks/run_vs_pytorch.sh [--json build-bench/vs_pytorch.json] [--repeats 5] [--ranks 2]
+#                                [--build build-bench] [--batch 64] [--lr 0.05]
+#
+# Installs what is missing (python3-torch, python3-matplotlib and the build
+# packages of scripts/setup.sh) as root or through sudo. One BLAS thread per
+# process; OPENBLAS_CORETYPE=SkylakeX when the CPU has AVX-512 (F, BW, VL, DQ)
+# and the variable is unset (an OpenBLAS older than the CPU need not pick
+# its AVX-512 kernels by itself); a value already set is kept and recorded.
+# Run it on an otherwise idle machine.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+json="$root/build-bench/vs_pytorch.json"
+build="$root/build-bench"
+repeats=5
+ranks=2
+batch=64
+lr=0.05
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --json) json=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --repeats) repeats=$2; shift 2 ;;
+    --ranks) ranks=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --lr) lr=$2; shift 2 ;;
+    -h|--help) sed -n '3,19p' "$0"; exit 0 ;;
+    *) echo "run_vs_pytorch.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$json" in /*) ;; *) json="$PWD/$json" ;; esac
+case "$build" in /*) ;; *) build="$PWD/$build" ;; esac
+
+# Packages: the build's (scripts/setup.sh installs them when sourced) and PyTorch's.
+# shellcheck source=../scripts/setup.sh
+source "$root/scripts/setup.sh"
+parallax_install_missing python3-torch python3-matplotlib python3-numpy
+# Debian's python3-torch lives in the system interpreter, which need not be
+# the first python3 on PATH.
+python=${PYTHON:-/usr/bin/python3}
+
+# One BLAS thread per process: processes are the parallelism, in both frameworks.
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
+if declare -F parallax_pick_blas_core >/dev/null; then
+  parallax_pick_blas_core
+elif [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  has_all=1
+  for f in avx512f avx512bw avx512vl avx512dq; do
+    [[ " $flags " == *" $f "* ]] || has_all=0
+  done
+  if [ "$has_all" = 1 ]; then export OPENBLAS_CORETYPE=SkylakeX; fi
+fi
+echo "run_vs_pytorch: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}, OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# Build only the benchmark this needs.
+if [ ! -f "$build/build.ninja" ]; then
+  meson setup "$build" "$root" >"$work/setup.log" 2>&1 || { cat "$work/setup.log"; exit 1; }
+fi
+meson compile -C "$build" benchmarks/mlp_epoch >"$work/build.log" 2>&1 || { cat "$work/build.log"; exit 1; }
+
+mpiexec_flags=()
+[ "$(id -u)" = 0 ] && mpiexec_flags+=(--allow-run-as-root)
+mpiexec_flags+=(-x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS)
+[ -n "${OPENBLAS_CORETYPE:-}" ] && mpiexec_flags+=(-x OPENBLAS_CORETYPE)
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+echo "== parallax, 1 rank"
+mpiexec "${mpiexec_flags[@]}" -n 1 "$build/benchmarks/mlp_epoch" --batch "$batch" --lr "$lr" \
+  --repeats "$repeats" --json "$work/parallax_1.json"
+echo "== parallax, $ranks ranks"
+mpiexec "${mpiexec_flags[@]}" -n "$ranks" "$build/benchmarks/mlp_epoch" --batch "$batch" --lr "$lr" \
+  --repeats "$repeats" --json "$work/parallax_n.json"
+echo "== PyTorch, 1 process"
+"$python" "$root/benchmarks/pytorch_mlp.py" --processes 1 --batch "$batch" --lr "$lr" --repeats "$repeats" \
+  --json "$work/pytorch_1.json"
+echo "== PyTorch DDP, $ranks processes"
+MASTER_ADDR=127.0.0.1 "$python" "$root/benchmarks/pytorch_mlp.py" --processes "$ranks" --batch "$batch" \
+  --lr "$lr" --repeats "$repeats" --json "$work/pytorch_n.json"
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+
+mkdir -p "$(dirname "$json")"
+"$python" - "$work" "$json" "$load_before" "$load_after" <<'EOF'
+import datetime, json, os, platform, subprocess, sys
+
+work, out, load_before, load_after = sys.argv[1:5]
+parts = {k: json.load(open(os.path.join(work, k + ".json")))
+         for k in ("parallax_1", "parallax_n", "pytorch_1", "pytorch_n")}
+rows = [parts[k]["rows"][0] for k in ("parallax_1", "parallax_n", "pytorch_1", "pytorch_n")]
+ours = {r["processes"]: r["epoch_s"] for r in rows if r["framework"] == "parallax"}
+for r in rows:
+    r["ratio_to_parallax"] = r["epoch_s"] / ours[r["processes"]]
+
+
+def text(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return ""
+
+
+cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+mem_kib = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
+px, pt = parts["parallax_n"]["meta"], parts["pytorch_n"]["meta"]
+meta = {
+    "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1),
+    "kernel": platform.release(),
+    "blas_core": px["blas_core"], "blas_config": px["blas_config"], "torch_blas_core": pt["blas_core"],
+    "OPENBLAS_CORETYPE": px["OPENBLAS_CORETYPE"], "OPENBLAS_NUM_THREADS": px["OPENBLAS_NUM_THREADS"],
+    "OMP_NUM_THREADS": pt["OMP_NUM_THREADS"],
+    "torch": pt["torch"], "torch_debian_package": text(["dpkg-query", "-W", "-f=${Version}", "python3-torch"]),
+    "torch_threads_per_process": pt["threads_per_process"], "torch_interop_threads": pt["interop_threads"],
+    "torch_cpu_capability": pt["cpu_capability"], "ddp_backend": pt["backend"],
+    "mpi": (text(["mpirun", "--version"]).splitlines() or [""])[0],
+    "model": px["model"], "lr": px["lr"], "momentum": px["momentum"],
+    "batch_per_process": rows[0]["batch_per_process"], "data": px["data"],
+    "load_before": load_before, "load_after": load_after,
+}
+with open(out, "w") as f:
+    json.dump({"benchmark": "vs_pytorch", "meta": meta, "rows": rows}, f, indent=2)
+
+print(f"\nFashion-MNIST, one epoch of {rows[0]['samples']} samples, MLP 784-256-128-10, batch "
+      f"{rows[0]['batch_per_process']} per process; {meta['cores']} cores {cpu}; OpenBLAS core {meta['blas_core']}; "
+      f"torch {meta['torch_debian_package'] or meta['torch']}")
+print(f"{'run':<26} | {'epoch s median (min-max)':>25} | {'samples/s':>9} | {'x parallax':>10} | "
+      f"{'train loss':>10} | {'test acc':>8}")
+for r in rows:
+    print(f"{r['name']:<26} | {r['epoch_s']:8.3f} ({r['min']:.3f}-{r['max']:.3f})   | {r['samples_per_s']:9.0f} | "
+          f"{r['ratio_to_parallax']:10.2f} | {r['train_loss']:10.4f} | {r['test_accuracy']:8.4f}")
+n = rows[1]["processes"]
+p1, pn, t1, tn = (r["epoch_s"] for r in rows)
+checks = [
+    (f"parallax {n} ranks <= 0.4 x PyTorch DDP {n} processes", pn / tn, pn <= 0.4 * tn),
+    (f"parallax {n} ranks <= 0.5 x PyTorch single process", pn / t1, pn <= 0.5 * t1),
+    ("parallax 1 rank faster than PyTorch single process", p1 / t1, p1 < t1),
+]
+for name, ratio, ok in checks:
+    print(f"target: {name}: {ratio:.2f}x -> {'met' if ok else 'MISSED'}")
+print(f"load average before {load_before}, after {load_after}; wrote {out}")
+EOF
