@@ -43,9 +43,9 @@ parallax_build() {
 # parallax_pick_blas_core: on a CPU with OpenBLAS's AVX-512 kernels
 # (avx512f, avx512bw, avx512vl and avx512dq in /proc/cpuinfo), exports
 # OPENBLAS_CORETYPE=SkylakeX unless it already names an AVX-512 core. Debian's
-# OpenBLAS 0.3.21 predates recent CPUs and may run older kernels on them:
-# measured single-thread SGEMM here 115-126 GFLOP/s with the Haswell kernels
-# against 200-230 with SkylakeX. A non-AVX-512 value set by the environment is
+# OpenBLAS 0.3.21 predates some recent CPUs and may run older kernels on them,
+# and an environment may pin an older core: measured single-thread SGEMM here
+# 115-126 GFLOP/s with the Haswell kernels against 200-230 with SkylakeX. A non-AVX-512 value set by the environment is
 # replaced, with a note; PARALLAX_KEEP_CORETYPE=1 keeps it. Pass the result to
 # the ranks with `mpiexec -x OPENBLAS_CORETYPE`.
 parallax_pick_blas_core() {

@@ -217,3 +217,19 @@ TEST_CASE("MaxPool2D: describe, output_shape and shape errors") {
   CHECK(error_of([&] { pool.forward(x, y); }).find("MaxPool2D::forward(): input shape (1, 1, 1, 5)") == 0);
   CHECK_THROWS_AS(MaxPool2D<float>(0), parallax::error);
 }
+
+TEST_CASE("Conv2D: backward_parameters adds the same parameter gradients as backward, without dx") {
+  Conv2D<double> a(2, 3, 3, 2, 1), b(2, 3, 3, 2, 1);
+  a.initialize(5, 1);
+  b.initialize(5, 1);
+  static_assert(parallax::HasParameterBackward<Conv2D<double>>);
+  auto x = random_image({2, 2, 7, 6}, 3);
+  xt::xtensor<double, 4> y, dx;
+  a.forward(x, y);
+  xt::xtensor<double, 4> dy(y.shape());
+  gradcheck::fill_uniform(dy, 4);
+  a.backward(x, y, dy, dx);
+  b.backward_parameters(x, y, dy);
+  CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
+  CHECK(std::get<1>(a.gradients()) == std::get<1>(b.gradients()));
+}

@@ -381,3 +381,21 @@ TEST_CASE("Flatten: finite-difference gradients") {
   CHECK(gradcheck::check_layer(flat3, random_tensor<double, 3>({2, 3, 5}, 18)).max_error < 1e-6);
   CHECK(gradcheck::check_layer(flat4, random_tensor<double, 4>({1, 2, 3, 3}, 19)).max_error < 1e-6);
 }
+
+TEST_CASE("Linear: backward_parameters adds the same parameter gradients as backward, without dx") {
+  parallax::nn::Linear<double> a(5, 3), b(5, 3);
+  a.initialize(4, 0);
+  b.initialize(4, 0);
+  static_assert(parallax::HasParameterBackward<parallax::nn::Linear<double>>);
+  xt::xtensor<double, 2> x({6, 5}), y, dy({6, 3}), dx;
+  gradcheck::fill_uniform(x, 1);
+  gradcheck::fill_uniform(dy, 2);
+  a.forward(x, y);
+  for (int i = 0; i < 2; ++i) {  // accumulates like backward
+    a.backward(x, y, dy, dx);
+    b.backward_parameters(x, y, dy);
+  }
+  CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
+  CHECK(std::get<1>(a.gradients()) == std::get<1>(b.gradients()));
+  CHECK(xt::amax(xt::abs(std::get<0>(b.gradients())))() > 0);
+}

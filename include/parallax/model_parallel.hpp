@@ -771,7 +771,9 @@ void ModelParallel<Parts...>::backward(std::size_t mb) {
       }();
       auto& dx = I() == begin_ ? std::get<I()>(s.dx) : std::get<I()>(dx_scratch_);
       if constexpr (I() == 0) {
-        layer.backward(std::get<0>(s.in), y, dy, dx);
+        // Nobody reads the chain's input gradient.
+        if constexpr (HasParameterBackward<part_t<0>>) layer.backward_parameters(std::get<0>(s.in), y, dy);
+        else layer.backward(std::get<0>(s.in), y, dy, dx);
       } else {
         if (I() == begin_) {
           layer.backward(std::get<I()>(s.in), y, dy, dx);

@@ -264,6 +264,14 @@ concept Layer = HasLayerTypes<L> && HasForward<L> && HasBackward<L> && HasInitia
 template <class L>
 concept HasLayerParameters = HasParameters<L> && HasGradients<L>;
 
+/// Optional for a Layer: `backward_parameters(x, y, dy)`, backward without
+/// dx. A chain calls it for its first layer, whose input gradient nobody
+/// reads (for Linear, one GEMM less per step).
+template <class L>
+concept HasParameterBackward = HasLayerTypes<L> &&
+                               requires(L& l, const typename L::input_type& x, const typename L::output_type& y,
+                                        const typename L::output_type& dy) { l.backward_parameters(x, y, dy); };
+
 /// The end of a chain: turns the last layer's output and the batch's targets
 /// into a mean loss and its gradient.
 ///   input_type  the last layer's output_type

@@ -48,6 +48,9 @@ class Linear {
   /// dx = dy W^T (dx resized only when needed); adds x^T dy to the weight
   /// gradient and the column sums of dy to the bias gradient.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
+  /// backward() without dx: only adds the parameter gradients. Chains call it
+  /// for their first layer, whose input gradient nobody reads (a GEMM saved).
+  void backward_parameters(const input_type& x, const output_type& y, const output_type& dy);
 
   /// The weight [in, out] and the bias [out].
   auto parameters() { return std::tie(weight_, bias_); }
@@ -125,7 +128,7 @@ void Linear<T>::forward(const input_type& x, output_type& y) const {
 }
 
 template <class T>
-void Linear<T>::backward(const input_type& x, const output_type& /*y*/, const output_type& dy, input_type& dx) {
+void Linear<T>::backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) {
   check_input(x, "backward");
   const std::size_t batch = x.shape()[0];
   PARALLAX_CHECK(dy.shape()[0] == batch && dy.shape()[1] == out_,
@@ -134,6 +137,17 @@ void Linear<T>::backward(const input_type& x, const output_type& /*y*/, const ou
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   if (batch == 0) return;
   xt::blas::gemm(dy, weight_, dx, false, true, T(1), T(0));
+  backward_parameters(x, y, dy);
+}
+
+template <class T>
+void Linear<T>::backward_parameters(const input_type& x, const output_type& /*y*/, const output_type& dy) {
+  check_input(x, "backward");
+  const std::size_t batch = x.shape()[0];
+  PARALLAX_CHECK(dy.shape()[0] == batch && dy.shape()[1] == out_,
+                 "Linear::backward(): dy has shape " + parallax::detail::shape_string(dy.shape()) + ", expected (" +
+                     std::to_string(batch) + ", " + std::to_string(out_) + ")");
+  if (batch == 0) return;
   xt::blas::gemm(x, dy, weight_grad_, true, false, T(1), T(1));
   const T* g = dy.data();
   T* db = bias_grad_.data();

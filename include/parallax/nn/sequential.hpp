@@ -236,13 +236,20 @@ void Sequential<Parts...>::forward_all(const input_type& x) {
 
 template <class... Parts>
 void Sequential<Parts...>::backward_all(const input_type& x) {
-  // Last layer first: layer I reads dL/d(its output) and writes dL/d(its input).
+  // Last layer first: layer I reads dL/d(its output) and writes dL/d(its
+  // input). Nobody reads the first layer's input gradient: a layer that can
+  // skip it (backward_parameters) does.
   if constexpr (chain_ok_) {
+    auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+      auto& layer = std::get<I>(parts_);
+      if constexpr (I == 0 && HasParameterBackward<part_t<0>>) {
+        layer.backward_parameters(layer_input<0>(x), std::get<0>(outputs_), std::get<0>(output_grads_));
+      } else {
+        layer.backward(layer_input<I>(x), std::get<I>(outputs_), std::get<I>(output_grads_), input_gradient<I>());
+      }
+    };
     [&]<std::size_t... J>(std::index_sequence<J...>) {
-      (std::get<layer_count - 1 - J>(parts_).backward(
-           layer_input<layer_count - 1 - J>(x), std::get<layer_count - 1 - J>(outputs_),
-           std::get<layer_count - 1 - J>(output_grads_), input_gradient<layer_count - 1 - J>()),
-       ...);
+      (one(std::integral_constant<std::size_t, layer_count - 1 - J>{}), ...);
     }(std::make_index_sequence<layer_count>{});
   }
 }
