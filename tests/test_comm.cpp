@@ -8,6 +8,7 @@
 
 #include <boost/mpi/communicator.hpp>
 
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -345,5 +346,25 @@ TEST_CASE("comm: agree_equal names the ranks that differ") {
                          ("size differs between ranks: rank 0 has 0, rank " + std::to_string(last) + " has 3")
                              .c_str(),
                          parallax::error);
+  }
+}
+
+TEST_CASE_TEMPLATE("comm: allreduce_scaled scales the sum and finds non-finite values on every rank", T, float, double) {
+  communicator world;
+  const int p = world.size();
+  for (auto n : sizes) {
+    auto data = rank_data<T>(n, world.rank());
+    const T scale = T(0.5);
+    CHECK_FALSE(parallax::allreduce_scaled(world, std::span<T>(data), scale));
+    std::size_t wrong = 0;
+    for (std::size_t i = 0; i < n; ++i) wrong += data[i] != expected_sum<T>(i, p) * scale;
+    CHECK_MESSAGE(wrong == 0, "n = " << n);
+    if (n == 0) continue;
+    // One rank holds an infinity (or a NaN) somewhere: every rank hears of it.
+    for (T bad : {std::numeric_limits<T>::infinity(), std::numeric_limits<T>::quiet_NaN()}) {
+      auto poisoned = rank_data<T>(n, world.rank());
+      if (world.rank() == p - 1) poisoned[n / 2] = bad;
+      CHECK(parallax::allreduce_scaled(world, std::span<T>(poisoned), scale));
+    }
   }
 }

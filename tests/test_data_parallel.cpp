@@ -49,8 +49,8 @@ std::vector<std::span<const T>> const_spans_of(auto&& list) {
 template <class T>
 toy::TinyMLP<T> train_serial(const toy::dataset<T>& data, parallax::data::DistributedSampler plan,
                              const parallax::optim::Optimizer<T>& optimizer, std::size_t optimizer_steps,
-                             std::size_t accumulate = 1) {
-  toy::TinyMLP<T> model(features, hidden, init_seed);
+                             std::size_t accumulate = 1, std::size_t width = hidden) {
+  toy::TinyMLP<T> model(features, width, init_seed);
   auto opt = optimizer.clone();
   std::size_t s = 0;
   for (std::size_t step = 0; step < optimizer_steps; ++step) {
@@ -165,6 +165,36 @@ TEST_CASE("DataParallel: double precision equals serial training (SGD, momentum,
       const double diff = equivalence<double>(world, *optimizers[o], c);
       CHECK_MESSAGE(diff <= 1e-12, std::string(names[o]) << ", " << std::string(c.name) << ": max |parallel - serial| = " << diff);
     }
+}
+
+TEST_CASE("DataParallel: a wide model (gradients on the ring path) equals serial training, and NaN is found there") {
+  // 5 x 3000 weights: buckets of 64 KiB and more go through the ring
+  // all-reduce, which scales and checks for NaN while it reduces.
+  communicator world;
+  const std::size_t wide = 3000;
+  const auto data = toy::make_data<double>(60, features, 5);
+  parallax::optim::SGD<double> sgd({.lr = 1e-4, .momentum = 0.9});
+  parallax::data::sampler_options so{.seed = 3};
+  for (int r = 0; r < world.size(); ++r) so.weights.push_back(r + 1.0);
+  parallax::DataParallel dp(toy::TinyMLP<double>(features, wide, init_seed), sgd, {}, world);
+  auto sampler = dp.make_sampler(data.size(), 10, so);
+  const auto plan = sampler;
+  train_parallel(dp, data, sampler, 12);
+  auto serial = train_serial(data, plan, sgd, 12, 1, wide);
+  toy::TinyMLP<double> initial(features, wide, init_seed);
+  CHECK(max_abs_difference(dp.model(), initial) > 1e-6);  // it trained
+  CHECK(max_abs_difference(dp.model(), serial) <= 1e-12);
+  CHECK(replicas_identical(world, dp.model()));
+  // A NaN on the last rank only is found by every rank.
+  auto x = data.inputs();
+  x(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  const toy::dataset<double> poisoned(x, data.targets());
+  std::vector<std::size_t> clean = {2, 3}, bad = {0, 1};
+  const bool mine = world.rank() == world.size() - 1;
+  const auto message = agreed_error(world, [&] {
+    dp.train_step(poisoned.batch(mine ? std::span<const std::size_t>(bad) : std::span<const std::size_t>(clean)));
+  });
+  CHECK(message.find("is not finite") != std::string::npos);
 }
 
 TEST_CASE("DataParallel: float equals serial training within 1e-5 relative") {

@@ -177,8 +177,9 @@ class DataParallel {
 
  private:
   using T = value_type;
-  // Extra values reduced with the gradients: loss sum, sample count, ranks
-  // that failed, ranks with an empty batch.
+  // What is reduced before the gradients (in double): loss sum, sample
+  // count, ranks that failed, ranks with an empty batch. Knowing the count
+  // first lets the gradient all-reduce turn sums into means on the way.
   static constexpr std::size_t meta_size = 4;
 
   void check_replicas();
@@ -196,8 +197,7 @@ class DataParallel {
   std::vector<std::span<T>> params_;
   std::vector<std::span<T>> grads_;
   std::vector<std::size_t> sizes_;        // elements per parameter tensor (fixed at construction)
-  std::vector<std::span<T>> grads_meta_;  // grads_ plus the meta span, what the buckets hold
-  std::vector<T> meta_;                   // this rank's meta values for the pending step
+  std::array<double, meta_size> meta_{};  // this rank's meta values for the pending step
   Bucketer<T> buckets_;
   std::vector<std::span<T>> step_grads_;  // views of the averaged gradient in the buckets
   std::vector<std::span<const T>> step_grads_const_;
@@ -282,7 +282,6 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
       model_(std::move(model)),
       optimizer_(optimizer.clone()),
       options_(std::move(options)),
-      meta_(meta_size, T(0)),
       buckets_(options_.bucket_bytes) {
   warn_if_slow_blas(comm_);
   // Everything that can differ between ranks is agreed before any rank throws.
@@ -301,9 +300,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
   broadcast_buckets.pack(params_);
   for (auto b : broadcast_buckets) parallax::broadcast(comm_, b, 0);
   broadcast_buckets.unpack(params_);
-  grads_meta_ = grads_;
-  grads_meta_.emplace_back(meta_);
-  buckets_.plan(grads_meta_);
+  buckets_.plan(grads_);
   for (std::size_t i = 0; i < grads_.size(); ++i) step_grads_.push_back(buckets_.segment(i));
   step_grads_const_.assign(step_grads_.begin(), step_grads_.end());
 }
@@ -324,10 +321,6 @@ void DataParallel<M>::refresh_views() {
                        " elements, parameter " + std::to_string(i) + " has " + std::to_string(params_[i].size()));
     PARALLAX_CHECK(sizes_.empty() || sizes_[i] == params_[i].size(),
                    "DataParallel: parameter " + std::to_string(i) + " changed size since construction");
-  }
-  if (!grads_meta_.empty()) {
-    grads_meta_.assign(grads_.begin(), grads_.end());
-    grads_meta_.emplace_back(meta_);
   }
 }
 
@@ -355,7 +348,7 @@ double DataParallel<M>::train_step(const batch_type& batch) {
   double loss = 0;
   if (n == 0) {
     if (failure_.empty()) failure_ = detail::with_rank("DataParallel::train_step(): the batch is empty");
-    meta_[3] += T(1);
+    meta_[3] += 1.0;
   } else {
     try {
       // Layers with step-keyed randomness (dropout) see the optimizer step,
@@ -373,16 +366,12 @@ double DataParallel<M>::train_step(const batch_type& batch) {
   // Accumulate n * (mean gradient) = this rank's gradient sum into the buckets.
   const T weight = ok ? static_cast<T>(n) : T(0);
   const bool first = micro_ == 0;
-  meta_[0] += ok ? static_cast<T>(loss * static_cast<double>(n)) : T(0);
-  meta_[1] += weight;
-  meta_[2] = failure_.empty() ? T(0) : T(1);
-  const T* meta_begin = meta_.data();
-  const T* meta_end = meta_begin + meta_.size();
+  meta_[0] += ok ? loss * static_cast<double>(n) : 0.0;
+  meta_[1] += ok ? static_cast<double>(n) : 0.0;
+  meta_[2] = failure_.empty() ? 0.0 : 1.0;
   for (std::size_t k = 0; k < buckets_.bucket_count(); ++k)
-    buckets_.visit(k, grads_meta_, [&](const T* g, T* b, std::size_t len) {
-      if (g >= meta_begin && g < meta_end) {
-        std::copy_n(g, len, b);  // meta values are accumulated in meta_ itself
-      } else if (!ok) {
+    buckets_.visit(k, grads_, [&](const T* g, T* b, std::size_t len) {
+      if (!ok) {
         if (first) std::fill_n(b, len, T(0));  // a failed rank contributes nothing (its gradients may be garbage)
       } else if (first) {
         for (std::size_t i = 0; i < len; ++i) b[i] = weight * g[i];
@@ -400,39 +389,29 @@ template <class M>
 void DataParallel<M>::reset_accumulation() {
   micro_ = 0;
   failure_.clear();
-  std::fill(meta_.begin(), meta_.end(), T(0));
+  meta_.fill(0.0);
 }
 
 template <class M>
 double DataParallel<M>::synchronize_gradients() {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  // Every bucket is summed over ranks; the meta values travel in the last one.
-  for (auto b : buckets_) allreduce_sum(comm_, b);
-  const auto t1 = clock::now();
-  timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
-  auto meta = buckets_.segment(grads_.size());
-  const double loss_sum = static_cast<double>(meta[0]);
-  const double count = static_cast<double>(meta[1]);
-  const bool any_failed = meta[2] > T(0) || meta[3] > T(0);
+  // The sample count first (a few doubles), then every bucket summed and
+  // divided by it in one pass, which also finds non-finite values; the
+  // result is bitwise equal on every rank, so is the verdict.
+  std::array<double, meta_size> total{};
+  mpi::all_reduce(comm_, meta_.data(), static_cast<int>(meta_size), total.data(), std::plus<double>());
+  const double loss_sum = total[0];
+  const double count = total[1];
   const std::string failure = failure_;
   reset_accumulation();
-  if (any_failed) agree(comm_, failure);  // throws the same error on every rank
-  // Sum -> mean, checking finiteness in the same pass (x - x is NaN exactly
-  // for an infinite or NaN x; an integer OR keeps the loop vectorisable).
-  // The values are bitwise equal on every rank, so is the verdict.
+  if (total[2] > 0 || total[3] > 0) agree(comm_, failure);  // throws the same error on every rank
   const T inv = T(1) / static_cast<T>(count);
-  unsigned nonfinite = 0;
-  for (std::size_t i = 0; i < grads_.size(); ++i) {
-    T* g = step_grads_[i].data();
-    const std::size_t n = step_grads_[i].size();
-    for (std::size_t j = 0; j < n; ++j) {
-      g[j] *= inv;
-      const T z = g[j] - g[j];
-      nonfinite |= z != z ? 1u : 0u;
-    }
-  }
-  if (nonfinite != 0) {
+  bool nonfinite = false;
+  for (auto b : buckets_) nonfinite = allreduce_scaled(comm_, b, inv) || nonfinite;
+  const auto t1 = clock::now();
+  timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
+  if (nonfinite) {
     std::size_t bad = 0;
     for (; bad < grads_.size(); ++bad)
       if (std::any_of(step_grads_[bad].begin(), step_grads_[bad].end(), [](T x) { return !std::isfinite(x); })) break;
@@ -464,8 +443,8 @@ void DataParallel<M>::apply_step() {
 template <class M>
 double DataParallel<M>::local_step() {
   // This rank's own mean gradient; no communication until the averaging.
-  const double loss_sum = static_cast<double>(meta_[0]);
-  const double count = static_cast<double>(meta_[1]);
+  const double loss_sum = meta_[0];
+  const double count = meta_[1];
   if (failure_.empty() && count > 0) {
     const T inv = T(1) / static_cast<T>(count);
     for (auto g : step_grads_)
@@ -475,7 +454,7 @@ double DataParallel<M>::local_step() {
   }
   ++local_steps_;
   micro_ = 0;
-  std::fill(meta_.begin(), meta_.end(), T(0));
+  meta_.fill(0.0);
   if (local_steps_ % options_.average_every == 0) average_parameters();
   return count > 0 ? loss_sum / count : 0.0;
 }

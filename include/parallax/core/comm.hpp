@@ -99,6 +99,14 @@ inline constexpr std::size_t allreduce_ring_min_bytes = std::size_t{64} << 10;
 /// it needs stays small and each piece stays in cache between its two phases.
 inline constexpr std::size_t allreduce_piece_bytes = std::size_t{2} << 20;
 
+/// Collective, in place: data[i] becomes scale * (sum of data[i] over all
+/// ranks); returns whether any result is NaN or infinite — the same answer
+/// on every rank. The scaling and the check are fused into the reduction (no
+/// extra pass over the buffer): DataParallel turns gradient sums into means
+/// this way.
+template <std::floating_point T>
+bool allreduce_scaled(const mpi::communicator& comm, std::span<T> data, T scale);
+
 /// Collective: data on every rank becomes the root's data. Sizes must agree.
 template <MpiArithmetic T>
 void broadcast(const mpi::communicator& comm, std::span<T> data, int root = 0);
@@ -548,7 +556,8 @@ T* ring_scratch(std::size_t n) {
 /// rank only, so every rank ends with the same bits. With `scaled`, the last
 /// addition of each block multiplies by `scale`.
 template <class T>
-void ring_piece(MPI_Comm comm, int p, int rank, T* data, std::size_t n, T* scratch, bool scaled, T scale) {
+void ring_piece(MPI_Comm comm, int p, int rank, T* data, std::size_t n, T* scratch, bool scaled, T scale,
+                unsigned* nonfinite) {
   const int right = (rank + 1) % p;
   const int left = (rank + p - 1) % p;
   const auto type = mpi_type<T>();
@@ -560,7 +569,17 @@ void ring_piece(MPI_Comm comm, int p, int rank, T* data, std::size_t n, T* scrat
                            static_cast<int>(in.size()), type, left, 1, comm, MPI_STATUS_IGNORE),
               "MPI_Sendrecv");
     T* target = data + in.begin;
-    if (scaled && step == p - 2) {
+    if (scaled && step == p - 2 && nonfinite) {
+      // x - x is NaN exactly for an infinite or NaN x; the integer OR keeps
+      // the loop vectorisable.
+      unsigned bad = 0;
+      for (std::size_t i = 0; i < in.size(); ++i) {
+        target[i] = (target[i] + scratch[i]) * scale;
+        const T z = target[i] - target[i];
+        bad |= z != z ? 1u : 0u;
+      }
+      *nonfinite |= bad;
+    } else if (scaled && step == p - 2) {
       for (std::size_t i = 0; i < in.size(); ++i) target[i] = (target[i] + scratch[i]) * scale;
     } else {
       for (std::size_t i = 0; i < in.size(); ++i) target[i] += scratch[i];
@@ -576,21 +595,51 @@ void ring_piece(MPI_Comm comm, int p, int rank, T* data, std::size_t n, T* scrat
   }
 }
 
+/// Scales in place; returns 1 when a result is NaN or infinite (when asked).
 template <class T>
-void allreduce(const mpi::communicator& comm, std::span<T> data, bool scaled, T scale) {
+unsigned scale_and_check(std::span<T> data, T scale, bool check) {
+  unsigned bad = 0;
+  if (check) {
+    for (auto& x : data) {
+      x *= scale;
+      const T z = x - x;
+      bad |= z != z ? 1u : 0u;
+    }
+  } else {
+    for (auto& x : data) x *= scale;
+  }
+  return bad;
+}
+
+/// The sum all-reduce behind allreduce_sum/mean/scaled. With `nonfinite`,
+/// also finds whether any result is NaN or infinite: on the ring each rank
+/// checks the blocks it finishes and one integer all-reduce shares the
+/// verdict, so every rank answers the same.
+template <class T>
+void allreduce(const mpi::communicator& comm, std::span<T> data, bool scaled, T scale, bool* nonfinite = nullptr) {
   const int p = comm.size();
-  if (data.size_bytes() < allreduce_ring_min_bytes) {
-    mpi::all_reduce(comm, mpi::inplace(data.data()), checked_count(data.size(), "allreduce_sum()"),
-                    std::plus<T>());
-    if (scaled)
-      for (auto& x : data) x *= scale;
+  if (p == 1 || data.size_bytes() < allreduce_ring_min_bytes) {
+    if (p > 1)
+      mpi::all_reduce(comm, mpi::inplace(data.data()), checked_count(data.size(), "allreduce_sum()"),
+                      std::plus<T>());
+    if (scaled || nonfinite) {
+      const unsigned bad = scale_and_check(data, scaled ? scale : T(1), nonfinite != nullptr);
+      if (nonfinite) *nonfinite = bad != 0;
+    }
     return;
   }
   const MPI_Comm ring = private_comm(MPI_Comm(comm));
   const std::size_t piece = std::max<std::size_t>(static_cast<std::size_t>(p), allreduce_piece_bytes / sizeof(T));
   T* scratch = ring_scratch<T>(piece / static_cast<std::size_t>(p) + 1);
+  unsigned bad = 0;
   for (std::size_t at = 0; at < data.size(); at += piece)
-    ring_piece(ring, p, comm.rank(), data.data() + at, std::min(piece, data.size() - at), scratch, scaled, scale);
+    ring_piece(ring, p, comm.rank(), data.data() + at, std::min(piece, data.size() - at), scratch,
+               scaled || nonfinite, scaled ? scale : T(1), nonfinite ? &bad : nullptr);
+  if (nonfinite) {
+    unsigned any = 0;
+    mpi::all_reduce(comm, bad, any, mpi::maximum<unsigned>());
+    *nonfinite = any != 0;
+  }
 }
 
 }  // namespace detail
@@ -605,6 +654,14 @@ template <std::floating_point T>
 void allreduce_mean(const mpi::communicator& comm, std::span<T> data) {
   if (comm.size() == 1 || data.empty()) return;
   detail::allreduce(comm, data, true, T(1) / static_cast<T>(comm.size()));
+}
+
+template <std::floating_point T>
+bool allreduce_scaled(const mpi::communicator& comm, std::span<T> data, T scale) {
+  if (data.empty()) return false;
+  bool nonfinite = false;
+  detail::allreduce(comm, data, true, scale, &nonfinite);
+  return nonfinite;
 }
 
 template <MpiArithmetic T>
