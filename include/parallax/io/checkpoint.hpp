@@ -25,6 +25,8 @@
 #include <boost/archive/binary_oarchive.hpp>
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
+#include <boost/serialization/array_wrapper.hpp>
+#include <boost/serialization/split_member.hpp>
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>
 
@@ -37,6 +39,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -116,17 +119,36 @@ using parallax::detail::type_code;
 using parallax::detail::type_code_name;
 
 /// One parameter tensor, keyed by (global layer index, index within the layer).
+/// Saving writes the values straight from the tensor (`view`), without a copy.
 template <class T>
 struct tensor_record {
   std::uint64_t layer = 0;
   std::uint64_t index = 0;
   std::vector<std::uint64_t> shape;
-  std::vector<T> values;
+  std::vector<T> values;              ///< filled when loading
+  std::span<const T> view;            ///< what saving writes
   std::vector<std::vector<T>> slots;  ///< optimizer state per slot
+
   template <class Archive>
-  void serialize(Archive& a, unsigned) {
-    a& layer& index& shape& values& slots;
+  void save(Archive& a, unsigned) const {
+    const std::uint64_t n = view.size();
+    a << layer << index << shape << n;
+    if (n > 0) a << boost::serialization::make_array(view.data(), view.size());
+    a << slots;
   }
+  template <class Archive>
+  void load(Archive& a, unsigned) {
+    std::uint64_t n = 0;
+    a >> layer >> index >> shape >> n;
+    // The count is checked against the shape before anything is allocated.
+    std::uint64_t expected = 1;
+    for (auto e : shape) expected *= e;
+    if (n != expected) throw boost::archive::archive_exception(boost::archive::archive_exception::input_stream_error);
+    values.resize(n);
+    if (n > 0) a >> boost::serialization::make_array(values.data(), values.size());
+    a >> slots;
+  }
+  BOOST_SERIALIZATION_SPLIT_MEMBER()
 };
 
 /// What training stands at, with the plan the position belongs to.
@@ -378,7 +400,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
       payload.where.dataset_size = sampler->dataset_size();
       payload.where.global_batch = sampler->global_batch();
     }
-    const auto state = trainer.optimizer().state();
+    auto state = trainer.optimizer().state();
     payload.optimizer_kind = state.kind;
     payload.learning_rate = state.learning_rate;
     payload.optimizer_steps = state.steps;
@@ -389,9 +411,8 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
       r.layer = layer;
       r.index = j;
       r.shape.assign(t.shape().begin(), t.shape().end());
-      r.values.assign(t.data(), t.data() + t.size());
-      for (const auto& slot : state.slots)
-        r.slots.push_back(i < slot.size() ? slot[i] : std::vector<T>{});
+      r.view = std::span<const T>(t.data(), t.size());
+      for (auto& slot : state.slots) r.slots.push_back(i < slot.size() ? std::move(slot[i]) : std::vector<T>{});
       payload.tensors.push_back(std::move(r));
       ++i;
     });
