@@ -7,6 +7,8 @@ Each file's "benchmark" field picks the picture:
   data_parallel  (benchmarks/data_parallel)      step time per configuration, split into
                                                  compute / all-reduce / update, with speedups
   allreduce      (benchmarks/allreduce)          time per all-reduce against buffer size, and the ratio
+  pipeline       (benchmarks/pipeline)           efficiency against micro-batches, both schedules, with
+                                                 the ideal m / (m + p - 1), and saved activations
 
   /usr/bin/python3 benchmarks/plot.py build-bench/vs_pytorch.json --out docs/images/vs_pytorch.png
   /usr/bin/python3 benchmarks/plot.py build-bench/data_parallel.json build-bench/allreduce.json --out-dir build-bench
@@ -154,7 +156,43 @@ def plot_allreduce(doc, out):
     finish(fig, out)
 
 
-PLOTS = {"vs_pytorch": plot_vs_pytorch, "data_parallel": plot_data_parallel, "allreduce": plot_allreduce}
+def plot_pipeline(doc, out):
+    meta, rows = doc["meta"], doc["rows"]
+    p = rows[0]["ranks"] if rows else 0
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    styles = {"pipeline_gpipe": ("GPipe", "s-", GREY), "pipeline_1f1b": ("1F1B", "o-", PARALLAX)}
+    for name, (label, marker, colour) in styles.items():
+        mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["micro_batches"])
+        if not mine:
+            continue
+        m = [r["micro_batches"] for r in mine]
+        left.plot(m, [r["efficiency"] for r in mine], marker, color=colour, label=f"{label} (vs whole-batch serial)")
+        if all("efficiency_same_micro" in r for r in mine):
+            left.plot(m, [r["efficiency_same_micro"] for r in mine], marker.replace("-", ":"), color=colour,
+                      alpha=0.6, label=f"{label} (vs serial with the same micro-batches)")
+        right.plot(m, [r["peak_saved_bytes_stage0"] / 2**20 for r in mine], marker, color=colour, label=label)
+    ms = sorted({r["micro_batches"] for r in rows})
+    fine = [m / 8 for m in range(8, 8 * int(max(ms)) + 1)] if ms else []
+    left.plot(fine, [m / (m + p - 1) for m in fine], "-", color="#2a9d3a", lw=1, label="ideal m / (m + p - 1)")
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ms)
+        ax.set_xticklabels([str(int(m)) for m in ms])
+        ax.set_xlabel("micro-batches per step (m)")
+        ax.grid(color="#eeeeee")
+    left.set_ylabel("efficiency = serial / (p x pipeline time)")
+    left.set_ylim(0, 1)
+    left.legend(frameon=False, fontsize=7, loc="lower right")
+    right.set_ylabel("peak saved activations, stage 0 (MiB)")
+    right.legend(frameon=False, fontsize=8)
+    batch = int(rows[0]["batch"]) if rows else 0
+    fig.suptitle(f"ModelParallel, 8 x Linear(1024, 1024) + ReLU, batch {batch}, {p} stages\n{machine_line(meta)}",
+                 fontsize=9)
+    finish(fig, out)
+
+
+PLOTS = {"vs_pytorch": plot_vs_pytorch, "data_parallel": plot_data_parallel, "allreduce": plot_allreduce,
+         "pipeline": plot_pipeline}
 
 
 def main():
