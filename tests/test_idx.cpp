@@ -5,6 +5,8 @@
 
 #include <parallax/data/idx.hpp>
 
+#include "error_of.hpp"
+
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -86,20 +88,6 @@ bytes make_u8_idx(const std::vector<std::uint32_t>& shape, F value) {
   for (std::size_t i = 0; i < n; ++i) payload[i] = static_cast<std::uint8_t>(value(i));
   return make_idx(0x08, shape, payload);
 }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("unexpected exception: ") + e.what();
-  }
-  return "no error";
-}
-
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
 /// Checks that f throws parallax::error whose message holds every part.
 template <class F>

@@ -5,6 +5,8 @@
 
 #include <parallax/detail/inflate.hpp>
 
+#include "error_of.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cstdint>
@@ -127,21 +129,6 @@ void fixed_symbol(bit_writer& w, unsigned sym) {
   else if (sym < 280) w.code(sym - 256, 7);
   else w.code(0xc0 + sym - 280, 8);
 }
-
-/// The message of the parallax::error that f throws; "no error" otherwise.
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("unexpected exception: ") + e.what();
-  }
-  return "no error";
-}
-
-bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
 
 bytes random_bytes(std::size_t n, std::uint32_t seed) {
   std::mt19937 gen(seed);

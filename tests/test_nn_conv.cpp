@@ -6,6 +6,7 @@
 #include <parallax/nn/conv2d.hpp>
 #include <parallax/nn/maxpool2d.hpp>
 
+#include "error_of.hpp"
 #include "gradcheck.hpp"
 #include "xtensor_print.hpp"
 
@@ -32,16 +33,6 @@ xt::xtensor<double, 4> random_image(std::array<std::size_t, 4> shape, std::uint6
 
 /// 1..9 as one 3x3 image [1, 1, 3, 3].
 xt::xtensor<double, 4> one_to_nine() { return {{{{1, 2, 3}, {4, 5, 6}, {7, 8, 9}}}}; }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 static_assert(parallax::Layer<Conv2D<float>>);
 static_assert(parallax::HasLayerParameters<Conv2D<double>>);

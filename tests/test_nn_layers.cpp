@@ -8,6 +8,7 @@
 #include <parallax/nn/flatten.hpp>
 #include <parallax/nn/linear.hpp>
 
+#include "error_of.hpp"
 #include "gradcheck.hpp"
 #include "xtensor_print.hpp"
 
@@ -36,17 +37,6 @@ xt::xtensor<T, N> random_tensor(std::array<std::size_t, N> shape, std::uint64_t 
   xt::xtensor<T, N> t(shape);
   gradcheck::fill_uniform(t, seed);
   return t;
-}
-
-/// The message of the parallax::error that f throws ("" when it throws none).
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 static_assert(parallax::Layer<Linear<float>>);

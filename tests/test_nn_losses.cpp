@@ -5,6 +5,7 @@
 
 #include <parallax/nn/loss.hpp>
 
+#include "error_of.hpp"
 #include "gradcheck.hpp"
 #include "xtensor_print.hpp"
 
@@ -22,16 +23,6 @@ namespace {
 using parallax::nn::MeanSquaredError;
 using parallax::nn::SoftmaxCrossEntropy;
 using labels = xt::xtensor<std::int32_t, 1>;
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const parallax::error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 static_assert(parallax::Loss<SoftmaxCrossEntropy<float>>);
 static_assert(parallax::HasCorrectCount<SoftmaxCrossEntropy<double>>);
