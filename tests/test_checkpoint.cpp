@@ -22,10 +22,12 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 using parallax::mpi::communicator;
@@ -367,4 +369,21 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
   CHECK_NOTHROW(checkpoints.load(again, nullptr, newest));
   CHECK(gather_pipe(again) == gather_pipe(pipe));
   (void)p;
+}
+
+TEST_CASE("checkpoint: maybe_save by time — rank 0's clock decides for every rank") {
+  communicator world;
+  scratch_dir dir(world);
+  const auto data = toy::make_data<double>(40, features, 5);
+  parallax::DataParallel dp(toy::TinyMLP<double>(features, hidden, 3), parallax::optim::SGD<double>(), {}, world);
+  parallax::io::Checkpointer checkpoints(dir.path, {.keep = 10, .every_seconds = 1.0}, world);
+  auto s = dp.make_sampler(data.size(), 8, {});
+  dp.train_step(data.batch(s.local_indices(0)));
+  CHECK_FALSE(checkpoints.maybe_save(dp, &s));  // too soon after construction
+  // Only rank 0 waits: the others would not be due by their own clocks.
+  if (world.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  dp.train_step(data.batch(s.local_indices(1)));
+  CHECK(checkpoints.maybe_save(dp, &s));
+  CHECK(checkpoints.list().size() == 1);
+  CHECK_FALSE(checkpoints.maybe_save(dp, &s));  // the same step is not saved twice
 }
