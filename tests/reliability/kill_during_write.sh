@@ -104,12 +104,14 @@ for ((k = 1; k <= kills; k++)); do
     continue
   fi
   # The newest complete checkpoint loads, and resume_latest() picks it.
-  if mpi 2 "${wide[@]}" --verify "$newest" >"$scratch/verify.out" 2>&1; then :; fi
+  # stdout alone is parsed: rank 0's stderr notes (which checkpoint it skipped)
+  # may land in the middle of a stdout line.
+  if mpi 2 "${wide[@]}" --verify "$newest" >"$scratch/verify.out" 2>"$scratch/verify.err"; then :; fi
   if grep -q "verify: loaded $(basename "$newest") " "$scratch/verify.out"; then
     loads_ok=$((loads_ok + 1))
   else
     fail "$k" "$(basename "$newest") does not load"
-    cat "$scratch/verify.out"
+    cat "$scratch/verify.out" "$scratch/verify.err"
   fi
   skipped=$(sed -n "s/^verify: resume_latest $(basename "$newest") skipped \([0-9]*\)$/\1/p" "$scratch/verify.out")
   if [ -n "$skipped" ]; then
@@ -117,7 +119,7 @@ for ((k = 1; k <= kills; k++)); do
     skipped_total=$((skipped_total + skipped))
   else
     fail "$k" "resume_latest did not pick $(basename "$newest")"
-    cat "$scratch/verify.out"
+    cat "$scratch/verify.out" "$scratch/verify.err"
   fi
   previous=$newest
 done
