@@ -387,3 +387,43 @@ TEST_CASE("checkpoint: maybe_save by time — rank 0's clock decides for every r
   CHECK(checkpoints.list().size() == 1);
   CHECK_FALSE(checkpoints.maybe_save(dp, &s));  // the same step is not saved twice
 }
+
+TEST_CASE("checkpoint: another model's checkpoint stops resume_latest; another run's folder is not overwritten") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::optim::SGD<double> sgd({.lr = 0.1});
+  {
+    Pipe pipe(pipe_args, sgd, {.micro_batches = 2}, world);
+    parallax::io::Checkpointer first(dir.path, {.quiet = true}, world);
+    pipe.train_step(chain_batch(8, 1));
+    first.save(pipe);
+  }
+  using Wide = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
+                                       SoftmaxCrossEntropy<double>>;
+  Wide wide(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 7}, std::tuple{}, std::tuple{7, 3}, std::tuple{}},
+            sgd, {.micro_batches = 2}, world);
+  parallax::io::Checkpointer second(dir.path, {.quiet = true}, world);
+  bool mismatch = false;
+  const auto message = agreed_error(world, [&] {
+    try {
+      second.resume_latest(wide);
+    } catch (const parallax::io::checkpoint_mismatch&) {
+      mismatch = true;
+      throw;
+    }
+  });
+  CHECK(mismatch);
+  CHECK(message.find("was written for another model") != std::string::npos);
+  // A run that did not resume here may not write here either.
+  Pipe fresh(pipe_args, sgd, {.micro_batches = 2}, world);
+  fresh.train_step(chain_batch(8, 1));
+  parallax::io::Checkpointer third(dir.path, {.quiet = true}, world);
+  CHECK(agreed_error(world, [&] { third.save(fresh); }).find("already holds checkpoints of another run") !=
+        std::string::npos);
+  CHECK(third.list().size() == 1);
+  // Resuming from it first makes the folder this run's.
+  REQUIRE(third.resume_latest(fresh).has_value());
+  fresh.train_step(chain_batch(8, 2));
+  CHECK_NOTHROW(third.save(fresh));
+  CHECK(third.list().size() == 2);
+}

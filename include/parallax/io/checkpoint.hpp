@@ -50,6 +50,14 @@ namespace parallax::io {
 /// The newest checkpoint format this parallax writes and reads.
 inline constexpr std::uint32_t checkpoint_format_version = 1;
 
+/// A checkpoint that is intact but belongs to something else: another model,
+/// element type, optimizer or sampler plan. resume_latest() never skips past
+/// one (that would start over and, later, overwrite it): it throws this.
+class checkpoint_mismatch : public error {
+ public:
+  using error::error;
+};
+
 struct checkpoint_options {
   std::size_t keep = 3;           ///< complete checkpoints kept, newest first (older ones are deleted)
   std::uint64_t every_steps = 0;  ///< maybe_save(): every k optimizer steps (0: off)
@@ -70,7 +78,10 @@ class Checkpointer {
 
   /// Writes a checkpoint of the trainer (and the sampler's epoch and
   /// position) at its current optimizer step; returns its folder. The
-  /// previous checkpoints stay until this one is complete.
+  /// previous checkpoints stay until this one is complete. A folder that
+  /// already holds checkpoints is written only after this run resumed from
+  /// it (or resume_latest() found nothing usable there): another run's
+  /// checkpoints are never replaced or pruned.
   template <class Trainer>
   std::string save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr);
 
@@ -80,9 +91,11 @@ class Checkpointer {
   template <class Trainer>
   void load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path);
 
-  /// Loads the newest checkpoint that is valid; newer invalid ones are
-  /// skipped with a message on rank 0 saying why. Returns the folder loaded,
-  /// or nothing when the folder holds no usable checkpoint.
+  /// Loads the newest checkpoint that is valid; newer damaged or incomplete
+  /// ones are skipped with a message on rank 0 saying why. Returns the folder
+  /// loaded, or nothing when the folder holds no usable checkpoint. A
+  /// checkpoint of another model, element type, optimizer or sampler plan is
+  /// not skipped: it throws checkpoint_mismatch on every rank.
   template <class Trainer>
   std::optional<std::string> resume_latest(Trainer& trainer, data::DistributedSampler* sampler = nullptr);
 
@@ -104,6 +117,7 @@ class Checkpointer {
   std::uint64_t last_saved_step_ = ~std::uint64_t{0};
   std::chrono::steady_clock::time_point last_save_time_ = std::chrono::steady_clock::now();
   std::vector<std::pair<std::string, std::string>> skipped_;
+  bool claimed_ = false;  // this run resumed here, or found nothing to resume, or already saved here
 };
 
 // ===========================================================================
@@ -374,6 +388,19 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
   const fs::path folder = fs::path(dir_) / detail::step_folder_name(step);
   const fs::path manifest_path = folder / "MANIFEST";
   const auto [begin, end] = detail::local_layers(trainer);
+  // A run that neither resumed from this folder nor looked for something to
+  // resume must not replace or prune another run's checkpoints.
+  if (!claimed_) {
+    agree(comm_, [&] {
+      if (comm_.rank() != 0) return;
+      for (const auto& f : list())
+        PARALLAX_CHECK(!fs::exists(fs::path(f) / "MANIFEST"),
+                       "Checkpointer::save(): '" + dir_ + "' already holds checkpoints of another run (newest " +
+                           fs::path(f).filename().string() +
+                           "): resume from them (resume_latest) or choose an empty directory");
+    });
+    claimed_ = true;
+  }
   // Rank 0 prepares the folder; a re-save of the same step first makes the
   // old one incomplete (no manifest) so nobody loads a mix.
   agree(comm_, [&] {
@@ -476,14 +503,22 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   detail::part_payload<T> meta;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
   optim::optimizer_state<T> state;
-  agree(comm_, [&] {
+  // A mismatch is told apart from damage: it throws checkpoint_mismatch.
+  int mismatched = 0;
+  auto mismatch_check = [&](bool ok, const std::string& message) {
+    if (!ok) {
+      mismatched = 1;
+      detail::throw_error(message);
+    }
+  };
+  std::string failure = parallax::detail::failure_of([&] {
     const std::string manifest_file = (fs::path(path) / "MANIFEST").string();
     PARALLAX_CHECK(fs::exists(manifest_file), "checkpoint '" + path + "' is incomplete: it has no MANIFEST");
     const auto bytes = read_checked(manifest_file, checkpoint_format_version);
     const auto m = detail::manifest::parse(std::string(bytes.begin(), bytes.end()), "checkpoint manifest '" + manifest_file + "'");
-    PARALLAX_CHECK(m.element == detail::type_code<T>(), "checkpoint '" + path + "' holds " + detail::type_code_name(m.element) +
+    mismatch_check(m.element == detail::type_code<T>(), "checkpoint '" + path + "' holds " + detail::type_code_name(m.element) +
                                                     " tensors, the model has " + detail::type_code_name(detail::type_code<T>()));
-    PARALLAX_CHECK(m.layers == detail::layer_total(trainer),
+    mismatch_check(m.layers == detail::layer_total(trainer),
                    "checkpoint '" + path + "' was written for a model of " + std::to_string(m.layers) +
                        " layers, this one has " + std::to_string(detail::layer_total(trainer)));
     // Complete: the parts cover every layer once.
@@ -524,17 +559,17 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
     std::size_t count = 0;
     detail::for_each_keyed_tensor(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
       const auto it = records.find({layer, j});
-      PARALLAX_CHECK(it != records.end(), "checkpoint '" + path + "' was written for another model: it has no tensor " +
+      mismatch_check(it != records.end(), "checkpoint '" + path + "' was written for another model: it has no tensor " +
                                               std::to_string(j) + " of layer " + std::to_string(layer));
       const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
-      PARALLAX_CHECK(it->second.shape == shape && it->second.values.size() == t.size(),
+      mismatch_check(it->second.shape == shape && it->second.values.size() == t.size(),
                      "checkpoint '" + path + "' was written for another model: tensor " + std::to_string(j) +
                          " of layer " + std::to_string(layer) + " has shape " + detail::shape_string(it->second.shape) +
                          " there, " + detail::shape_string(shape) + " in this model");
       wanted.push_back({layer, j});
       ++count;
     });
-    PARALLAX_CHECK(count == records.size(), "checkpoint '" + path + "' was written for another model: it has " +
+    mismatch_check(count == records.size(), "checkpoint '" + path + "' was written for another model: it has " +
                                                 std::to_string(records.size()) + " tensors for these layers, the model " +
                                                 std::to_string(count));
     // The optimizer's state in this trainer's tensor order.
@@ -547,10 +582,10 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
       for (std::size_t k = 0; k < meta.slot_names.size(); ++k)
         for (const auto& key : wanted) state.slots[k].push_back(records[key].slots.at(k));
     const auto current = trainer.optimizer().state();
-    PARALLAX_CHECK(current.kind == state.kind, "checkpoint '" + path + "' holds " + state.kind +
+    mismatch_check(current.kind == state.kind, "checkpoint '" + path + "' holds " + state.kind +
                                                    " optimizer state, the trainer uses " + current.kind);
     if (sampler && meta.where.has_sampler) {
-      PARALLAX_CHECK(sampler->options().seed == meta.where.sampler_seed &&
+      mismatch_check(sampler->options().seed == meta.where.sampler_seed &&
                          sampler->dataset_size() == meta.where.dataset_size &&
                          sampler->global_batch() == meta.where.global_batch,
                      "checkpoint '" + path + "' belongs to another sampler plan (seed " +
@@ -561,6 +596,14 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
     auto trial = trainer.optimizer().clone();
     trial->load_state(state);
   });
+  int any_mismatch = 0;
+  mpi::all_reduce(comm_, mismatched, any_mismatch, mpi::maximum<int>());
+  try {
+    agree(comm_, failure);
+  } catch (const error& e) {
+    if (any_mismatch) throw checkpoint_mismatch(e.what());
+    throw;
+  }
   // Apply.
   detail::for_each_keyed_tensor(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
     const auto& values = records[{layer, j}].values;
@@ -582,6 +625,7 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   }
   last_saved_step_ = trainer.optimizer().steps();
   last_save_time_ = std::chrono::steady_clock::now();
+  claimed_ = true;
 }
 
 template <class Trainer>
@@ -596,11 +640,14 @@ std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::D
       if (!skipped_.empty() && comm_.rank() == 0 && !options_.quiet)
         std::cerr << "parallax: resuming from " << c << " (the newest valid checkpoint)\n";
       return c;
+    } catch (const checkpoint_mismatch&) {
+      throw;  // intact but not ours: starting over would later overwrite it
     } catch (const error& e) {
       skipped_.emplace_back(c, e.what());
       if (comm_.rank() == 0 && !options_.quiet) std::cerr << "parallax: skipping checkpoint " << c << ": " << e.what() << "\n";
     }
   }
+  claimed_ = true;  // nothing usable here: this run may write
   return std::nullopt;
 }
 
