@@ -354,3 +354,27 @@ TEST_CASE("ModelParallel: profiled boundaries are valid and the same on every ra
   Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.boundaries = b}, world);
   CHECK(std::isfinite(mp.train_step(sample)));
 }
+
+TEST_CASE("ModelParallel: ranks that pass different batches get one clear error") {
+  communicator world;
+  if (world.size() == 1) return;
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.micro_batches = 2}, world);
+  const auto message = agreed_error(world, [&] { mp.train_step(make_batch<double>(8, 100 + world.rank())); });
+  CHECK(message.find("the ranks passed different batches") != std::string::npos);
+  CHECK(std::isfinite(mp.train_step(make_batch<double>(8, 1))));  // the same batch everywhere: fine
+}
+
+TEST_CASE("ModelParallel: predict and evaluate take fewer rows than micro-batches") {
+  communicator world;
+  Chain<double> mp(chain_args<double>(), parallax::optim::SGD<double>(), {.micro_batches = 8, .seed = 4}, world);
+  auto net = serial_chain<double>(4);
+  const auto one = make_batch<double>(1, 3);
+  const auto out = mp.predict(one.inputs);
+  CHECK(out.shape() == std::array<std::size_t, 2>{1, 3});
+  CHECK(xt::amax(xt::abs(out - net.predict(one.inputs)))() <= 1e-12);
+  const auto data = make_batch<double>(5, 6);
+  parallax::data::TensorDataset<xt::xtensor<double, 2>, xt::xtensor<std::int32_t, 1>> ds(data.inputs, data.targets);
+  const auto result = mp.evaluate(ds, 3);  // batches of 3 and 2 rows, 8 micro-batches
+  CHECK(result.samples == 5);
+  CHECK(result.loss == doctest::Approx(net.loss(data)).epsilon(1e-12));
+}

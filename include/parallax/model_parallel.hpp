@@ -13,6 +13,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/chain.hpp>
+#include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/evaluation.hpp>
 #include <parallax/optim/clip.hpp>
@@ -33,6 +34,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -101,6 +103,7 @@ class ModelParallel {
   using target_type = typename loss_type::target_type;
   using batch_type = data::Batch<input_type, target_type>;
   using value_type = typename output_type::value_type;
+  using target_value = typename target_type::value_type;
 
   /// Collective. `part_args` holds one tuple of constructor arguments per
   /// part (layers, then the loss; the loss's may be left out when it is
@@ -114,7 +117,8 @@ class ModelParallel {
   /// the mean loss over the batch, the same on every rank.
   double train_step(const batch_type& batch);
 
-  /// Collective. The chain's output for x, on every rank.
+  /// Collective. The chain's output for x (any number of rows; every rank
+  /// passes the same x), on every rank.
   output_type predict(const input_type& x);
 
   /// Collective. Mean loss and accuracy (when the loss has correct()) over a
@@ -124,7 +128,6 @@ class ModelParallel {
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
     PARALLAX_CHECK(batch_size > 0, "ModelParallel::evaluate(): batch_size is 0");
     const std::size_t n = dataset.size();
-    const std::size_t chunk = std::max(batch_size, options_.micro_batches);
     for_range(begin_, end_, [&](auto I) {
       if constexpr (requires { std::get<I()>(parts_)->set_training(false); }) std::get<I()>(parts_)->set_training(false);
     });
@@ -132,10 +135,7 @@ class ModelParallel {
     std::vector<std::size_t> indices;
     batch_type batch{};
     for (std::size_t at = 0; at < n;) {
-      // The last batch may be short; fewer samples than micro-batches go along
-      // with the previous batch.
-      std::size_t take = std::min(chunk, n - at);
-      if (n - at - take > 0 && n - at - take < options_.micro_batches) take = n - at;
+      const std::size_t take = std::min(batch_size, n - at);  // the last batch may be short
       indices.clear();
       for (std::size_t i = at; i < at + take; ++i) indices.push_back(i);
       at += take;
@@ -143,7 +143,7 @@ class ModelParallel {
         dataset.batch_into(std::span<const std::size_t>(indices), batch);
       else batch = dataset.batch(std::span<const std::size_t>(indices));
       prepare(&batch, false);
-      run(&batch, forward_schedule_, false);
+      run(&batch, forward_schedule(), false);
       loss += loss_sum_;
       correct += correct_sum_;
     }
@@ -258,8 +258,9 @@ class ModelParallel {
   std::vector<std::size_t> micro_shape(const std::vector<std::size_t>& full, std::size_t mb) const;
   void refresh_views();
   std::size_t saved_bytes(const slot& s) const;
+  const pipeline::schedule& forward_schedule();
   int tag_activation(std::size_t mb) const { return static_cast<int>(mb); }
-  int tag_gradient(std::size_t mb) const { return static_cast<int>(options_.micro_batches + mb); }
+  int tag_gradient(std::size_t mb) const { return static_cast<int>(micro_ + mb); }
 
   pipeline_options options_;
   mpi::communicator comm_;
@@ -275,11 +276,12 @@ class ModelParallel {
   std::vector<std::span<const T>> grads_const_;
   std::vector<std::span<T>> grads_;
   pipeline::schedule train_schedule_;
-  pipeline::schedule forward_schedule_;
+  pipeline::schedule forward_schedule_;  // rebuilt for each forward-only run (micro_ may vary)
   pipeline_stats stats_;
 
   // The step in progress.
   std::size_t batch_rows_ = 0;
+  std::size_t micro_ = 1;  // micro-batches of this step
   std::vector<std::size_t> stage_in_shape_;   // full-batch shape of this stage's input
   std::vector<std::size_t> stage_out_shape_;  // and of its output
   std::vector<std::unique_ptr<slot>> pool_;
@@ -302,6 +304,22 @@ class ModelParallel {
 // ===========================================================================
 
 namespace detail {
+
+/// A fast 64-bit hash of a buffer, eight bytes at a time (not for security:
+/// to notice that ranks hold different data).
+inline std::uint64_t content_hash(const void* data, std::size_t bytes, std::uint64_t seed = 0x9e3779b97f4a7c15ULL) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::uint64_t h = seed ^ bytes;
+  std::size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+  }
+  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+  return mix64(h);
+}
 
 /// A layer's output shape for an input shape: output_shape() when the layer
 /// has it, else the shape of a forward pass on one zero sample.
@@ -430,13 +448,19 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   refresh_views();
   for (auto p : params_) stats_.local_parameters += p.size();
   train_schedule_ = pipeline::make_schedule(options_.schedule, static_cast<std::size_t>(stages_), options_.micro_batches);
+}
+
+template <class... Parts>
+const pipeline::schedule& ModelParallel<Parts...>::forward_schedule() {
+  // Each micro-batch straight through: receive, forward, send.
   forward_schedule_.assign(static_cast<std::size_t>(stages_), {});
-  for (std::size_t mb = 0; mb < options_.micro_batches; ++mb) {
-    auto& ops = forward_schedule_[static_cast<std::size_t>(stage_)];
+  auto& ops = forward_schedule_[static_cast<std::size_t>(stage_)];
+  for (std::size_t mb = 0; mb < micro_; ++mb) {
     if (stage_ > 0) ops.push_back({pipeline::op_kind::recv_activation, mb});
     ops.push_back({pipeline::op_kind::forward, mb});
     if (stage_ + 1 < stages_) ops.push_back({pipeline::op_kind::send_activation, mb});
   }
+  return forward_schedule_;
 }
 
 template <class... Parts>
@@ -471,7 +495,7 @@ template <class... Parts>
 std::vector<std::size_t> ModelParallel<Parts...>::micro_shape(const std::vector<std::size_t>& full,
                                                               std::size_t mb) const {
   auto s = full;
-  if (!s.empty()) s[0] = block_of(batch_rows_, static_cast<int>(options_.micro_batches), static_cast<int>(mb)).size();
+  if (!s.empty()) s[0] = block_of(batch_rows_, static_cast<int>(micro_), static_cast<int>(mb)).size();
   return s;
 }
 
@@ -503,7 +527,7 @@ void ModelParallel<Parts...>::prepare(const batch_type* batch, bool training) {
     const auto& x = batch->inputs;
     in_shape.assign(x.shape().begin(), x.shape().end());
     if (x.dimension() == 0 || in_shape[0] == 0) failure = "ModelParallel: the batch is empty";
-    else if (in_shape[0] < options_.micro_batches)
+    else if (training && in_shape[0] < options_.micro_batches)
       failure = "ModelParallel: a batch of " + std::to_string(in_shape[0]) + " samples cannot be cut into " +
                 std::to_string(options_.micro_batches) + " micro-batches";
     if (!failure.empty()) failure = detail::with_rank(failure);
@@ -543,15 +567,28 @@ void ModelParallel<Parts...>::prepare(const batch_type* batch, bool training) {
                                   std::to_string(rows) + " targets");
   }
   if (failure == "(an earlier stage failed)") failure.clear();  // that stage reports it
-  agree(comm_, failure);
+  // One collective agrees the verdict and that every rank passed the same
+  // batch: stage 0 reads the inputs and the last stage the targets, so
+  // different batches would train on mismatched pairs without a word.
+  const std::uint64_t h = detail::content_hash(batch->targets.data(), batch->targets.size() * sizeof(target_value),
+                                                detail::content_hash(batch->inputs.data(), batch->inputs.size() * sizeof(T)));
+  std::array<std::uint64_t, 3> mine{h, ~h, failure.empty() ? 0u : 1u}, most{};
+  mpi::all_reduce(comm_, mine.data(), 3, most.data(), mpi::maximum<std::uint64_t>());
+  if (most[2] != 0) agree(comm_, failure);
+  if (most[0] != h || most[1] != ~h)
+    throw error("ModelParallel: the ranks passed different batches: every rank must pass the same batch (stage 0 "
+                "reads its inputs, the last stage its targets)");
   stage_in_shape_ = in_shape;
   stage_out_shape_ = shape;
   batch_rows_ = in_shape[0];
+  // Forward-only runs (predict, evaluate) take batches of any size: fewer
+  // rows than micro-batches simply means fewer micro-batches.
+  micro_ = training ? options_.micro_batches : std::min(batch_rows_, options_.micro_batches);
   in_flight_ = 0;
   saved_now_ = 0;
   loss_sum_ = 0;
   correct_sum_ = 0;
-  slot_of_.assign(options_.micro_batches, 0);
+  slot_of_.assign(micro_, 0);
 }
 
 template <class... Parts>
@@ -567,7 +604,7 @@ std::size_t ModelParallel<Parts...>::acquire(std::size_t mb) {
     pool_.push_back(std::make_unique<slot>());
   }
   slot_of_[mb] = index;
-  pool_[index]->rows = block_of(batch_rows_, static_cast<int>(options_.micro_batches), static_cast<int>(mb)).size();
+  pool_[index]->rows = block_of(batch_rows_, static_cast<int>(micro_), static_cast<int>(mb)).size();
   return index;
 }
 
@@ -591,7 +628,7 @@ template <class... Parts>
 void ModelParallel<Parts...>::post_receives(bool training) {
   // Every receive of the step is posted up front with its own tag, so
   // messages land while this stage computes.
-  const std::size_t m = options_.micro_batches;
+  const std::size_t m = micro_;
   auto post = [&](auto& q, int source, auto tag_of) {
     q.pending.resize(m);
     for (std::size_t mb = 0; mb < m; ++mb) {
@@ -618,7 +655,7 @@ template <class... Parts>
 void ModelParallel<Parts...>::poll_receives(std::size_t from) {
   // Moves the next receives along (posts their element receives as soon as
   // their headers are in) without waiting.
-  const std::size_t to = std::min(from + 2, options_.micro_batches);
+  const std::size_t to = std::min(from + 2, micro_);
   for_range(begin_, begin_ + 1, [&](auto I) {
     auto& q = std::get<I()>(activation_queues_);
     for (std::size_t mb = from; mb < to && mb < q.pending.size(); ++mb)
@@ -651,7 +688,7 @@ template <class... Parts>
 void ModelParallel<Parts...>::forward(std::size_t mb, const batch_type* batch, bool training) {
   if (stage_ == 0) {
     auto& s = *pool_[acquire(mb)];
-    const auto b = block_of(batch_rows_, static_cast<int>(options_.micro_batches), static_cast<int>(mb));
+    const auto b = block_of(batch_rows_, static_cast<int>(micro_), static_cast<int>(mb));
     data::slice_rows(batch->inputs, b.begin, b.size(), std::get<0>(s.in));
   }
   slot& s = *pool_[slot_of_[mb]];
@@ -680,7 +717,7 @@ void ModelParallel<Parts...>::forward(std::size_t mb, const batch_type* batch, b
   }
   if (stage_ + 1 == stages_) {
     auto& loss = *std::get<layer_count>(parts_);
-    const auto b = block_of(batch_rows_, static_cast<int>(options_.micro_batches), static_cast<int>(mb));
+    const auto b = block_of(batch_rows_, static_cast<int>(micro_), static_cast<int>(mb));
     const auto& y = std::get<layer_count - 1>(s.out);
     const bool has_targets = batch->targets.size() > 0;
     try {
@@ -864,7 +901,7 @@ auto ModelParallel<Parts...>::predict(const input_type& x) -> output_type {
     out.resize(stage_out_shape_);
     collect_ = &out;
   }
-  run(&batch, forward_schedule_, false);
+  run(&batch, forward_schedule(), false);
   collect_ = nullptr;
   double failed = failure_.empty() ? 0.0 : 1.0, any = 0;
   mpi::all_reduce(comm_, failed, any, std::plus<double>());
