@@ -121,6 +121,11 @@ class DataParallel {
   /// parameters from rank 0. The optimizer is copied.
   DataParallel(M model, const optim::Optimizer<value_type>& optimizer, data_parallel_options options = {},
                mpi::communicator comm = mpi::communicator());
+  /// Only for a model that is not a Model: check_model() has already named
+  /// the missing piece; this keeps a second, confusing error away.
+  template <class O>
+    requires(!Model<M>)
+  DataParallel(M, const O&, data_parallel_options = {}, mpi::communicator = mpi::communicator()) {}
 
   /// Collective. One micro-step on this rank's batch. Returns the global mean
   /// loss of the samples of the optimizer step this micro-step completes; on
@@ -211,9 +216,10 @@ class DataParallel {
   step_timing last_timing_;  // the last completed step
 };
 
-template <class M>
-DataParallel(M, const optim::Optimizer<typename detail::value_type_of<M>::type>&, data_parallel_options = {},
-             mpi::communicator = mpi::communicator()) -> DataParallel<M>;
+// Any optimizer deduces DataParallel<M>: a model that misses a piece then
+// gets check_model()'s message, not a deduction failure.
+template <class M, class O>
+DataParallel(M, const O&, data_parallel_options = {}, mpi::communicator = mpi::communicator()) -> DataParallel<M>;
 
 }  // namespace parallax
 

@@ -179,9 +179,15 @@ template <class M>
 struct value_type_of {
   using type = double;
 };
-template <HasFloatingParameters M>
+template <HasParameters M>
+  requires std::floating_point<model_value_t<M>>
 struct value_type_of<M> {
   using type = model_value_t<M>;
+};
+template <class M>
+  requires(!HasParameters<M>) && requires { typename M::value_type; } && std::floating_point<typename M::value_type>
+struct value_type_of<M> {
+  using type = typename M::value_type;
 };
 }  // namespace detail
 
