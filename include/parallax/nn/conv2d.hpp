@@ -134,6 +134,9 @@ Conv2D<T>::Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t
       bias_grad_(std::array<std::size_t, 1>{out_channels}, T(0)) {
   PARALLAX_CHECK(in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0,
                  "Conv2D: channels, kernel and stride must be positive, got " + describe());
+  // Usable weights from the start, as initialize(0, 0) gives them; chains
+  // re-initialise each layer from (seed, its index).
+  initialize(0, 0);
 }
 
 template <class T>

@@ -97,6 +97,9 @@ Linear<T>::Linear(std::size_t in, std::size_t out)
       bias_grad_(std::array<std::size_t, 1>{out}, T(0)) {
   PARALLAX_CHECK(in > 0 && out > 0, "Linear: in and out features must be positive, got " + std::to_string(in) +
                                         " -> " + std::to_string(out));
+  // Usable weights from the start, as initialize(0, 0) gives them; chains
+  // re-initialise each layer from (seed, its index).
+  initialize(0, 0);
 }
 
 template <class T>
