@@ -14,6 +14,7 @@
 #include <parallax/nn/sequential.hpp>
 
 #include "gradcheck.hpp"
+#include "error_of.hpp"
 #include "xtensor_print.hpp"
 
 #include <doctest/doctest.h>
@@ -314,4 +315,17 @@ TEST_CASE("Sequential: a step allocates nothing once its buffers have their shap
   const std::size_t conv_start = allocation_count.load();
   conv_step();
   CHECK(allocation_count.load() - conv_start == 0);
+}
+
+TEST_CASE("Sequential: an input that does not fit names the layer at fault and where its input came from") {
+  using namespace parallax::nn;
+  Sequential net{Linear<double>(4, 32), ReLU<double>{}, Linear<double>(16, 3), SoftmaxCrossEntropy<double>{}};
+  parallax::data::Batch<xt::xtensor<double, 2>, xt::xtensor<std::int32_t, 1>> batch{xt::zeros<double>({5, 4}),
+                                                                                   xt::zeros<std::int32_t>({5})};
+  const auto message = error_of([&] { net.loss_and_gradient(batch); });
+  CHECK(contains(message, "Sequential: layer 2 Linear(16 -> 3) cannot take the output of layer 1 ReLU, of shape (5, 32)"));
+  parallax::data::Batch<xt::xtensor<double, 2>, xt::xtensor<std::int32_t, 1>> wrong{xt::zeros<double>({5, 7}),
+                                                                                   xt::zeros<std::int32_t>({5})};
+  Sequential ok{Linear<double>(4, 3), SoftmaxCrossEntropy<double>{}};
+  CHECK(contains(error_of([&] { ok.loss_and_gradient(wrong); }), "layer 0 Linear(4 -> 3) cannot take the input, of shape (5, 7)"));
 }

@@ -204,6 +204,7 @@ class Sequential {
     using type = std::tuple<typename parallax::detail::output_of<part_t<I>>::type...>;
   };
   using buffer_tuple = typename buffers<std::make_index_sequence<layer_count>>::type;
+  std::vector<std::size_t> checked_shape_;  // the last input shape checked through the chain
 
   parts_tuple parts_;
   buffer_tuple outputs_;       // layer i's output from the last forward
@@ -228,6 +229,13 @@ void Sequential<Parts...>::initialize(std::uint64_t seed) {
 template <class... Parts>
 void Sequential<Parts...>::forward_all(const input_type& x) {
   if constexpr (chain_ok_) {
+    // A new input shape is checked through the whole chain first, so a
+    // mismatch names the layer (the layers' own checks cannot know their index).
+    if (!std::equal(x.shape().begin(), x.shape().end(), checked_shape_.begin(), checked_shape_.end())) {
+      std::vector<std::size_t> shape(x.shape().begin(), x.shape().end());
+      (void)output_shape(shape);
+      checked_shape_ = std::move(shape);
+    }
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (std::get<I>(parts_).forward(layer_input<I>(x), std::get<I>(outputs_)), ...);
     }(std::make_index_sequence<layer_count>{});
@@ -359,8 +367,32 @@ std::string Sequential<Parts...>::describe() const {
 
 template <class... Parts>
 std::vector<std::size_t> Sequential<Parts...>::output_shape(std::vector<std::size_t> input_shape) const {
+  // Names the layer that cannot take its input, and where that input came
+  // from: "Sequential: layer 2 Linear(16 -> 8) cannot take the output of
+  // layer 1 ReLU, of shape (32, 32): ...".
+  std::string from = "the input";
+  auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+    const auto& layer = std::get<I>(parts_);
+    std::string name = "layer ";  // appended piece by piece: GCC 12 warns falsely on "literal" + string&&
+    name += std::to_string(I);
+    if constexpr (requires { layer.describe(); }) {
+      name += ' ';
+      name += layer.describe();
+    }
+    if constexpr (requires { layer.output_shape(input_shape); }) {
+      try {
+        input_shape = layer.output_shape(input_shape);
+      } catch (const parallax::error& e) {
+        parallax::detail::throw_error("Sequential: " + name + " cannot take " + from + ", of shape " +
+                                      parallax::detail::shape_string(input_shape) + ": " +
+                                      parallax::detail::without_rank(e.what()));
+      }
+    }
+    from = "the output of ";
+    from += name;
+  };
   [&]<std::size_t... I>(std::index_sequence<I...>) {
-    ((input_shape = std::get<I>(parts_).output_shape(input_shape)), ...);
+    (one(std::integral_constant<std::size_t, I>{}), ...);
   }(std::make_index_sequence<layer_count>{});
   return input_shape;
 }
