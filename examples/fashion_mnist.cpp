@@ -315,7 +315,7 @@ run_result train_data_parallel(Net net, const parallax::data::TensorDataset<X, L
   const std::size_t steps_per_epoch = (train.size() + cfg.batch_size - 1) / cfg.batch_size;  // tail: pad
   parallax::data_parallel_options options;
   if (cfg.schedule == "cosine")
-    options.schedule = optim::cosine_lr(cfg.lr, static_cast<std::uint64_t>(cfg.epochs) * steps_per_epoch);
+    options.lr_schedule = optim::cosine_lr(cfg.lr, static_cast<std::uint64_t>(cfg.epochs) * steps_per_epoch);
   options.on_step = [&progress](const parallax::step_report& r) { progress.step(r); };
   parallax::DataParallel trainer(std::move(net), *make_optimizer(cfg), std::move(options), world);
   auto sampler = trainer.make_sampler(train.size(), cfg.batch_size, {.seed = cfg.seed});

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSL-1.0
 // Suite data_parallel: N-rank DataParallel equals single-process training
-// with the same global batch (DESIGN.md invariant 2), with accumulation,
+// with the same global batch (docs/design.md invariant 2), with accumulation,
 // weighted shards, momentum and Adam; local SGD; sharded evaluation; and the
 // failures that must end the same way on every rank.
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSL-1.0
 // Suite model_parallel: a p-stage pipeline equals the unsplit chain trained
-// on one rank (DESIGN.md invariant 2) for both schedules and several
+// on one rank (docs/design.md invariant 2) for both schedules and several
 // micro-batch counts; saved activations as promised; each rank holds only its
 // layers; bad partitions and mismatched boundaries end with the same error on
 // every rank.

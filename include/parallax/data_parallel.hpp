@@ -4,7 +4,7 @@
 /// gradients on its own shard of each global batch, and the gradients are
 /// summed over ranks and divided by the global sample count, so every rank
 /// applies the same optimizer step — the parameters of one process training
-/// on the whole global batch (DESIGN.md invariant 2). Also: gradient
+/// on the whole global batch (docs/design.md invariant 2). Also: gradient
 /// accumulation, local SGD (periodic parameter averaging), sharded evaluation.
 
 #include <parallax/core/blas.hpp>
@@ -83,7 +83,7 @@ struct data_parallel_options {
   /// Clip the averaged gradient to this global L2 norm (0: no clipping).
   double clip_norm = 0;
   /// Learning rate per optimizer step; empty: the optimizer's own.
-  optim::lr_schedule schedule{};
+  optim::lr_schedule lr_schedule{};
   /// Called after every step on rank 0 only; other ranks stay silent.
   std::function<void(const step_report&)> on_step{};
   /// Called after every step of train_epoch on every rank (collective work
@@ -442,7 +442,7 @@ void DataParallel<M>::apply_step() {
     const double factor = optim::clip_factor(norm, options_.clip_norm);
     if (factor < 1) optim::scale<T>(step_grads_, static_cast<T>(factor));
   }
-  if (options_.schedule) optimizer_->set_learning_rate(options_.schedule(optimizer_->steps()));
+  if (options_.lr_schedule) optimizer_->set_learning_rate(options_.lr_schedule(optimizer_->steps()));
   optimizer_->step(params_, step_grads_const_);
 }
 

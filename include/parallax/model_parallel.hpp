@@ -5,7 +5,7 @@
 /// stream forward and their gradients backward between neighbouring ranks
 /// (GPipe or 1F1B), and each stage's optimizer updates only the parameters
 /// it owns. The result equals training the unsplit chain on one rank
-/// (DESIGN.md invariant 2).
+/// (docs/design.md invariant 2).
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>

@@ -330,7 +330,7 @@ int run_data_parallel(const config& cfg, const communicator& world) {
   const auto data = make_data();
   step_hooks hooks{cfg, world, nullptr};
   parallax::data_parallel_options options;
-  options.schedule = parallax::optim::cosine_lr(learning_rate, schedule_steps);
+  options.lr_schedule = parallax::optim::cosine_lr(learning_rate, schedule_steps);
   parallax::data::DistributedSampler* sampler_ptr = nullptr;
   parallax::DataParallel<Net>* trainer_ptr = nullptr;
   options.after_step = [&](const parallax::step_report&) {

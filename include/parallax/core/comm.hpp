@@ -5,7 +5,7 @@
 /// tensors with their shapes, the gradient bucketer, and `agree`, which turns a
 /// failure seen on some ranks into the same parallax::error on every rank.
 ///
-/// Arithmetic buffers always travel raw (DESIGN.md invariant 3); raw MPI is
+/// Arithmetic buffers always travel raw (docs/design.md invariant 3); raw MPI is
 /// called through the communicator's MPI_Comm only where Boost.MPI has no
 /// wrapper (non-blocking all-reduce, reduce-scatter, matched receives).
 
@@ -48,7 +48,7 @@ struct request_access;
 }
 
 // ---------------------------------------------------------------------------
-// agree: collective failure (DESIGN.md invariant 1)
+// agree: collective failure (docs/design.md invariant 1)
 // ---------------------------------------------------------------------------
 
 /// Collective: every rank passes its local verdict (`failure` empty = fine).
