@@ -3,6 +3,7 @@
 // trained independently, combined by weights into the same prediction on
 // every rank.
 
+#include "agreed.hpp"
 #include "toy_model.hpp"
 
 #include <parallax/ensemble.hpp>
@@ -94,18 +95,7 @@ TEST_CASE("Ensemble: weights from each replica's score") {
 TEST_CASE("Ensemble: bad splits and weights are one error on every rank") {
   communicator world;
   const int p = world.size();
-  auto message = [&](auto f) {
-    std::string m;
-    try {
-      f();
-    } catch (const parallax::error& e) {
-      m = e.what();
-    }
-    std::vector<std::string> all;
-    parallax::mpi::all_gather(world, m, all);
-    for (const auto& a : all) CHECK(a == m);
-    return m;
-  };
+  auto message = [&](auto f) { return agreed_error(world, f); };
   CHECK(message([&] {
           parallax::Ensemble<toy::TinyMLP<double>> e(make, parallax::optim::SGD<double>(), {.ranks_per_replica = p + 1});
         }).find("do not split into replicas of " + std::to_string(p + 1) + " ranks") != std::string::npos);
