@@ -13,6 +13,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/evaluation.hpp>
+#include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
@@ -273,10 +274,9 @@ inline std::string signature_difference(const std::vector<std::uint64_t>& a, int
          std::to_string(sb.size());
 }
 
-inline std::uint64_t fnv1a(const std::vector<std::uint64_t>& words) {
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (auto w : words) h = (h ^ w) * 0x100000001b3ULL;
-  return h;
+/// The hash of a list of words.
+inline std::uint64_t words_hash(const std::vector<std::uint64_t>& words) {
+  return content_hash(words.data(), words.size() * sizeof(std::uint64_t));
 }
 
 }  // namespace detail
@@ -333,7 +333,7 @@ void DataParallel<M>::refresh_views() {
 template <class M>
 void DataParallel<M>::check_replicas() {
   const auto sig = detail::parameter_signature(detail::tensor_spans<T>(model_.parameters()));
-  const std::uint64_t h = detail::fnv1a(sig);
+  const std::uint64_t h = detail::words_hash(sig);
   std::array<std::uint64_t, 2> mine{h, ~h};
   std::array<std::uint64_t, 2> most{};
   mpi::all_reduce(comm_, mine.data(), 2, most.data(), mpi::maximum<std::uint64_t>());
@@ -513,7 +513,7 @@ data::DistributedSampler DataParallel<M>::make_sampler(std::size_t dataset_size,
   std::vector<std::uint64_t> plan = {static_cast<std::uint64_t>(options.tail), options.shuffle, options.bootstrap,
                                      options.weights.size()};
   for (double w : options.weights) plan.push_back(std::bit_cast<std::uint64_t>(w));
-  agree_equal(comm_, detail::fnv1a(plan), "DataParallel::make_sampler(): the sampler options (tail, shuffle, weights)");
+  agree_equal(comm_, detail::words_hash(plan), "DataParallel::make_sampler(): the sampler options (tail, shuffle, weights)");
   return agree(comm_, [&] {
     return data::DistributedSampler(dataset_size, global_batch, comm_.size(), comm_.rank(), std::move(options));
   });

@@ -305,22 +305,6 @@ class ModelParallel {
 
 namespace detail {
 
-/// A fast 64-bit hash of a buffer, eight bytes at a time (not for security:
-/// to notice that ranks hold different data).
-inline std::uint64_t content_hash(const void* data, std::size_t bytes, std::uint64_t seed = 0x9e3779b97f4a7c15ULL) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  std::uint64_t h = seed ^ bytes;
-  std::size_t i = 0;
-  for (; i + 8 <= bytes; i += 8) {
-    std::uint64_t w;
-    std::memcpy(&w, p + i, 8);
-    h = (h ^ w) * 0xff51afd7ed558ccdULL;
-    h ^= h >> 32;
-  }
-  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
-  return mix64(h);
-}
-
 /// A layer's output shape for an input shape: output_shape() when the layer
 /// has it, else the shape of a forward pass on one zero sample.
 template <class L>
@@ -424,10 +408,9 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
     }
   });
   // Every rank must use the same cut.
-  std::vector<std::uint64_t> cut(boundaries_.begin(), boundaries_.end());
-  std::uint64_t h = 0xcbf29ce484222325ULL;
-  for (auto b : cut) h = (h ^ b) * 0x100000001b3ULL;
-  agree_equal(comm_, h, "ModelParallel: the partition (pipeline_options::boundaries or stage_speeds)");
+  const std::vector<std::uint64_t> cut(boundaries_.begin(), boundaries_.end());
+  agree_equal(comm_, detail::content_hash(cut.data(), cut.size() * sizeof(std::uint64_t)),
+              "ModelParallel: the partition (pipeline_options::boundaries or stage_speeds)");
   begin_ = boundaries_[static_cast<std::size_t>(stage_)];
   end_ = boundaries_[static_cast<std::size_t>(stage_) + 1];
   // Build and initialise this stage's layers only; the loss on the last stage.

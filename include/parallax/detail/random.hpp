@@ -7,6 +7,8 @@
 /// partition or the order in which objects are built.
 
 #include <cmath>
+#include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <numbers>
@@ -27,6 +29,22 @@ constexpr std::uint64_t key(std::uint64_t seed, Keys... keys) {
   std::uint64_t h = mix64(seed);
   ((h = mix64(h ^ static_cast<std::uint64_t>(keys))), ...);
   return h;
+}
+
+/// A fast 64-bit hash of a buffer, eight bytes at a time (not for security:
+/// to notice that ranks hold different data).
+inline std::uint64_t content_hash(const void* data, std::size_t bytes, std::uint64_t seed = 0x9e3779b97f4a7c15ULL) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::uint64_t h = seed ^ bytes;
+  std::size_t i = 0;
+  for (; i + 8 <= bytes; i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, p + i, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdULL;
+    h ^= h >> 32;
+  }
+  for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+  return mix64(h);
 }
 
 /// xoshiro256**: a fast generator with a 2^256 period; satisfies

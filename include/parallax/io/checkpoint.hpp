@@ -15,6 +15,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/data_parallel.hpp>
+#include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/io/file.hpp>
 #include <parallax/model_parallel.hpp>
@@ -616,10 +617,9 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   }
   // Every rank loaded the same state (data parallel replicas must be equal).
   if constexpr (requires { trainer.model(); }) {
-    std::uint64_t h = 0xcbf29ce484222325ULL;
+    std::uint64_t h = 0;
     detail::for_each_keyed_tensor(trainer, [&](std::uint64_t, std::uint64_t, auto& t) {
-      const auto* bytes = reinterpret_cast<const unsigned char*>(t.data());
-      for (std::size_t i = 0; i < t.size() * sizeof(T); ++i) h = (h ^ bytes[i]) * 0x100000001b3ULL;
+      h = parallax::detail::content_hash(t.data(), t.size() * sizeof(T), h);
     });
     agree_equal(comm_, h, "Checkpointer::load(): the loaded parameters");
   }
