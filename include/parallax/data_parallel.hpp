@@ -468,33 +468,24 @@ double DataParallel<M>::local_step() {
 template <class M>
 void DataParallel<M>::average_parameters() {
   // Weighted by samples seen, so unequal shards average like one process
-  // would: sum_r n_r theta_r / sum_r n_r. Meta: samples, failed ranks.
-  std::vector<T> meta = {static_cast<T>(samples_since_average_), failure_.empty() ? T(0) : T(1)};
-  auto views = params_;
-  views.emplace_back(meta);
-  Bucketer<T> buckets(options_.bucket_bytes);
-  buckets.plan(views);
-  const T weight = static_cast<T>(samples_since_average_);
-  const T* meta_begin = meta.data();
-  const T* meta_end = meta_begin + meta.size();
-  for (std::size_t k = 0; k < buckets.bucket_count(); ++k)
-    buckets.visit(k, views, [&](const T* p, T* b, std::size_t len) {
-      if (p >= meta_begin && p < meta_end) std::copy_n(p, len, b);
-      else
-        for (std::size_t i = 0; i < len; ++i) b[i] = weight * p[i];
-    });
-  for (auto b : buckets) allreduce_sum(comm_, b);
-  auto total = buckets.segment(params_.size());
+  // would: sum_r n_r theta_r / sum_r n_r. As for gradients: the counts
+  // first, then the sums divided inside the all-reduce. The gradient
+  // buckets (laid out like the parameters, free between steps) hold them.
+  std::array<double, 2> mine{samples_since_average_, failure_.empty() ? 0.0 : 1.0}, total{};
+  mpi::all_reduce(comm_, mine.data(), 2, total.data(), std::plus<double>());
   const std::string failure = failure_;
   failure_.clear();
   samples_since_average_ = 0;
-  if (total[1] > T(0)) agree(comm_, failure);
-  PARALLAX_CHECK(total[0] > T(0), "DataParallel::average_parameters(): no rank trained on any sample");
-  const T inv = T(1) / total[0];
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    auto src = buckets.segment(i);
-    for (std::size_t j = 0; j < src.size(); ++j) params_[i][j] = src[j] * inv;
-  }
+  if (total[1] > 0) agree(comm_, failure);
+  PARALLAX_CHECK(total[0] > 0, "DataParallel::average_parameters(): no rank trained on any sample");
+  const T weight = static_cast<T>(mine[0]);
+  for (std::size_t k = 0; k < buckets_.bucket_count(); ++k)
+    buckets_.visit(k, params_, [&](const T* p, T* b, std::size_t len) {
+      for (std::size_t i = 0; i < len; ++i) b[i] = weight * p[i];
+    });
+  const T inv = T(1) / static_cast<T>(total[0]);
+  for (auto b : buckets_) allreduce_scaled(comm_, b, inv);
+  buckets_.unpack(params_);
 }
 
 template <class M>
