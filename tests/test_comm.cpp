@@ -9,6 +9,8 @@
 #include <boost/mpi/communicator.hpp>
 
 #include <limits>
+#include <optional>
+#include <stdexcept>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -303,17 +305,32 @@ TEST_CASE("comm: agree raises the same error on every rank when one rank fails")
 TEST_CASE("comm: agree passes values through and reports several failing ranks") {
   communicator world;
   CHECK(parallax::agree(world, [&] { return world.rank() * 2; }) == world.rank() * 2);
-  CHECK_NOTHROW(parallax::agree(world, std::string()));
-  std::string local = world.rank() % 2 == 0 ? "even rank " + std::to_string(world.rank()) : "";
+  CHECK_NOTHROW(parallax::agree(world, std::optional<parallax::error>()));
+  // Typed failures: the kind of the lowest failing rank, every failing rank,
+  // each cause with its ranks.
+  std::optional<parallax::error> local;
+  if (world.rank() % 2 == 0)
+    local.emplace(world.rank() == 0 ? parallax::error_kind::io : parallax::error_kind::damaged_file,
+                  "even rank " + std::to_string(world.rank()), std::vector<int>{world.rank()});
   std::string message;
+  std::optional<parallax::error> agreed;
   try {
     parallax::agree(world, local);
   } catch (const parallax::error& e) {
     message = e.what();
+    agreed = e;
   }
+  REQUIRE(agreed);
+  CHECK(agreed->kind() == parallax::error_kind::io);
+  CHECK(agreed->cause() == "even rank 0");
   const int failing = (world.size() + 1) / 2;
-  if (failing == 1) CHECK(message == "even rank 0");
-  else CHECK(message == "even rank 0; also: even rank 2");
+  if (failing == 1) {
+    CHECK(message == "even rank 0 [rank 0]");
+    CHECK(agreed->ranks() == std::vector<int>{0});
+  } else {
+    CHECK(message == "even rank 0 [rank 0]; also: even rank 2 [rank 2]");
+    CHECK(agreed->ranks() == std::vector<int>{0, 2});
+  }
   // The same cause on several ranks is named once, with the ranks.
   std::string same;
   try {
@@ -331,6 +348,24 @@ TEST_CASE("comm: agree passes values through and reports several failing ranks")
                                          if (world.rank() == 0) throw std::out_of_range("index 9");
                                        }),
                        doctest::Contains("index 9"), parallax::error);
+  if (world.size() > 1) {
+    try {
+      parallax::agree(world, [&] {
+        if (world.rank() == 1) throw std::out_of_range("index 9");
+      });
+      FAIL("agree did not throw");
+    } catch (const parallax::error& e) {
+      CHECK(e.kind() == parallax::error_kind::user_exception);
+      CHECK(e.ranks() == std::vector<int>{1});
+      CHECK(e.cause() == "index 9");
+    }
+    try {
+      parallax::agree_equal(world, world.rank(), "rank");
+      FAIL("agree_equal did not throw");
+    } catch (const parallax::error& e) {
+      CHECK(e.kind() == parallax::error_kind::rank_mismatch);
+    }
+  }
 }
 
 TEST_CASE("comm: agree_equal names the ranks that differ") {

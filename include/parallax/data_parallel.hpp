@@ -6,18 +6,25 @@
 /// applies the same optimizer step — the parameters of one process training
 /// on the whole global batch (docs/design.md invariant 2). Also: gradient
 /// accumulation, local SGD (periodic parameter averaging), sharded evaluation.
+/// The step's reduction is a gradient_reducer; the update, the epoch loop and
+/// evaluation are the training core's (training/).
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/reducer.hpp>
 #include <parallax/data/sampler.hpp>
-#include <parallax/evaluation.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
-#include <parallax/optim/clip.hpp>
+#include <parallax/evaluation.hpp>
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
+#include <parallax/training/evaluate.hpp>
+#include <parallax/training/local_sgd.hpp>
+#include <parallax/training/loop.hpp>
+#include <parallax/training/sampler.hpp>
+#include <parallax/training/update.hpp>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
@@ -38,26 +45,6 @@
 #include <vector>
 
 namespace parallax {
-
-/// What train_step does when the averaged gradient holds a NaN or an infinity.
-/// The averaged gradient is bitwise identical on every rank, so every rank
-/// takes the same decision without communicating.
-enum class nonfinite_policy {
-  error,      ///< throw parallax::error on every rank (default)
-  skip_step,  ///< leave parameters and optimizer untouched, count the step as skipped
-};
-
-/// What the progress hook sees after each step (on rank 0 only).
-struct step_report {
-  std::uint64_t epoch = 0;
-  std::size_t step = 0;             ///< step within the epoch (0-based)
-  std::size_t steps_per_epoch = 0;
-  std::uint64_t optimizer_step = 0; ///< optimizer steps taken so far
-  double loss = 0;                  ///< mean loss of this step (global, or this rank's in local SGD)
-  std::size_t samples = 0;          ///< samples of this step over all ranks
-  double seconds = 0;               ///< wall time of this step
-  bool skipped = false;             ///< a non-finite gradient skipped the optimizer step
-};
 
 /// Where the time of the last optimizer step went (seconds, this rank).
 struct step_timing {
@@ -91,13 +78,9 @@ struct data_parallel_options {
   /// such as periodic checkpoints goes here); the sampler's position is
   /// already past the step.
   std::function<void(const step_report&)> after_step{};
-};
-
-struct epoch_report {
-  double loss = 0;  ///< mean training loss over the epoch's samples (all ranks)
-  std::size_t samples = 0;
-  std::size_t steps = 0;
-  double seconds = 0;
+  /// Called after every step of train_epoch on every rank; true from any
+  /// rank stops the epoch after this step on every rank (training::hooks).
+  std::function<bool(const step_report&)> stop_when{};
 };
 
 /// Data-parallel training of a Model over a communicator.
@@ -144,8 +127,9 @@ class DataParallel {
   /// Collective. The rest of the sampler's epoch (from sampler.position(),
   /// so a resumed run continues mid-epoch) over `dataset` (anything with
   /// size() and batch(indices); batch_into(indices, batch&) is used when
-  /// present to reuse buffers), then moves the sampler to the next epoch.
-  /// Leftover accumulated micro-steps are applied at the end.
+  /// present to reuse buffers), then moves the sampler to the next epoch
+  /// (training::run_epoch, with the hooks of the options). Leftover
+  /// accumulated micro-steps are applied at the end.
   template <class D>
     requires Dataset<D, typename M::batch_type>
   epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler);
@@ -177,22 +161,39 @@ class DataParallel {
   const mpi::communicator& communicator() const { return comm_; }
   const data_parallel_options& options() const { return options_; }
   std::uint64_t optimizer_steps() const { return optimizer_->steps(); }
-  std::uint64_t skipped_steps() const { return skipped_; }
+  std::uint64_t skipped_steps() const { return updater_.skipped(); }
+
+  /// For the training loop (training::Trainer): this rank's samples of a step.
+  std::span<const std::size_t> step_indices(const data::DistributedSampler& sampler, std::size_t step) const {
+    return sampler.local_indices(step);
+  }
+  /// Collective: the sampler must be this rank's shard of a plan for comm's size.
+  void check_sampler(const data::DistributedSampler& sampler) const {
+    training::check_sampler(comm_, sampler, comm_.size(), comm_.rank(), "DataParallel::train_epoch()");
+  }
+  /// Accumulation and local SGD return this rank's loss on some steps.
+  bool step_losses_are_global() const { return options_.average_every == 0 && options_.accumulation_steps == 1; }
   /// Where the time of the last completed optimizer step went.
   const step_timing& last_timing() const { return last_timing_; }
 
  private:
   using T = value_type;
-  // What is reduced before the gradients (in double): loss sum, sample
-  // count, ranks that failed, ranks with an empty batch. Knowing the count
-  // first lets the gradient all-reduce turn sums into means on the way.
-  static constexpr std::size_t meta_size = 4;
+  /// What is reduced before the gradients (in double, one all-reduce):
+  /// knowing the sample count first lets the gradient all-reduce turn sums
+  /// into means on the way.
+  struct step_meta {
+    double loss_sum = 0;  ///< sum over this rank's samples of the loss
+    double samples = 0;
+    double failed = 0;    ///< 1 on a rank whose micro-steps failed
+    double empty = 0;     ///< micro-steps with an empty batch
+    std::array<double, 4> pack() const { return {loss_sum, samples, failed, empty}; }
+    static step_meta unpack(const std::array<double, 4>& a) { return {a[0], a[1], a[2], a[3]}; }
+  };
 
   void check_replicas();
   void refresh_views();
   double synchronize_gradients();
   double local_step();
-  void apply_step();
   void reset_accumulation();
 
   mpi::communicator comm_;
@@ -202,17 +203,14 @@ class DataParallel {
 
   std::vector<std::span<T>> params_;
   std::vector<std::span<T>> grads_;
-  std::vector<std::size_t> sizes_;        // elements per parameter tensor (fixed at construction)
-  std::array<double, meta_size> meta_{};  // this rank's meta values for the pending step
-  Bucketer<T> buckets_;
-  std::vector<std::span<T>> step_grads_;  // views of the averaged gradient in the buckets
-  std::vector<std::span<const T>> step_grads_const_;
+  std::vector<std::size_t> sizes_;  // elements per parameter tensor (fixed at construction)
+  step_meta meta_;                  // this rank's part of the pending step
+  gradient_reducer<T> reducer_;     // its buckets hold the averaged gradient
+  training::updater<T> updater_;
+  training::local_sgd local_sgd_;
 
-  std::size_t micro_ = 0;                 // micro-steps accumulated towards the next optimizer step
-  std::string failure_;                   // first failure of this rank since the last communication
-  std::uint64_t skipped_ = 0;
-  double samples_since_average_ = 0;      // local SGD: samples this rank saw since the last average
-  std::uint64_t local_steps_ = 0;
+  std::size_t micro_ = 0;               // micro-steps accumulated towards the next optimizer step
+  std::optional<error> failure_;        // first failure of this rank since the last communication
   step_timing timing_;       // the step in progress
   step_timing last_timing_;  // the last completed step
 };
@@ -274,11 +272,6 @@ inline std::string signature_difference(const std::vector<std::uint64_t>& a, int
          std::to_string(sb.size());
 }
 
-/// The hash of a list of words.
-inline std::uint64_t words_hash(const std::vector<std::uint64_t>& words) {
-  return content_hash(words.data(), words.size() * sizeof(std::uint64_t));
-}
-
 }  // namespace detail
 
 template <class M>
@@ -288,12 +281,14 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
       model_(std::move(model)),
       optimizer_(optimizer.clone()),
       options_(std::move(options)),
-      buckets_(options_.bucket_bytes) {
+      reducer_(comm_, options_.bucket_bytes),
+      updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}),
+      local_sgd_(options_.average_every) {
   warn_if_slow_blas(comm_);
   // Everything that can differ between ranks is agreed before any rank throws.
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
-    PARALLAX_CHECK(options_.clip_norm >= 0, "DataParallel: clip_norm must not be negative");
+    training::check(updater_.options(), "DataParallel");
     refresh_views();
     sizes_.clear();
     for (const auto& p : params_) sizes_.push_back(p.size());
@@ -306,9 +301,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
   broadcast_buckets.pack(params_);
   for (auto b : broadcast_buckets) parallax::broadcast(comm_, b, 0);
   broadcast_buckets.unpack(params_);
-  buckets_.plan(grads_);
-  for (std::size_t i = 0; i < grads_.size(); ++i) step_grads_.push_back(buckets_.segment(i));
-  step_grads_const_.assign(step_grads_.begin(), step_grads_.end());
+  reducer_.plan(grads_);
 }
 
 template <class M>
@@ -342,8 +335,8 @@ void DataParallel<M>::check_replicas() {
   mpi::all_gather(comm_, sig, all);
   for (int r = 1; r < comm_.size(); ++r)
     if (all[static_cast<std::size_t>(r)] != all[0])
-      throw error("DataParallel: models differ between ranks: " +
-                  detail::signature_difference(all[0], 0, all[static_cast<std::size_t>(r)], r));
+      throw error(error_kind::rank_mismatch, "DataParallel: models differ between ranks: " +
+                                                 detail::signature_difference(all[0], 0, all[static_cast<std::size_t>(r)], r));
 }
 
 template <class M>
@@ -353,49 +346,43 @@ double DataParallel<M>::train_step(const batch_type& batch) {
   const std::size_t n = parallax::batch_size(batch);
   double loss = 0;
   if (n == 0) {
-    if (failure_.empty()) failure_ = detail::with_rank("DataParallel::train_step(): the batch is empty");
-    meta_[3] += 1.0;
+    if (!failure_) failure_ = error(error_kind::invalid_argument, "DataParallel::train_step(): the batch is empty", detail::this_rank());
+    meta_.empty += 1.0;
   } else {
-    try {
-      // Layers with step-keyed randomness (dropout) see the optimizer step,
-      // so a resumed run draws the same masks as an uninterrupted one.
-      if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
-      loss = static_cast<double>(model_.loss_and_gradient(batch));
-      refresh_views();
-    } catch (const error& e) {
-      if (failure_.empty()) failure_ = e.what();
-    } catch (const std::exception& e) {
-      if (failure_.empty()) failure_ = detail::with_rank(std::string("DataParallel::train_step(): ") + e.what());
-    }
+    auto failure = detail::capture(
+        [&] {
+          // Layers with step-keyed randomness (dropout) see the optimizer step,
+          // so a resumed run draws the same masks as an uninterrupted one.
+          if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
+          loss = static_cast<double>(model_.loss_and_gradient(batch));
+          refresh_views();
+        },
+        "DataParallel::train_step(): ");
+    if (failure && !failure_) failure_ = std::move(failure);
   }
-  const bool ok = n > 0 && failure_.empty();
-  // Accumulate n * (mean gradient) = this rank's gradient sum into the buckets.
-  const T weight = ok ? static_cast<T>(n) : T(0);
+  const bool ok = n > 0 && !failure_;
+  // Accumulate n * (mean gradient) = this rank's gradient sum into the
+  // buckets; a failed rank contributes nothing (its gradients may be garbage).
   const bool first = micro_ == 0;
-  meta_[0] += ok ? loss * static_cast<double>(n) : 0.0;
-  meta_[1] += ok ? static_cast<double>(n) : 0.0;
-  meta_[2] = failure_.empty() ? 0.0 : 1.0;
-  for (std::size_t k = 0; k < buckets_.bucket_count(); ++k)
-    buckets_.visit(k, grads_, [&](const T* g, T* b, std::size_t len) {
-      if (!ok) {
-        if (first) std::fill_n(b, len, T(0));  // a failed rank contributes nothing (its gradients may be garbage)
-      } else if (first) {
-        for (std::size_t i = 0; i < len; ++i) b[i] = weight * g[i];
-      } else {
-        for (std::size_t i = 0; i < len; ++i) b[i] += weight * g[i];
-      }
-    });
+  if (ok) {
+    reducer_.accumulate(grads_, static_cast<T>(n), first);
+    meta_.loss_sum += loss * static_cast<double>(n);
+    meta_.samples += static_cast<double>(n);
+  } else {
+    reducer_.contribute_nothing(first);
+  }
+  meta_.failed = failure_ ? 1.0 : 0.0;
   ++micro_;
   timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
   if (micro_ < options_.accumulation_steps) return loss;
-  return options_.average_every == 0 ? synchronize_gradients() : local_step();
+  return local_sgd_.enabled() ? local_step() : synchronize_gradients();
 }
 
 template <class M>
 void DataParallel<M>::reset_accumulation() {
   micro_ = 0;
-  failure_.clear();
-  meta_.fill(0.0);
+  failure_.reset();
+  meta_ = {};
 }
 
 template <class M>
@@ -405,154 +392,75 @@ double DataParallel<M>::synchronize_gradients() {
   // The sample count first (a few doubles), then every bucket summed and
   // divided by it in one pass, which also finds non-finite values; the
   // result is bitwise equal on every rank, so is the verdict.
-  std::array<double, meta_size> total{};
-  mpi::all_reduce(comm_, meta_.data(), static_cast<int>(meta_size), total.data(), std::plus<double>());
-  const double loss_sum = total[0];
-  const double count = total[1];
-  const std::string failure = failure_;
+  const auto mine = meta_.pack();
+  std::array<double, 4> sums{};
+  mpi::all_reduce(comm_, mine.data(), static_cast<int>(mine.size()), sums.data(), std::plus<double>());
+  const auto total = step_meta::unpack(sums);
+  const auto failure = failure_;
   reset_accumulation();
-  if (total[2] > 0 || total[3] > 0) agree(comm_, failure);  // throws the same error on every rank
-  const T inv = T(1) / static_cast<T>(count);
-  bool nonfinite = false;
-  for (auto b : buckets_) nonfinite = allreduce_scaled(comm_, b, inv) || nonfinite;
+  if (total.failed > 0 || total.empty > 0) agree(comm_, failure);  // throws the same error on every rank
+  const bool nonfinite = reducer_.reduce(T(1) / static_cast<T>(total.samples));
   const auto t1 = clock::now();
   timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
-  if (nonfinite) {
-    std::size_t bad = 0;
-    for (; bad < grads_.size(); ++bad)
-      if (std::any_of(step_grads_[bad].begin(), step_grads_[bad].end(), [](T x) { return !std::isfinite(x); })) break;
-    if (options_.on_nonfinite == nonfinite_policy::error)
-      throw error("DataParallel::train_step(): the averaged gradient of parameter " + std::to_string(bad) +
-                  " is not finite at optimizer step " + std::to_string(optimizer_->steps()) +
-                  " (use nonfinite_policy::skip_step to skip such steps)");
-    ++skipped_;
-    return loss_sum / count;
+  const bool applied = updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite,
+                                      std::nullopt, [&] {
+                                        return "DataParallel::train_step(): the averaged gradient of parameter " +
+                                               std::to_string(training::first_nonfinite(reducer_.const_views())) +
+                                               " is not finite at optimizer step " +
+                                               std::to_string(optimizer_->steps()) +
+                                               " (use nonfinite_policy::skip_step to skip such steps)";
+                                      });
+  if (applied) {
+    timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
+    last_timing_ = timing_;
+    timing_ = {};
   }
-  apply_step();
-  timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
-  last_timing_ = timing_;
-  timing_ = {};
-  return loss_sum / count;
-}
-
-template <class M>
-void DataParallel<M>::apply_step() {
-  if (options_.clip_norm > 0) {
-    const double norm = std::sqrt(optim::squared_norm<T>(step_grads_const_));
-    const double factor = optim::clip_factor(norm, options_.clip_norm);
-    if (factor < 1) optim::scale<T>(step_grads_, static_cast<T>(factor));
-  }
-  if (options_.lr_schedule) optimizer_->set_learning_rate(options_.lr_schedule(optimizer_->steps()));
-  optimizer_->step(params_, step_grads_const_);
+  return total.loss_sum / total.samples;
 }
 
 template <class M>
 double DataParallel<M>::local_step() {
   // This rank's own mean gradient; no communication until the averaging.
-  const double loss_sum = meta_[0];
-  const double count = meta_[1];
-  if (failure_.empty() && count > 0) {
+  const double loss_sum = meta_.loss_sum;
+  const double count = meta_.samples;
+  const bool stepped = !failure_ && count > 0;
+  if (stepped) {
     const T inv = T(1) / static_cast<T>(count);
-    for (auto g : step_grads_)
+    for (auto g : reducer_.views())
       for (auto& x : g) x *= inv;
-    apply_step();
-    samples_since_average_ += count;
+    updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), false, std::nullopt,
+                   [] { return std::string(); });
   }
-  ++local_steps_;
   micro_ = 0;
-  meta_.fill(0.0);
-  if (local_steps_ % options_.average_every == 0) average_parameters();
+  meta_ = {};
+  if (local_sgd_.step_done(stepped ? count : 0.0)) average_parameters();
   return count > 0 ? loss_sum / count : 0.0;
 }
 
 template <class M>
 void DataParallel<M>::average_parameters() {
-  // Weighted by samples seen, so unequal shards average like one process
-  // would: sum_r n_r theta_r / sum_r n_r. As for gradients: the counts
-  // first, then the sums divided inside the all-reduce. The gradient
-  // buckets (laid out like the parameters, free between steps) hold them.
-  std::array<double, 2> mine{samples_since_average_, failure_.empty() ? 0.0 : 1.0}, total{};
-  mpi::all_reduce(comm_, mine.data(), 2, total.data(), std::plus<double>());
-  const std::string failure = failure_;
-  failure_.clear();
-  samples_since_average_ = 0;
-  if (total[1] > 0) agree(comm_, failure);
-  PARALLAX_CHECK(total[0] > 0, "DataParallel::average_parameters(): no rank trained on any sample");
-  const T weight = static_cast<T>(mine[0]);
-  for (std::size_t k = 0; k < buckets_.bucket_count(); ++k)
-    buckets_.visit(k, params_, [&](const T* p, T* b, std::size_t len) {
-      for (std::size_t i = 0; i < len; ++i) b[i] = weight * p[i];
-    });
-  const T inv = T(1) / static_cast<T>(total[0]);
-  for (auto b : buckets_) allreduce_scaled(comm_, b, inv);
-  buckets_.unpack(params_);
+  local_sgd_.average(reducer_, params_, failure_);
 }
 
 template <class M>
 void DataParallel<M>::flush() {
   if (micro_ == 0) return;
-  if (options_.average_every == 0) synchronize_gradients();
-  else local_step();
+  if (local_sgd_.enabled()) local_step();
+  else synchronize_gradients();
 }
 
 template <class M>
 data::DistributedSampler DataParallel<M>::make_sampler(std::size_t dataset_size, std::size_t global_batch,
                                                        data::sampler_options options) const {
-  agree_equal(comm_, static_cast<std::uint64_t>(dataset_size), "DataParallel::make_sampler(): the dataset size");
-  agree_equal(comm_, static_cast<std::uint64_t>(global_batch), "DataParallel::make_sampler(): the global batch");
-  agree_equal(comm_, options.seed, "DataParallel::make_sampler(): the seed");
-  std::vector<std::uint64_t> plan = {static_cast<std::uint64_t>(options.tail), options.shuffle, options.bootstrap,
-                                     options.weights.size()};
-  for (double w : options.weights) plan.push_back(std::bit_cast<std::uint64_t>(w));
-  agree_equal(comm_, detail::words_hash(plan), "DataParallel::make_sampler(): the sampler options (tail, shuffle, weights)");
-  return agree(comm_, [&] {
-    return data::DistributedSampler(dataset_size, global_batch, comm_.size(), comm_.rank(), std::move(options));
-  });
+  return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(), comm_.rank(),
+                                "DataParallel::make_sampler()");
 }
 
 template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
 epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSampler& sampler) {
-  PARALLAX_CHECK(sampler.world_size() == comm_.size() && sampler.rank() == comm_.rank(),
-                 "DataParallel::train_epoch(): the sampler was made for rank " + std::to_string(sampler.rank()) +
-                     " of " + std::to_string(sampler.world_size()) + ", this is rank " +
-                     std::to_string(comm_.rank()) + " of " + std::to_string(comm_.size()));
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  epoch_report report;
-  report.steps = sampler.steps_per_epoch() - sampler.position();
-  double weighted_loss = 0;
-  batch_type batch{};
-  const std::size_t steps = sampler.steps_per_epoch();
-  for (std::size_t s = sampler.position(); s < steps; ++s) {
-    const auto t0 = clock::now();
-    const auto indices = sampler.local_indices(s);
-    if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
-    else batch = dataset.batch(indices);
-    const std::uint64_t skipped_before = skipped_;
-    const double loss = train_step(batch);
-    const std::size_t step_samples = sampler.global_batch();
-    weighted_loss += loss * static_cast<double>(step_samples);
-    report.samples += step_samples;
-    sampler.set_position(s + 1);
-    const step_report step{sampler.epoch(), s, steps, optimizer_->steps(), loss, step_samples,
-                           std::chrono::duration<double>(clock::now() - t0).count(), skipped_ > skipped_before};
-    if (options_.on_step && comm_.rank() == 0) options_.on_step(step);
-    if (options_.after_step) options_.after_step(step);
-  }
-  flush();
-  sampler.next_epoch();
-  report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : 0.0;
-  if (options_.average_every > 0 || options_.accumulation_steps > 1) {
-    // Step losses were local on some micro-steps: report the global mean.
-    double pair[2] = {weighted_loss, static_cast<double>(report.samples)};
-    double total[2] = {0, 0};
-    mpi::all_reduce(comm_, pair, 2, total, std::plus<double>());
-    report.loss = total[1] > 0 ? total[0] / total[1] : 0.0;
-  }
-  report.seconds = std::chrono::duration<double>(clock::now() - start).count();
-  return report;
+  return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
 }
 
 template <class M>
@@ -564,35 +472,27 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
   std::vector<double> sums(3 + metrics.size(), 0.0);
   agree(comm_, [&] {
     const auto mine = block_of(dataset.size(), comm_.size(), comm_.rank());
-    if constexpr (requires { model_.set_training(false); }) model_.set_training(false);
-    std::vector<std::size_t> indices;
+    training::eval_mode guard([&](bool training) {
+      if constexpr (requires { model_.set_training(training); }) model_.set_training(training);
+    });
     batch_type batch{};
-    for (std::size_t at = mine.begin; at < mine.end; at += batch_size) {
-      indices.clear();
-      for (std::size_t i = at; i < std::min(mine.end, at + batch_size); ++i) indices.push_back(i);
-      if constexpr (requires { dataset.batch_into(std::span<const std::size_t>(indices), batch); })
-        dataset.batch_into(std::span<const std::size_t>(indices), batch);
-      else batch = dataset.batch(std::span<const std::size_t>(indices));
-      const auto n = static_cast<double>(indices.size());
+    training::for_each_batch(dataset, mine.begin, mine.end, batch_size, batch, [&](const batch_type& b, std::size_t rows) {
+      const auto n = static_cast<double>(rows);
       double loss = 0;
-      if constexpr (HasEvalLoss<M>) loss = static_cast<double>(model_.loss(batch));
-      else loss = static_cast<double>(model_.loss_and_gradient(batch));
+      if constexpr (HasEvalLoss<M>) loss = static_cast<double>(model_.loss(b));
+      else loss = static_cast<double>(model_.loss_and_gradient(b));
       sums[0] += n;
       sums[1] += loss * n;
-      if constexpr (HasAccuracy<M>) sums[2] += static_cast<double>(model_.correct(batch));
-      for (std::size_t m = 0; m < metrics.size(); ++m) sums[3 + m] += metrics[m].sum(model_, batch);
-    }
-    if constexpr (requires { model_.set_training(true); }) model_.set_training(true);
+      if constexpr (HasAccuracy<M>) sums[2] += static_cast<double>(model_.correct(b));
+      for (std::size_t m = 0; m < metrics.size(); ++m) sums[3 + m] += metrics[m].sum(model_, b);
+    });
   });
   std::vector<double> total(sums.size());
   mpi::all_reduce(comm_, sums.data(), static_cast<int>(sums.size()), total.data(), std::plus<double>());
-  evaluation result;
-  result.samples = static_cast<std::size_t>(total[0]);
-  const double n = total[0] > 0 ? total[0] : 1.0;
-  result.loss = total[1] / n;
-  if constexpr (HasAccuracy<M>) result.accuracy = total[2] / n;
-  for (std::size_t m = 0; m < metrics.size(); ++m) result.metrics.emplace_back(metrics[m].name, total[3 + m] / n);
-  return result;
+  std::vector<std::string> names;
+  for (const auto& m : metrics) names.push_back(m.name);
+  return training::make_evaluation({total[0], total[1], total[2]}, HasAccuracy<M>, names,
+                                   std::span<const double>(total).subspan(3));
 }
 
 }  // namespace parallax

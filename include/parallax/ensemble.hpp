@@ -175,7 +175,9 @@ void Ensemble<M>::set_weights(std::vector<double> weights) {
   });
   std::vector<double> root = weights;
   broadcast(world_, std::span<double>(root), 0);
-  agree(world_, root == weights ? std::string() : detail::with_rank("Ensemble::set_weights(): weights differ from rank 0's"));
+  agree(world_, [&] {
+    PARALLAX_CHECK_KIND(root == weights, error_kind::rank_mismatch, "Ensemble::set_weights(): weights differ from rank 0's");
+  });
   weights_ = std::move(weights);
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <vector>
 #include <cstdint>
 #include <limits>
 #include <numbers>
@@ -45,6 +46,11 @@ inline std::uint64_t content_hash(const void* data, std::size_t bytes, std::uint
   }
   for (; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
   return mix64(h);
+}
+
+/// content_hash of a list of words (plans, signatures, partitions).
+inline std::uint64_t words_hash(const std::vector<std::uint64_t>& words) {
+  return content_hash(words.data(), words.size() * sizeof(std::uint64_t));
 }
 
 /// xoshiro256**: a fast generator with a 2^256 period; satisfies

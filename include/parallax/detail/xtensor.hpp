@@ -3,6 +3,8 @@
 /// The one file that names xtensor headers, plus the small views of an
 /// xtensor container that the library needs (flat spans, shapes).
 
+#include <parallax/detail/element_type.hpp>
+
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
 #include <xtensor/xbuilder.hpp>
@@ -65,23 +67,6 @@ std::string shape_string(const Shape& shape) {
   if (shape.size() == 1) out << ',';
   out << ')';
   return out.str();
-}
-
-/// Name of an arithmetic element type for messages and headers.
-template <class T>
-constexpr const char* type_name() {
-  if constexpr (std::is_same_v<T, float>) return "float";
-  else if constexpr (std::is_same_v<T, double>) return "double";
-  else if constexpr (std::is_same_v<T, long double>) return "long double";
-  else if constexpr (std::is_same_v<T, std::int8_t>) return "int8";
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return "uint8";
-  else if constexpr (std::is_same_v<T, std::int16_t>) return "int16";
-  else if constexpr (std::is_same_v<T, std::uint16_t>) return "uint16";
-  else if constexpr (std::is_same_v<T, std::int32_t>) return "int32";
-  else if constexpr (std::is_same_v<T, std::uint32_t>) return "uint32";
-  else if constexpr (std::is_same_v<T, std::int64_t>) return "int64";
-  else if constexpr (std::is_same_v<T, std::uint64_t>) return "uint64";
-  else return "unknown";
 }
 
 }  // namespace parallax::detail

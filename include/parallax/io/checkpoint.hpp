@@ -57,6 +57,7 @@ inline constexpr std::uint32_t checkpoint_format_version = 1;
 class checkpoint_mismatch : public error {
  public:
   using error::error;
+  explicit checkpoint_mismatch(const error& e) : error(e) {}
 };
 
 struct checkpoint_options {
@@ -505,14 +506,10 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
   optim::optimizer_state<T> state;
   // A mismatch is told apart from damage: it throws checkpoint_mismatch.
-  int mismatched = 0;
   auto mismatch_check = [&](bool ok, const std::string& message) {
-    if (!ok) {
-      mismatched = 1;
-      detail::throw_error(message);
-    }
+    if (!ok) detail::throw_error(error_kind::incompatible, message);
   };
-  std::string failure = parallax::detail::failure_of([&] {
+  const auto failure = parallax::detail::capture([&] {
     const std::string manifest_file = (fs::path(path) / "MANIFEST").string();
     PARALLAX_CHECK(fs::exists(manifest_file), "checkpoint '" + path + "' is incomplete: it has no MANIFEST");
     const auto bytes = read_checked(manifest_file, checkpoint_format_version);
@@ -597,12 +594,10 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
     auto trial = trainer.optimizer().clone();
     trial->load_state(state);
   });
-  int any_mismatch = 0;
-  mpi::all_reduce(comm_, mismatched, any_mismatch, mpi::maximum<int>());
   try {
     agree(comm_, failure);
   } catch (const error& e) {
-    if (any_mismatch) throw checkpoint_mismatch(e.what());
+    if (e.kind() == error_kind::incompatible) throw checkpoint_mismatch(e);
     throw;
   }
   // Apply.

@@ -1,0 +1,196 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// agree: a failure seen on some ranks becomes the same parallax::error on
+/// every rank (docs/design.md invariant 1), with its kind, the ranks that
+/// failed and their causes; agree_equal: a value that must be equal on every
+/// rank.
+
+#include <parallax/core/concepts.hpp>
+#include <parallax/core/error.hpp>
+#include <parallax/detail/mpi.hpp>
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/communicator.hpp>
+#include <boost/mpi/operations.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include <algorithm>
+#include <array>
+#include <concepts>
+#include <cstdint>
+#include <exception>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace parallax {
+
+/// Collective: every rank passes its local verdict (empty = fine). Returns on
+/// every rank when all are fine; otherwise throws, on every rank, the same
+/// parallax::error: the kind of the lowest failing rank's error, every
+/// failing rank, and the causes (ranks that failed alike named together:
+/// "cause [ranks 0, 2, 3]"). Costs one integer all-reduce when nothing failed.
+void agree(const mpi::communicator& comm, const std::optional<error>& failure);
+
+/// Transitional form for callers that still keep their verdict as text
+/// ("" = fine, else a message from detail::with_rank): invalid_argument.
+void agree(const mpi::communicator& comm, const std::string& failure);
+
+/// Collective: runs `f` on every rank; if it throws on any rank, every rank
+/// throws the same parallax::error. Returns f's result otherwise.
+/// @code
+///   auto data = parallax::agree(comm, [&] { return read_idx(path); });
+/// @endcode
+template <class F>
+  requires std::invocable<F&>
+std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f);
+
+/// Collective: `value` must be equal on every rank. Otherwise every rank throws
+/// (kind rank_mismatch) "<what> differs between ranks: rank 0 has A, rank r has B".
+template <MpiArithmetic T>
+void agree_equal(const mpi::communicator& comm, T value, const std::string& what);
+
+namespace detail {
+
+/// Runs f; returns nothing, or what it threw as a parallax::error: a
+/// parallax::error as it is, any other exception as a user_exception of this
+/// rank, its cause prefixed by `context` (e.g. "DataParallel::train_step(): ").
+template <class F>
+std::optional<error> capture(F&& f, std::string_view context = {});
+
+/// An exception (in flight, from a catch block) as a parallax::error.
+std::optional<error> as_error(std::exception_ptr thrown, std::string_view context = {});
+
+}  // namespace detail
+
+// ===========================================================================
+// Implementation
+// ===========================================================================
+
+namespace detail {
+
+/// What agree() gathers from a failing rank.
+struct failure_record {
+  int kind = 0;
+  std::string cause;
+  std::vector<int> ranks;
+  template <class Archive>
+  void serialize(Archive& a, unsigned) {
+    a& kind& cause& ranks;
+  }
+};
+
+inline std::optional<error> as_error(std::exception_ptr thrown, std::string_view context) {
+  if (!thrown) return std::nullopt;
+  try {
+    std::rethrow_exception(thrown);
+  } catch (const error& e) {
+    return e;
+  } catch (const std::exception& e) {
+    return error(error_kind::user_exception, std::string(context) + e.what(), this_rank());
+  } catch (...) {
+    return error(error_kind::user_exception, std::string(context) + "unknown exception", this_rank());
+  }
+}
+
+template <class F>
+std::optional<error> capture(F&& f, std::string_view context) {
+  try {
+    f();
+  } catch (...) {
+    return as_error(std::current_exception(), context);
+  }
+  return std::nullopt;
+}
+
+}  // namespace detail
+
+inline void agree(const mpi::communicator& comm, const std::optional<error>& failure) {
+  int mine = failure ? 1 : 0;
+  int any = 0;
+  mpi::all_reduce(comm, mine, any, mpi::maximum<int>());
+  if (!any) return;
+  // Rare path: gather every rank's failure (small metadata, serialized).
+  detail::failure_record record;
+  if (failure) {
+    record.kind = static_cast<int>(failure->kind());
+    record.cause = failure->cause();
+    record.ranks = failure->ranks().empty() ? std::vector<int>{detail::world_rank()} : failure->ranks();
+  }
+  std::vector<detail::failure_record> all;
+  mpi::all_gather(comm, record, all);
+  // Group failures with the same kind and cause, in rank order.
+  std::vector<detail::failure_record> groups;
+  std::vector<int> ranks;
+  for (const auto& r : all) {
+    if (r.ranks.empty()) continue;  // this rank was fine
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const auto& g) { return g.kind == r.kind && g.cause == r.cause; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {r.kind, r.cause, {}});
+    for (int rank : r.ranks) {
+      if (std::find(it->ranks.begin(), it->ranks.end(), rank) == it->ranks.end()) it->ranks.push_back(rank);
+      if (std::find(ranks.begin(), ranks.end(), rank) == ranks.end()) ranks.push_back(rank);
+    }
+  }
+  std::sort(ranks.begin(), ranks.end());
+  std::string text;
+  for (std::size_t g = 0; g < groups.size() && g < 4; ++g) {
+    auto& group = groups[g];
+    std::sort(group.ranks.begin(), group.ranks.end());
+    if (g > 0) text += "; also: ";
+    text += group.cause + detail::ranks_suffix(group.ranks);
+  }
+  if (groups.size() > 4) text += "; and " + std::to_string(groups.size() - 4) + " other causes";
+  throw error(static_cast<error_kind>(groups.front().kind), groups.front().cause, std::move(ranks), std::move(text));
+}
+
+inline void agree(const mpi::communicator& comm, const std::string& failure) {
+  if (failure.empty()) return agree(comm, std::optional<error>());
+  agree(comm, std::optional<error>(error(error_kind::invalid_argument, detail::without_rank(failure), detail::this_rank())));
+}
+
+template <class F>
+  requires std::invocable<F&>
+std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f) {
+  using R = std::invoke_result_t<F&>;
+  if constexpr (std::is_void_v<R>) {
+    agree(comm, detail::capture(f));
+  } else {
+    std::optional<R> result;
+    agree(comm, detail::capture([&] { result.emplace(f()); }));
+    return std::move(*result);
+  }
+}
+
+template <MpiArithmetic T>
+void agree_equal(const mpi::communicator& comm, T value, const std::string& what) {
+  std::array<T, 2> mine{value, static_cast<T>(-value)};
+  if constexpr (std::is_unsigned_v<T>) mine[1] = static_cast<T>(std::numeric_limits<T>::max() - value);
+  std::array<T, 2> extreme{};
+  mpi::all_reduce(comm, mine.data(), 2, extreme.data(), mpi::maximum<T>());
+  const T high = extreme[0];
+  const T low = std::is_unsigned_v<T> ? static_cast<T>(std::numeric_limits<T>::max() - extreme[1])
+                                      : static_cast<T>(-extreme[1]);
+  if (high == low) return;
+  // Rare path: find who differs from rank 0.
+  std::vector<T> all;
+  mpi::all_gather(comm, value, all);
+  int other = 0;
+  for (int r = 1; r < comm.size(); ++r)
+    if (all[static_cast<std::size_t>(r)] != all[0]) {
+      other = r;
+      break;
+    }
+  std::ostringstream text;
+  text.precision(17);
+  text << what << " differs between ranks: rank 0 has " << +all[0] << ", rank " << other << " has "
+       << +all[static_cast<std::size_t>(other)];
+  throw error(error_kind::rank_mismatch, text.str());
+}
+
+}  // namespace parallax

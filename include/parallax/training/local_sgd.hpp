@@ -1,0 +1,73 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Local SGD: every rank steps its own optimizer on its own gradient, and
+/// every k optimizer steps the parameters are averaged over the ranks,
+/// weighted by the samples each rank trained on since the last average. This
+/// changes results against synchronous data parallel (except k = 1 with
+/// plain SGD), so it is off unless asked for.
+
+#include <parallax/core/agree.hpp>
+#include <parallax/core/error.hpp>
+#include <parallax/core/reducer.hpp>
+
+#include <boost/mpi/collectives.hpp>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace parallax::training {
+
+/// The averaging schedule and the samples it weighs by.
+class local_sgd {
+ public:
+  /// every = 0: off (synchronous data parallel).
+  explicit local_sgd(std::size_t every) : every_(every) {}
+
+  bool enabled() const { return every_ > 0; }
+
+  /// After a local optimizer step (or a failed one) over `samples` samples of
+  /// this rank: whether the parameters are due for averaging now.
+  bool step_done(double samples) {
+    samples_ += samples;
+    return ++steps_ % every_ == 0;
+  }
+
+  /// Collective over the reducer's communicator: the parameters become
+  /// sum_r n_r theta_r / sum_r n_r (n_r: samples since the last average), so
+  /// unequal shards average like one process would. A failure pending on
+  /// any rank (`failure`, cleared here) is thrown on every rank first.
+  template <class T>
+  void average(gradient_reducer<T>& reducer, const std::vector<std::span<T>>& params,
+               std::optional<error>& failure);
+
+ private:
+  std::size_t every_;
+  std::uint64_t steps_ = 0;
+  double samples_ = 0;  // this rank's samples since the last average
+};
+
+// ===========================================================================
+// Implementation
+// ===========================================================================
+
+template <class T>
+void local_sgd::average(gradient_reducer<T>& reducer, const std::vector<std::span<T>>& params,
+                        std::optional<error>& failure) {
+  // As for gradients: the counts first, then the weighted sums divided
+  // inside the all-reduce.
+  std::array<double, 2> mine{samples_, failure ? 1.0 : 0.0}, total{};
+  mpi::all_reduce(reducer.communicator(), mine.data(), 2, total.data(), std::plus<double>());
+  const auto pending = std::move(failure);
+  failure.reset();
+  samples_ = 0;
+  if (total[1] > 0) agree(reducer.communicator(), pending);
+  PARALLAX_CHECK(total[0] > 0, "DataParallel::average_parameters(): no rank trained on any sample");
+  reducer.average_into(params, static_cast<T>(mine[0]), T(1) / static_cast<T>(total[0]));
+}
+
+}  // namespace parallax::training

@@ -1,0 +1,126 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// The one epoch loop every trainer runs: load each step's batch from the
+/// sampler, take the step, report it, call the hooks, stop where a hook says
+/// (at the same step on every rank), and sum up the epoch.
+
+#include <parallax/core/agree.hpp>
+#include <parallax/core/concepts.hpp>
+#include <parallax/core/error.hpp>
+#include <parallax/data/sampler.hpp>
+#include <parallax/training/trainer.hpp>
+
+#include <boost/mpi/collectives.hpp>
+#include <boost/mpi/operations.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+
+namespace parallax {
+
+/// What the hooks see after each step.
+struct step_report {
+  std::uint64_t epoch = 0;
+  std::size_t step = 0;             ///< step within the epoch (0-based)
+  std::size_t steps_per_epoch = 0;
+  std::uint64_t optimizer_step = 0; ///< optimizer steps taken so far
+  double loss = 0;                  ///< mean loss of this step (global, or this rank's in local SGD)
+  std::size_t samples = 0;          ///< samples of this step over all ranks
+  double seconds = 0;               ///< wall time of this step
+  bool skipped = false;             ///< a non-finite gradient skipped the optimizer step
+};
+
+/// What train_epoch returns, the same on every rank.
+struct epoch_report {
+  double loss = 0;  ///< mean training loss over the epoch's samples (all ranks)
+  std::size_t samples = 0;
+  std::size_t steps = 0;
+  double seconds = 0;
+  bool stopped = false;  ///< a stop_when hook ended the epoch early (the sampler stays at that step)
+};
+
+namespace training {
+
+/// The hooks of the loop; each trainer's options hold them.
+struct hooks {
+  /// After every step, on rank 0 only (progress output); other ranks stay silent.
+  const std::function<void(const step_report&)>& on_step;
+  /// After every step, on every rank: collective work such as periodic
+  /// checkpoints goes here; the sampler's position is already past the step.
+  const std::function<void(const step_report&)>& after_step;
+  /// After every step, on every rank: true stops training after this step.
+  /// The ranks' answers are combined (any rank's true stops all), so every
+  /// rank stops at the same step; costs one small all-reduce per step, only
+  /// when set.
+  const std::function<bool(const step_report&)>& stop_when;
+};
+
+/// Collective. The rest of the sampler's epoch (from sampler.position()) over
+/// `dataset`, then moves the sampler to the next epoch (not when a hook
+/// stopped it: the next call continues from there). Leftover accumulated
+/// micro-steps are applied at the end.
+template <Trainer T, class D>
+epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& sampler, const hooks& h);
+
+// ===========================================================================
+// Implementation
+// ===========================================================================
+
+template <Trainer T, class D>
+epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& sampler, const hooks& h) {
+  using clock = std::chrono::steady_clock;
+  trainer.check_sampler(sampler);
+  const auto& comm = trainer.communicator();
+  const auto start = clock::now();
+  epoch_report report;
+  double weighted_loss = 0;
+  typename T::batch_type batch{};
+  const std::size_t steps = sampler.steps_per_epoch();
+  for (std::size_t s = sampler.position(); s < steps && !report.stopped; ++s) {
+    const auto t0 = clock::now();
+    const auto indices = trainer.step_indices(sampler, s);
+    if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
+    else batch = dataset.batch(indices);
+    const std::uint64_t skipped_before = trainer.skipped_steps();
+    const double loss = trainer.train_step(batch);
+    const std::size_t step_samples = sampler.global_batch();
+    weighted_loss += loss * static_cast<double>(step_samples);
+    report.samples += step_samples;
+    ++report.steps;
+    sampler.set_position(s + 1);
+    const step_report step{sampler.epoch(), s, steps, trainer.optimizer().steps(), loss, step_samples,
+                           std::chrono::duration<double>(clock::now() - t0).count(),
+                           trainer.skipped_steps() > skipped_before};
+    if (h.on_step && comm.rank() == 0) h.on_step(step);
+    if (h.after_step) h.after_step(step);
+    if (h.stop_when) {
+      // One all-reduce carries both the stop votes and a throwing hook
+      // (0 go on, 1 stop, 2 failed); the failure is agreed only then.
+      bool stop = false;
+      const auto failure = detail::capture([&] { stop = h.stop_when(step); }, "stop_when hook: ");
+      const int mine = failure ? 2 : stop ? 1 : 0;
+      int most = 0;
+      mpi::all_reduce(comm, mine, most, mpi::maximum<int>());
+      if (most == 2) agree(comm, failure);
+      report.stopped = most == 1;
+    }
+  }
+  trainer.flush();
+  if (!report.stopped) sampler.next_epoch();
+  report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : 0.0;
+  if (!trainer.step_losses_are_global()) {
+    // Step losses were this rank's on some steps: report the global mean.
+    double pair[2] = {weighted_loss, static_cast<double>(report.samples)};
+    double total[2] = {0, 0};
+    mpi::all_reduce(comm, pair, 2, total, std::plus<double>());
+    report.loss = total[1] > 0 ? total[0] / total[1] : 0.0;
+  }
+  report.seconds = std::chrono::duration<double>(clock::now() - start).count();
+  return report;
+}
+
+}  // namespace training
+}  // namespace parallax

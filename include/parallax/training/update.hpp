@@ -1,0 +1,117 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// The tail of every trainer's step, in one place: non-finite policy → clip
+/// by global norm → learning-rate schedule → optimizer step. A trainer
+/// computes its gradient (and, where it is spread over ranks, the agreed
+/// squared norm and non-finite verdict); the updater does the rest alike for
+/// DataParallel, ModelParallel and whatever trainer comes next.
+
+#include <parallax/core/error.hpp>
+#include <parallax/optim/clip.hpp>
+#include <parallax/optim/optimizer.hpp>
+#include <parallax/optim/schedule.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace parallax {
+
+/// What a step does when its gradient holds a NaN or an infinity. The
+/// verdict is the same on every rank (it comes out of the step's one
+/// agreement), so every rank takes the same decision.
+enum class nonfinite_policy {
+  error,      ///< throw parallax::error (kind nonfinite) on every rank (default)
+  skip_step,  ///< leave parameters and optimizer untouched, count the step as skipped
+};
+
+namespace training {
+
+/// The options of the update path; each trainer's options carry them.
+struct update_options {
+  nonfinite_policy on_nonfinite = nonfinite_policy::error;
+  double clip_norm = 0;              ///< clip the gradient to this global L2 norm (0: off)
+  optim::lr_schedule lr_schedule{};  ///< learning rate per optimizer step; empty: the optimizer's own
+};
+
+/// Throws parallax::error naming `trainer` when the options are invalid (a
+/// local check: run it inside the trainer's first agree()).
+void check(const update_options& options, const std::string& trainer);
+
+/// Applies steps to one set of parameters with one optimizer.
+template <class T>
+class updater {
+ public:
+  explicit updater(update_options options) : options_(std::move(options)) {}
+
+  /// Whether the step needs the gradient's squared global norm (clipping).
+  bool needs_norm() const { return options_.clip_norm > 0; }
+
+  /// One step on `grads` (modified by clipping). `nonfinite` and
+  /// `squared_norm` must be the same on every rank of the step: a trainer
+  /// whose gradient is spread over ranks agrees them first; without
+  /// `squared_norm` the norm of `grads` is taken here (a replicated
+  /// gradient). A non-finite gradient throws error(nonfinite, describe())
+  /// or, with skip_step, counts a skipped step. Returns whether the step
+  /// was applied.
+  template <class Describe>
+  bool apply(optim::Optimizer<T>& optimizer, const std::vector<std::span<T>>& params,
+             const std::vector<std::span<T>>& grads, const std::vector<std::span<const T>>& grads_const,
+             bool nonfinite, std::optional<double> squared_norm, Describe&& describe);
+
+  std::uint64_t skipped() const { return skipped_; }
+  const update_options& options() const { return options_; }
+
+ private:
+  update_options options_;
+  std::uint64_t skipped_ = 0;
+};
+
+/// The index of the first tensor holding a NaN or an infinity, or the
+/// number of tensors when all are finite (for messages, off the hot path).
+template <class T>
+std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors);
+
+// ===========================================================================
+// Implementation
+// ===========================================================================
+
+inline void check(const update_options& options, const std::string& trainer) {
+  PARALLAX_CHECK(options.clip_norm >= 0, trainer + ": clip_norm must not be negative");
+}
+
+template <class T>
+std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors) {
+  std::size_t i = 0;
+  for (; i < tensors.size(); ++i)
+    for (T x : tensors[i])
+      if (!std::isfinite(x)) return i;
+  return i;
+}
+
+template <class T>
+template <class Describe>
+bool updater<T>::apply(optim::Optimizer<T>& optimizer, const std::vector<std::span<T>>& params,
+                       const std::vector<std::span<T>>& grads, const std::vector<std::span<const T>>& grads_const,
+                       bool nonfinite, std::optional<double> squared_norm, Describe&& describe) {
+  if (nonfinite) {
+    if (options_.on_nonfinite == nonfinite_policy::error) throw error(error_kind::nonfinite, describe());
+    ++skipped_;
+    return false;
+  }
+  if (options_.clip_norm > 0) {
+    const double sq = squared_norm ? *squared_norm : optim::squared_norm<T>(grads_const);
+    const double factor = optim::clip_factor(std::sqrt(sq), options_.clip_norm);
+    if (factor < 1) optim::scale<T>(grads, static_cast<T>(factor));
+  }
+  if (options_.lr_schedule) optimizer.set_learning_rate(options_.lr_schedule(optimizer.steps()));
+  optimizer.step(params, grads_const);
+  return true;
+}
+
+}  // namespace training
+}  // namespace parallax
