@@ -12,6 +12,7 @@
 /// @endcode
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
 #include <parallax/detail/inflate.hpp>
 #include <parallax/detail/xtensor.hpp>
 
@@ -183,8 +184,7 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
   // and nothing is allocated for a size the limits refuse.
   std::size_t total = data::idx_element_size(h.type);
   for (std::size_t i = 0; i < dims; ++i) {
-    const std::uint8_t* p = bytes.data() + 4 + 4 * i;
-    const std::size_t extent = (std::size_t{p[0]} << 24) | (std::size_t{p[1]} << 16) | (std::size_t{p[2]} << 8) | p[3];
+    const std::size_t extent = load_be32(bytes.data() + 4 + 4 * i);
     PARALLAX_CHECK(extent != 0, where + ": dimension " + std::to_string(i) + " has extent 0");
     PARALLAX_CHECK(total <= limits.max_bytes / extent,
                    where + ": dimension " + std::to_string(i) + " has extent " + std::to_string(extent) +
@@ -272,10 +272,7 @@ void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string
                     std::conditional_t<sizeof(S) == 2, std::uint16_t,
                     std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
   for (std::size_t i = 0; i < out.size(); ++i) {
-    const std::uint8_t* p = values + i * sizeof(S);
-    std::uint64_t bits = 0;
-    for (std::size_t b = 0; b < sizeof(S); ++b) bits = (bits << 8) | p[b];
-    const S value = std::bit_cast<S>(static_cast<bits_type>(bits));
+    const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
     if (!idx_fits<T>(value)) {
       std::array<char, 64> text{};  // shortest form that reads back as the same value
       const auto end = std::to_chars(text.data(), text.data() + text.size(), value).ptr;

@@ -5,10 +5,10 @@
 /// datasets without depending on zlib.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -69,21 +69,6 @@ inline constexpr std::array<std::array<std::uint32_t, 256>, 8> crc32_tables = []
 
 inline bool is_gzip(std::span<const std::uint8_t> bytes) noexcept {
   return bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-}
-
-inline std::uint32_t load_le32(const std::uint8_t* p) noexcept {
-  return std::uint32_t{p[0]} | (std::uint32_t{p[1]} << 8) | (std::uint32_t{p[2]} << 16) |
-         (std::uint32_t{p[3]} << 24);
-}
-
-inline std::uint64_t load_le64(const std::uint8_t* p) noexcept {
-  std::uint64_t v = 0;
-  if constexpr (std::endian::native == std::endian::little) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    for (int i = 0; i < 8; ++i) v |= std::uint64_t{p[i]} << (8 * i);
-  }
-  return v;
 }
 
 inline std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc) noexcept {
@@ -303,7 +288,7 @@ inline void inflater::header(bool first) {
   p_ += 10;
   if (flags & 0x04u) {  // FEXTRA: 2-byte length, then that many bytes
     if (remaining() < 2) fail("truncated gzip header (extra field)");
-    const std::size_t xlen = std::size_t{p_[0]} | (std::size_t{p_[1]} << 8);
+    const std::size_t xlen = load_le16(p_);
     p_ += 2;
     if (remaining() < xlen) fail("truncated gzip header (extra field)");
     p_ += xlen;
@@ -316,7 +301,7 @@ inline void inflater::header(bool first) {
   }
   if (flags & 0x02u) {  // FHCRC: low 16 bits of the header's CRC-32
     if (remaining() < 2) fail("truncated gzip header (header CRC)");
-    const std::uint32_t stored = std::uint32_t{p_[0]} | (std::uint32_t{p_[1]} << 8);
+    const std::uint32_t stored = load_le16(p_);
     const std::uint32_t computed = crc32({begin_ + at, offset() - at}) & 0xffffu;
     if (stored != computed) fail("gzip header CRC mismatch");
     p_ += 2;
@@ -385,8 +370,8 @@ inline void inflater::stored_block() {
   bitbuf_ = 0;
   bitcount_ = 0;
   if (remaining() < 4) fail("truncated deflate stream (stored block header)");
-  const std::size_t len = std::size_t{p_[0]} | (std::size_t{p_[1]} << 8);
-  const std::size_t nlen = std::size_t{p_[2]} | (std::size_t{p_[3]} << 8);
+  const std::size_t len = load_le16(p_);
+  const std::size_t nlen = load_le16(p_ + 2);
   if (len != (~nlen & 0xffffu)) fail("stored block length does not match its complement");
   p_ += 4;
   if (remaining() < len) fail("truncated deflate stream (stored block data)");

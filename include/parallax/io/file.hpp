@@ -8,6 +8,7 @@
 /// error naming the file and the cause.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -159,31 +160,25 @@ class crc_file_buffer : public std::streambuf {
   bool failed_ = false;
 };
 
-inline void put32(char* at, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-inline void put64(char* at, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-inline std::uint32_t get32(const unsigned char* at) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(at[i]) << (8 * i);
-  return v;
-}
-inline std::uint64_t get64(const unsigned char* at) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(at[i]) << (8 * i);
-  return v;
+/// The header's bytes: the magic, then each field little-endian.
+inline std::array<std::uint8_t, file_header_bytes> encode(const file_header& h) {
+  std::array<std::uint8_t, file_header_bytes> out{};
+  std::memcpy(out.data(), file_header::magic.data(), 8);
+  parallax::detail::store_le32(out.data() + 8, h.version);
+  parallax::detail::store_le32(out.data() + 12, h.element);
+  parallax::detail::store_le64(out.data() + 16, h.payload_bytes);
+  parallax::detail::store_le32(out.data() + 24, h.crc32);
+  return out;
 }
 
-inline std::array<char, file_header_bytes> encode(const file_header& h) {
-  std::array<char, file_header_bytes> out{};
-  std::memcpy(out.data(), file_header::magic.data(), 8);
-  put32(out.data() + 8, h.version);
-  put32(out.data() + 12, h.element);
-  put64(out.data() + 16, h.payload_bytes);
-  put32(out.data() + 24, h.crc32);
-  return out;
+/// Reads back what encode wrote after the magic.
+inline file_header decode(const std::array<std::uint8_t, file_header_bytes>& raw) {
+  file_header h;
+  h.version = parallax::detail::load_le32(raw.data() + 8);
+  h.element = parallax::detail::load_le32(raw.data() + 12);
+  h.payload_bytes = parallax::detail::load_le64(raw.data() + 16);
+  h.crc32 = parallax::detail::load_le32(raw.data() + 24);
+  return h;
 }
 
 }  // namespace detail
@@ -272,15 +267,11 @@ inline std::vector<char> read_checked(const std::string& path, std::uint32_t new
   const auto size = static_cast<std::uint64_t>(st.st_size);
   PARALLAX_CHECK(size >= file_header_bytes, where + ": truncated (" + std::to_string(size) +
                                                 " bytes, shorter than the header)");
-  std::array<unsigned char, file_header_bytes> raw{};
+  std::array<std::uint8_t, file_header_bytes> raw{};
   PARALLAX_CHECK(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), where + ": cannot read the header");
   PARALLAX_CHECK(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0,
                  where + ": not a parallax checkpoint (wrong magic number)");
-  file_header h;
-  h.version = detail::get32(raw.data() + 8);
-  h.element = detail::get32(raw.data() + 12);
-  h.payload_bytes = detail::get64(raw.data() + 16);
-  h.crc32 = detail::get32(raw.data() + 24);
+  const file_header h = detail::decode(raw);
   PARALLAX_CHECK(h.version >= 1 && h.version <= newest_version,
                  where + ": format version " + std::to_string(h.version) + " is unknown (this parallax reads up to " +
                      std::to_string(newest_version) + ")");
