@@ -5,8 +5,6 @@
 
 #include <doctest/doctest.h>
 
-#include <boost/crc.hpp>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -24,30 +22,6 @@ struct temp_folder {
   ~temp_folder() { fs::remove_all(path); }
 };
 }  // namespace
-
-TEST_CASE("file: the CRC-32 equals Boost.CRC's crc_32_type at every length and alignment") {
-  std::vector<unsigned char> data(4096 + 16);
-  unsigned x = 7;
-  for (auto& b : data) b = static_cast<unsigned char>((x = x * 1103515245u + 12345u) >> 16);
-  for (std::size_t offset = 0; offset < 8; ++offset)
-    for (std::size_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 100, 4096}) {
-      boost::crc_32_type reference;
-      reference.process_bytes(data.data() + offset, n);
-      parallax::io::detail::crc32 ours;
-      ours.process_bytes(data.data() + offset, n);
-      CHECK(ours.checksum() == reference.checksum());
-    }
-  // In pieces, as the writer feeds it.
-  boost::crc_32_type whole;
-  whole.process_bytes(data.data(), data.size());
-  parallax::io::detail::crc32 pieces;
-  for (std::size_t at = 0; at < data.size(); at += 13) pieces.process_bytes(data.data() + at, std::min<std::size_t>(13, data.size() - at));
-  CHECK(pieces.checksum() == whole.checksum());
-  // The standard check value of CRC-32.
-  parallax::io::detail::crc32 check;
-  check.process_bytes("123456789", 9);
-  CHECK(check.checksum() == 0xCBF43926u);
-}
 
 TEST_CASE("file: written atomically, read back checked") {
   temp_folder dir;

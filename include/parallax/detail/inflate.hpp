@@ -6,6 +6,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/bytes.hpp>
+#include <parallax/detail/crc32.hpp>
 
 #include <algorithm>
 #include <array>
@@ -23,11 +24,6 @@ namespace parallax::detail {
 
 /// True when `bytes` starts with the gzip magic number 1f 8b.
 bool is_gzip(std::span<const std::uint8_t> bytes) noexcept;
-
-/// CRC-32 as gzip, zip and PNG use it (reflected polynomial 0xEDB88320),
-/// continuing from `crc`: crc32(b, crc32(a)) == crc32(a followed by b), and
-/// crc32("123456789") == 0xCBF43926.
-std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0) noexcept;
 
 /// Decompresses a whole gzip file held in memory.
 ///
@@ -53,37 +49,8 @@ std::vector<std::uint8_t> gunzip(std::span<const std::uint8_t> compressed, std::
 // Implementation
 // ---------------------------------------------------------------------------
 
-/// The eight tables of slicing-by-8 CRC-32: crc32_tables[k][b] is the CRC
-/// contribution of byte b followed by k zero bytes.
-inline constexpr std::array<std::array<std::uint32_t, 256>, 8> crc32_tables = [] {
-  std::array<std::array<std::uint32_t, 256>, 8> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    t[0][i] = c;
-  }
-  for (std::size_t k = 1; k < 8; ++k)
-    for (std::size_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xffu];
-  return t;
-}();
-
 inline bool is_gzip(std::span<const std::uint8_t> bytes) noexcept {
   return bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-}
-
-inline std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc) noexcept {
-  const auto& t = crc32_tables;
-  std::uint32_t c = ~crc;
-  const std::uint8_t* p = bytes.data();
-  std::size_t n = bytes.size();
-  for (; n >= 8; p += 8, n -= 8) {
-    const std::uint32_t a = c ^ load_le32(p);
-    const std::uint32_t b = load_le32(p + 4);
-    c = t[7][a & 0xffu] ^ t[6][(a >> 8) & 0xffu] ^ t[5][(a >> 16) & 0xffu] ^ t[4][a >> 24] ^ t[3][b & 0xffu] ^
-        t[2][(b >> 8) & 0xffu] ^ t[1][(b >> 16) & 0xffu] ^ t[0][b >> 24];
-  }
-  for (; n > 0; ++p, --n) c = t[0][(c ^ *p) & 0xffu] ^ (c >> 8);
-  return ~c;
 }
 
 /// A canonical Huffman code as a lookup table: a primary table indexed by the
