@@ -14,12 +14,12 @@
 #include <parallax/core/error.hpp>
 #include <parallax/detail/bytes.hpp>
 #include <parallax/detail/inflate.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -274,10 +274,8 @@ void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
     if (!idx_fits<T>(value)) {
-      std::array<char, 64> text{};  // shortest form that reads back as the same value
-      const auto end = std::to_chars(text.data(), text.data() + text.size(), value).ptr;
-      throw_error(where + ": element " + std::to_string(i) + " (" + std::string(text.data(), end) +
-                  ") does not fit in " + type_name<T>());
+      throw_error(where + ": element " + std::to_string(i) + " (" + number_text(value) + ") does not fit in " +
+                  type_name<T>());
     }
     out[i] = static_cast<T>(value);
   }
