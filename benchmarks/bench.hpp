@@ -179,6 +179,20 @@ inline void idle_barrier(const boost::mpi::communicator& comm) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
+/// "12.35 (12.01-13.20)": the median and the min-max of `s`, each times
+/// `scale` (1e3 for milliseconds) with `digits` decimals.
+inline std::string spread_text(const stats& s, double scale = 1.0, int digits = 3) {
+  char text[128];
+  std::snprintf(text, sizeof text, "%.*f (%.*f-%.*f)", digits, s.median * scale, digits, s.min * scale, digits,
+                s.max * scale);
+  return text;
+}
+
+/// "1 rank", "4 ranks": a count and its noun.
+inline std::string count_text(long n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 /// "64 KiB", "16 MiB".
 inline std::string bytes_text(std::size_t b) {
   if (b >= (1u << 20) && b % (1u << 20) == 0) return std::to_string(b >> 20) + " MiB";
