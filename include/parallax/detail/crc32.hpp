@@ -31,7 +31,8 @@ std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0) 
 /// contribution of byte b followed by k zero bytes. Eight bytes per step
 /// because Boost.CRC's crc_32_type, one table lookup per byte, ran at about
 /// 0.5 GB/s here, which made checksumming, not the disk, the limit of
-/// checkpoint writes; this runs several GB/s.
+/// checkpoint writes; this runs about 2 GB/s. tests/test_crc32.cpp holds it
+/// to crc_32_type at every length and alignment.
 inline constexpr std::array<std::array<std::uint32_t, 256>, 8> crc32_tables = [] {
   std::array<std::array<std::uint32_t, 256>, 8> t{};
   for (std::uint32_t i = 0; i < 256; ++i) {
