@@ -31,8 +31,8 @@ int main(int argc, char** argv) {
   std::vector<bench::row> rows;
   if (world.rank() == 0)
     std::cout << "BLAS core " << bench::blas_core() << "\n"
-              << "allreduce at " << world.size()
-              << " ranks, float: parallax::allreduce_mean vs MPI_Allreduce(sum) + scaling (raw mean)\n"
+              << "allreduce at " << bench::count_text(world.size(), "rank")
+              << ", float: parallax::allreduce_mean vs MPI_Allreduce(sum) + scaling (raw mean)\n"
               << "     size |  ours median (min-max) ms | raw mean median (min-max) | ours/raw | sum only | ours/sum\n";
   for (std::size_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
     const std::size_t n = bytes / sizeof(float);
@@ -60,9 +60,9 @@ int main(int argc, char** argv) {
     const auto s = bench::summarize(times[2]);
     const double ratio = a.median / b.median;
     if (world.rank() == 0) {
-      std::printf("%9s | %8.3f (%7.3f-%8.3f) | %8.3f (%7.3f-%8.3f) | %6.3f | %8.3f | %6.3f\n",
-                  bench::bytes_text(bytes).c_str(), a.median * 1e3, a.min * 1e3, a.max * 1e3, b.median * 1e3,
-                  b.min * 1e3, b.max * 1e3, ratio, s.median * 1e3, a.median / s.median);
+      std::printf("%9s | %25s | %25s | %6.3f | %8.3f | %6.3f\n", bench::bytes_text(bytes).c_str(),
+                  bench::spread_text(a, 1e3).c_str(), bench::spread_text(b, 1e3).c_str(), ratio, s.median * 1e3,
+                  a.median / s.median);
       rows.push_back(bench::row()
                          .set("name", "allreduce_mean_float")
                          .set("ranks", world.size())

@@ -1,8 +1,10 @@
+#pragma once
 // SPDX-License-Identifier: BSL-1.0
 // Shared pieces of the parallax benchmarks: timing that takes the slowest
 // rank, median and spread over repeats, a tiny argument reader, JSON rows, and
 // the facts every result file records (BLAS core, threads, ranks).
-#pragma once
+
+#include <parallax/core/blas.hpp>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
@@ -14,7 +16,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iomanip>
@@ -117,47 +118,34 @@ inline void write_json(const std::string& path, const std::string& name, const s
   out << "  ]\n}\n";
 }
 
-namespace detail {
+/// What parallax::detect_blas() finds, and whether this program itself has
+/// OpenBLAS loaded. When it has not (allreduce uses no BLAS and the linker
+/// drops it), OpenBLAS is opened on the side, globally so that detect_blas()
+/// sees it, and the record still says which kernels OpenBLAS picks on this
+/// machine under this environment. Looked up once.
+struct blas_record {
+  parallax::blas_info info;
+  bool used_by_program = true;
+};
 
-/// A function of the loaded BLAS by name, or null. When the program does not
-/// link OpenBLAS itself (allreduce uses no BLAS and the linker drops it), the
-/// library is opened on the side so the record still says which kernels
-/// OpenBLAS picks on this machine under this environment.
-inline void* blas_symbol(const char* name, bool& linked) {
-  linked = true;
-  if (void* symbol = dlsym(RTLD_DEFAULT, name)) return symbol;
-  linked = false;
-  void* library = dlopen("libopenblas.so.0", RTLD_LAZY | RTLD_LOCAL);
-  return library ? dlsym(library, name) : nullptr;
+inline const blas_record& blas() {
+  static const blas_record record = [] {
+    blas_record r{parallax::detect_blas(), true};
+    if (r.info.library == "OpenBLAS") return r;
+    r.used_by_program = false;
+    if (dlopen("libopenblas.so.0", RTLD_LAZY | RTLD_GLOBAL) != nullptr) r.info = parallax::detect_blas();
+    return r;
+  }();
+  return record;
 }
 
-/// Calls a `char* f()` found by blas_symbol; "" when there is none.
-inline std::string call_text_function(void* symbol) {
-  if (symbol == nullptr) return "";
-  char* (*function)() = nullptr;
-  static_assert(sizeof(function) == sizeof(symbol));
-  std::memcpy(&function, &symbol, sizeof(symbol));  // POSIX: dlsym's pointer names a function
-  const char* text = function();
-  return text ? text : "";
-}
-
-}  // namespace detail
-
-/// The BLAS kernels in use: OpenBLAS's openblas_get_corename() ("SkylakeX",
-/// "Haswell", ...), looked up at run time with dlsym so that a benchmark
-/// links and runs with any BLAS. "unknown (not OpenBLAS)" for another BLAS;
-/// a suffix says when the program itself does not use OpenBLAS.
+/// The BLAS kernels in use: OpenBLAS's core name ("SkylakeX", "Haswell",
+/// ...); "unknown (not OpenBLAS)" for another BLAS; a suffix says when the
+/// program itself does not use OpenBLAS.
 inline std::string blas_core() {
-  bool linked = true;
-  const std::string name = detail::call_text_function(detail::blas_symbol("openblas_get_corename", linked));
-  if (name.empty()) return "unknown (not OpenBLAS)";
-  return linked ? name : name + " (OpenBLAS not used by this program)";
-}
-
-/// OpenBLAS's build configuration (openblas_get_config()), or "" for another BLAS.
-inline std::string blas_config() {
-  bool linked = true;
-  return detail::call_text_function(detail::blas_symbol("openblas_get_config", linked));
+  const blas_record& b = blas();
+  if (b.info.core.empty()) return "unknown (not OpenBLAS)";
+  return b.used_by_program ? b.info.core : b.info.core + " (OpenBLAS not used by this program)";
 }
 
 /// The value of an environment variable, or "(unset)".
@@ -174,7 +162,7 @@ inline row environment_meta(const boost::mpi::communicator& world) {
   return row()
       .set("ranks", world.size())
       .set("blas_core", blas_core())
-      .set("blas_config", blas_config())
+      .set("blas_config", blas().info.config)
       .set("OPENBLAS_NUM_THREADS", env_or_unset("OPENBLAS_NUM_THREADS"))
       .set("OPENBLAS_CORETYPE", env_or_unset("OPENBLAS_CORETYPE"))
       .set("cores", static_cast<double>(std::thread::hardware_concurrency()))
@@ -189,6 +177,20 @@ inline void idle_barrier(const boost::mpi::communicator& comm) {
   int done = 0;
   for (MPI_Test(&request, &done, MPI_STATUS_IGNORE); !done; MPI_Test(&request, &done, MPI_STATUS_IGNORE))
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+/// "12.35 (12.01-13.20)": the median and the min-max of `s`, each times
+/// `scale` (1e3 for milliseconds) with `digits` decimals.
+inline std::string spread_text(const stats& s, double scale = 1.0, int digits = 3) {
+  char text[128];
+  std::snprintf(text, sizeof text, "%.*f (%.*f-%.*f)", digits, s.median * scale, digits, s.min * scale, digits,
+                s.max * scale);
+  return text;
+}
+
+/// "1 rank", "4 ranks": a count and its noun.
+inline std::string count_text(long n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
 /// "64 KiB", "16 MiB".

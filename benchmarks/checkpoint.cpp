@@ -131,7 +131,7 @@ int main(int argc, char** argv) {
     if (root)
       std::cout << "checkpoint: " << trainer.model().describe() << ", float, " << parameters << " parameters + Adam ("
                 << state.slots.size() << " slots) = " << raw_bytes / 1e6 << " MB of state; DataParallel on "
-                << world.size() << (world.size() == 1 ? " rank" : " ranks") << " (one writer); folder " << dir << "\n";
+                << bench::count_text(world.size(), "rank") << " (one writer); folder " << dir << "\n";
 
     std::string saved;
     for (long i = 0; i < warmup; ++i) {
@@ -174,12 +174,13 @@ int main(int argc, char** argv) {
     const double dw_mb = mb_per_s(file_bytes, dw.median), dr_mb = mb_per_s(file_bytes, dr.median);
     std::printf("state %.1f MB raw, %.1f MB in files (%.4f x raw)\n", raw_bytes / 1e6, file_bytes / 1e6,
                 file_bytes / raw_bytes);
-    std::printf("checkpoint write   %.3f s median (%.3f-%.3f)  %7.0f MB/s\n", w.median, w.min, w.max, w_mb);
-    std::printf("write()+fsync      %.3f s median (%.3f-%.3f)  %7.0f MB/s   checkpoint at %.2f x the disk\n", dw.median,
-                dw.min, dw.max, dw_mb, w_mb / dw_mb);
-    std::printf("checkpoint load    %.3f s median (%.3f-%.3f)  %7.0f MB/s\n", l.median, l.min, l.max, l_mb);
-    std::printf("read() (cached)    %.3f s median (%.3f-%.3f)  %7.0f MB/s   load at %.2f x read()\n", dr.median, dr.min,
-                dr.max, dr_mb, l_mb / dr_mb);
+    std::printf("                   seconds, median (min-max)\n");
+    std::printf("checkpoint write   %-19s  %7.0f MB/s\n", bench::spread_text(w).c_str(), w_mb);
+    std::printf("write()+fsync      %-19s  %7.0f MB/s   checkpoint at %.2f x the disk\n",
+                bench::spread_text(dw).c_str(), dw_mb, w_mb / dw_mb);
+    std::printf("checkpoint load    %-19s  %7.0f MB/s\n", bench::spread_text(l).c_str(), l_mb);
+    std::printf("read() (cached)    %-19s  %7.0f MB/s   load at %.2f x read()\n", bench::spread_text(dr).c_str(),
+                dr_mb, l_mb / dr_mb);
     if (!json.empty()) {
       auto row = [&](const char* name, const bench::stats& s, double mb) {
         return bench::row()

@@ -181,7 +181,7 @@ int main(int argc, char** argv) {
   // Every configuration starts from the same weights and steps on the same
   // samples, so their final losses agree (parallel equals serial).
   std::vector<Config> configs;
-  const std::string all_ranks = std::to_string(n) + " ranks";
+  const std::string all_ranks = bench::count_text(n, "rank");
   auto add = [&](Config c, bool data_parallel, std::size_t bucket_bytes) {
     c.bucket_bytes = data_parallel ? bucket_bytes : 0;
     if (!c.alone || root) {
@@ -194,13 +194,13 @@ int main(int argc, char** argv) {
     }
     configs.push_back(std::move(c));
   };
-  constexpr std::size_t default_bucket = std::size_t{16} << 20;
+  const std::size_t default_bucket = parallax::data_parallel_options{}.bucket_bytes;
   add({.name = "hand-written, 1 rank", .role = "1 rank", .alone = true}, false, 0);
   add({.name = "DataParallel, 1 rank", .role = "1 rank", .alone = true}, true, default_bucket);
   add({.name = "hand-written, " + all_ranks, .role = "N ranks"}, false, 0);
   for (auto mib : bucket_mib)
-    add({.name = "DataParallel, " + all_ranks + ", " + std::to_string(mib) + " MiB buckets", .role = "N ranks"}, true,
-        mib << 20);
+    add({.name = "DataParallel, " + all_ranks + ", " + bench::bytes_text(mib << 20) + " buckets", .role = "N ranks"},
+        true, mib << 20);
   if (n > 1) {
     const std::string share = "1 rank alone, batch " + std::to_string(local);
     add({.name = "hand-written, " + share, .role = "bound", .alone = true, .share = true}, false, 0);
@@ -279,14 +279,14 @@ int main(int argc, char** argv) {
     const double share = c.trainer ? comm / st.median : 0.0;
     if (c.trainer && c.role == "N ranks" && (best == nullptr || st.median < median(best->step_s))) best = &c;
     auto ms = [](double seconds) { return seconds * 1e3; };
+    const std::string step = bench::spread_text(st, 1e3, 2);
     if (c.trainer)
-      std::printf("%-40s | %5d | %7.2f (%6.2f - %6.2f) | %7.2f %7.2f %7.2f | %7.3f %6.3f %6.1f | %.6f\n",
-                  c.name.c_str(), ranks, ms(st.median), ms(st.min), ms(st.max), ms(median(c.compute_s)), ms(comm),
-                  ms(median(c.update_s)), speedup, efficiency, 100 * share, c.last_loss);
+      std::printf("%-40s | %5d | %24s | %7.2f %7.2f %7.2f | %7.3f %6.3f %6.1f | %.6f\n", c.name.c_str(), ranks,
+                  step.c_str(), ms(median(c.compute_s)), ms(comm), ms(median(c.update_s)), speedup, efficiency,
+                  100 * share, c.last_loss);
     else
-      std::printf("%-40s | %5d | %7.2f (%6.2f - %6.2f) | %7s %7s %7s | %7.3f %6.3f %6s | %.6f\n", c.name.c_str(),
-                  ranks, ms(st.median), ms(st.min), ms(st.max), "-", "-", "-", speedup, efficiency, "-",
-                  c.last_loss);
+      std::printf("%-40s | %5d | %24s | %7s %7s %7s | %7.3f %6.3f %6s | %.6f\n", c.name.c_str(), ranks,
+                  step.c_str(), "-", "-", "-", speedup, efficiency, "-", c.last_loss);
     rows.push_back(bench::row()
                        .set("name", c.name)
                        .set("kind", c.trainer ? "DataParallel" : "hand-written")
@@ -319,9 +319,9 @@ int main(int argc, char** argv) {
   };
   if (const Config* c = row_of("N ranks", true, default_bucket)) {
     const double speedup = t1_dp / median(c->step_s);
-    std::printf("DataParallel at %d ranks, 16 MiB buckets (the default): speedup %.3f (target >= %.2f: %s), "
+    std::printf("DataParallel at %s, %s buckets (the default): speedup %.3f (target >= %.2f: %s), "
                 "efficiency %.3f, all-reduce %.1f%% of the step\n",
-                n, speedup, target, speedup >= target ? "met" : "MISSED", speedup / n,
+                all_ranks.c_str(), bench::bytes_text(default_bucket).c_str(), speedup, target, speedup >= target ? "met" : "MISSED", speedup / n,
                 100 * median(c->comm_min_s) / median(c->step_s));
   }
   if (best != nullptr)

@@ -84,8 +84,8 @@ int main(int argc, char** argv) {
   if (root)
     std::cout << "mlp_epoch: " << make_net(init_seed).describe() << ", float; Fashion-MNIST from " << dir << " ("
               << train.size() << " train, " << test.size() << " test; loaded in " << load_s << " s)\n"
-              << world.size() << " ranks x batch " << batch << " = global batch " << global << "; SGD lr " << lr
-              << " momentum " << momentum << "; BLAS core " << bench::blas_core()
+              << bench::count_text(world.size(), "rank") << " x batch " << batch << " = global batch " << global
+              << "; SGD lr " << lr << " momentum " << momentum << "; BLAS core " << bench::blas_core()
               << ", OPENBLAS_NUM_THREADS=" << bench::env_or_unset("OPENBLAS_NUM_THREADS") << "\n";
 
   {  // Warm-up: BLAS, page faults, MPI connections; a scratch model.
@@ -114,14 +114,14 @@ int main(int argc, char** argv) {
   if (!root) return 0;
   const auto st = bench::summarize(times);
   const double per_second = static_cast<double>(report.samples) / st.median;
-  std::printf("parallax %d rank%s: epoch %.3f s median (%.3f-%.3f), %.0f samples/s, %zu steps of %zu, train loss "
-              "%.4f, test accuracy %.4f\n",
-              world.size(), world.size() == 1 ? "" : "s", st.median, st.min, st.max, per_second, report.steps, global,
-              report.loss, result.accuracy.value_or(0.0));
+  const std::string name = "parallax " + bench::count_text(world.size(), "rank");
+  std::printf("%s: epoch %s s (median, min-max), %.0f samples/s, %zu steps of %zu, train loss %.4f, test accuracy "
+              "%.4f\n",
+              name.c_str(), bench::spread_text(st).c_str(), per_second, report.steps, global, report.loss,
+              result.accuracy.value_or(0.0));
   if (!json.empty()) {
     const std::vector<bench::row> rows = {bench::row()
-                                              .set("name", "parallax " + std::to_string(world.size()) + " rank" +
-                                                               (world.size() == 1 ? "" : "s"))
+                                              .set("name", name)
                                               .set("framework", "parallax")
                                               .set("processes", world.size())
                                               .set("batch_per_process", static_cast<double>(batch))

@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
   std::vector<bench::row> rows;
   if (world.rank() == 0)
     std::cout << "pipeline: 8 x Linear(" << width << ", " << width << ") + ReLU, float, batch " << batch_size << ", "
-              << p << " stages" << (p > 2 ? " (oversubscribed on 2 cores)" : "") << ", BLAS " << bench::blas_core()
+              << bench::count_text(p, "stage") << (p > 2 ? " (oversubscribed on 2 cores)" : "") << ", BLAS " << bench::blas_core()
               << "\n";
   struct measured {
     const char* name;
@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
       const double efficiency = serial / (p * r.t.median);
       const double ideal = static_cast<double>(r.m) / static_cast<double>(r.m + static_cast<std::size_t>(p) - 1);
       const double same_micro = serial_micro[r.m] / (p * r.t.median);
-      std::printf("%-6s %3zu | %7.2f (%7.2f-%7.2f) | %10.3f | %5.3f | %9.3f | %6.3f (%5.3f) | %8.2f\n", r.name, r.m,
-                  r.t.median * 1e3, r.t.min * 1e3, r.t.max * 1e3, efficiency, ideal, efficiency / ideal, same_micro,
+      std::printf("%-6s %3zu | %-24s | %10.3f | %5.3f | %9.3f | %6.3f (%5.3f) | %8.2f\n", r.name, r.m,
+                  bench::spread_text(r.t, 1e3, 2).c_str(), efficiency, ideal, efficiency / ideal, same_micro,
                   same_micro / ideal, r.stage0 / (1 << 20));
       rows.push_back(bench::row()
                          .set("name", std::string("pipeline_") + r.name)

@@ -13,9 +13,9 @@
 #
 # Installs what is missing (python3-torch, python3-matplotlib and the build
 # packages of scripts/setup.sh) as root or through sudo. One BLAS thread per
-# process; OPENBLAS_CORETYPE=SkylakeX when the CPU has AVX-512 (F, BW, VL, DQ)
-# and the variable is unset (an OpenBLAS older than the CPU need not pick
-# its AVX-512 kernels by itself); a value already set is kept and recorded.
+# process; OPENBLAS_CORETYPE=SkylakeX when the CPU has AVX-512 (F, BW, VL, DQ),
+# as scripts/setup.sh's parallax_pick_blas_core sets it (an OpenBLAS older than
+# the CPU need not pick its AVX-512 kernels by itself); the value is recorded.
 # Run it on an otherwise idle machine.
 set -euo pipefail
 
@@ -51,16 +51,7 @@ python=${PYTHON:-/usr/bin/python3}
 
 # One BLAS thread per process: processes are the parallelism, in both frameworks.
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
-if declare -F parallax_pick_blas_core >/dev/null; then
-  parallax_pick_blas_core
-elif [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
-  has_all=1
-  for f in avx512f avx512bw avx512vl avx512dq; do
-    [[ " $flags " == *" $f "* ]] || has_all=0
-  done
-  if [ "$has_all" = 1 ]; then export OPENBLAS_CORETYPE=SkylakeX; fi
-fi
+parallax_pick_blas_core  # from scripts/setup.sh, sourced above
 echo "run_vs_pytorch: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}, OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
 
 work=$(mktemp -d)

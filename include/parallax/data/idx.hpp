@@ -12,13 +12,14 @@
 /// @endcode
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
 #include <parallax/detail/inflate.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -183,8 +184,7 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
   // and nothing is allocated for a size the limits refuse.
   std::size_t total = data::idx_element_size(h.type);
   for (std::size_t i = 0; i < dims; ++i) {
-    const std::uint8_t* p = bytes.data() + 4 + 4 * i;
-    const std::size_t extent = (std::size_t{p[0]} << 24) | (std::size_t{p[1]} << 16) | (std::size_t{p[2]} << 8) | p[3];
+    const std::size_t extent = load_be32(bytes.data() + 4 + 4 * i);
     PARALLAX_CHECK(extent != 0, where + ": dimension " + std::to_string(i) + " has extent 0");
     PARALLAX_CHECK(total <= limits.max_bytes / extent,
                    where + ": dimension " + std::to_string(i) + " has extent " + std::to_string(extent) +
@@ -233,6 +233,28 @@ inline std::vector<std::uint8_t> idx_read_file(const std::string& path, const st
   return bytes;
 }
 
+/// A file of unsigned bytes (type 0x08) with `dims` dimensions: its decoded
+/// bytes and checked header. `what` ("images") and `dims_text` ("count, rows,
+/// columns") say in messages what the file should hold.
+struct idx_bytes_file {
+  std::vector<std::uint8_t> bytes;
+  data::idx_header header;
+};
+
+inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::string& where,
+                                          const data::idx_limits& limits, std::string_view what, std::size_t dims,
+                                          std::string_view dims_text) {
+  idx_bytes_file file{idx_read_file(path, where, limits), {}};
+  file.header = idx_parse_header(file.bytes, where, limits);
+  const data::idx_header& h = file.header;
+  PARALLAX_CHECK(h.type == data::idx_type::u8, where + ": " + std::string(what) + " hold " + data::idx_type_name(h.type) +
+                                                   " elements, expected unsigned byte (0x08)");
+  PARALLAX_CHECK(h.shape.size() == dims, where + ": " + std::string(what) + " have " + std::to_string(h.shape.size()) +
+                                             " dimensions, expected " + std::to_string(dims) + " (" +
+                                             std::string(dims_text) + ")");
+  return file;
+}
+
 /// Whether `value` survives conversion to T: an integer must lie in T's
 /// range; a floating value going to an integer type must be finite with its
 /// truncation in range; a finite floating value going to a narrower floating
@@ -272,15 +294,10 @@ void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string
                     std::conditional_t<sizeof(S) == 2, std::uint16_t,
                     std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
   for (std::size_t i = 0; i < out.size(); ++i) {
-    const std::uint8_t* p = values + i * sizeof(S);
-    std::uint64_t bits = 0;
-    for (std::size_t b = 0; b < sizeof(S); ++b) bits = (bits << 8) | p[b];
-    const S value = std::bit_cast<S>(static_cast<bits_type>(bits));
+    const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
     if (!idx_fits<T>(value)) {
-      std::array<char, 64> text{};  // shortest form that reads back as the same value
-      const auto end = std::to_chars(text.data(), text.data() + text.size(), value).ptr;
-      throw_error(where + ": element " + std::to_string(i) + " (" + std::string(text.data(), end) +
-                  ") does not fit in " + type_name<T>());
+      throw_error(where + ": element " + std::to_string(i) + " (" + number_text(value) + ") does not fit in " +
+                  type_name<T>());
     }
     out[i] = static_cast<T>(value);
   }
@@ -364,19 +381,9 @@ inline image_set read_image_set(const std::string& images_path, const std::strin
   const std::string at_images = detail::idx_where("read_image_set()", images_path);
   const std::string at_labels = detail::idx_where("read_image_set()", labels_path);
 
-  const auto image_bytes = detail::idx_read_file(images_path, at_images, limits);
-  const idx_header ih = detail::idx_parse_header(image_bytes, at_images, limits);
-  PARALLAX_CHECK(ih.type == idx_type::u8,
-                 at_images + ": images hold " + idx_type_name(ih.type) + " elements, expected unsigned byte (0x08)");
-  PARALLAX_CHECK(ih.shape.size() == 3, at_images + ": images have " + std::to_string(ih.shape.size()) +
-                                           " dimensions, expected 3 (count, rows, columns)");
-
-  const auto label_bytes = detail::idx_read_file(labels_path, at_labels, limits);
-  const idx_header lh = detail::idx_parse_header(label_bytes, at_labels, limits);
-  PARALLAX_CHECK(lh.type == idx_type::u8,
-                 at_labels + ": labels hold " + idx_type_name(lh.type) + " elements, expected unsigned byte (0x08)");
-  PARALLAX_CHECK(lh.shape.size() == 1, at_labels + ": labels have " + std::to_string(lh.shape.size()) +
-                                           " dimensions, expected 1 (count)");
+  const auto [image_bytes, ih] = detail::idx_read_bytes_file(images_path, at_images, limits, "images", 3,
+                                                            "count, rows, columns");
+  const auto [label_bytes, lh] = detail::idx_read_bytes_file(labels_path, at_labels, limits, "labels", 1, "count");
 
   const std::size_t n = ih.shape[0];
   PARALLAX_CHECK(n == lh.shape[0], "read_image_set(): '" + images_path + "' holds " + std::to_string(n) +

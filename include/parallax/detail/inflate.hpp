@@ -5,10 +5,11 @@
 /// datasets without depending on zlib.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
+#include <parallax/detail/crc32.hpp>
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -23,11 +24,6 @@ namespace parallax::detail {
 
 /// True when `bytes` starts with the gzip magic number 1f 8b.
 bool is_gzip(std::span<const std::uint8_t> bytes) noexcept;
-
-/// CRC-32 as gzip, zip and PNG use it (reflected polynomial 0xEDB88320),
-/// continuing from `crc`: crc32(b, crc32(a)) == crc32(a followed by b), and
-/// crc32("123456789") == 0xCBF43926.
-std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc = 0) noexcept;
 
 /// Decompresses a whole gzip file held in memory.
 ///
@@ -53,52 +49,8 @@ std::vector<std::uint8_t> gunzip(std::span<const std::uint8_t> compressed, std::
 // Implementation
 // ---------------------------------------------------------------------------
 
-/// The eight tables of slicing-by-8 CRC-32: crc32_tables[k][b] is the CRC
-/// contribution of byte b followed by k zero bytes.
-inline constexpr std::array<std::array<std::uint32_t, 256>, 8> crc32_tables = [] {
-  std::array<std::array<std::uint32_t, 256>, 8> t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1u) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-    t[0][i] = c;
-  }
-  for (std::size_t k = 1; k < 8; ++k)
-    for (std::size_t i = 0; i < 256; ++i) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xffu];
-  return t;
-}();
-
 inline bool is_gzip(std::span<const std::uint8_t> bytes) noexcept {
   return bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-}
-
-inline std::uint32_t load_le32(const std::uint8_t* p) noexcept {
-  return std::uint32_t{p[0]} | (std::uint32_t{p[1]} << 8) | (std::uint32_t{p[2]} << 16) |
-         (std::uint32_t{p[3]} << 24);
-}
-
-inline std::uint64_t load_le64(const std::uint8_t* p) noexcept {
-  std::uint64_t v = 0;
-  if constexpr (std::endian::native == std::endian::little) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    for (int i = 0; i < 8; ++i) v |= std::uint64_t{p[i]} << (8 * i);
-  }
-  return v;
-}
-
-inline std::uint32_t crc32(std::span<const std::uint8_t> bytes, std::uint32_t crc) noexcept {
-  const auto& t = crc32_tables;
-  std::uint32_t c = ~crc;
-  const std::uint8_t* p = bytes.data();
-  std::size_t n = bytes.size();
-  for (; n >= 8; p += 8, n -= 8) {
-    const std::uint32_t a = c ^ load_le32(p);
-    const std::uint32_t b = load_le32(p + 4);
-    c = t[7][a & 0xffu] ^ t[6][(a >> 8) & 0xffu] ^ t[5][(a >> 16) & 0xffu] ^ t[4][a >> 24] ^ t[3][b & 0xffu] ^
-        t[2][(b >> 8) & 0xffu] ^ t[1][(b >> 16) & 0xffu] ^ t[0][b >> 24];
-  }
-  for (; n > 0; ++p, --n) c = t[0][(c ^ *p) & 0xffu] ^ (c >> 8);
-  return ~c;
 }
 
 /// A canonical Huffman code as a lookup table: a primary table indexed by the
@@ -303,7 +255,7 @@ inline void inflater::header(bool first) {
   p_ += 10;
   if (flags & 0x04u) {  // FEXTRA: 2-byte length, then that many bytes
     if (remaining() < 2) fail("truncated gzip header (extra field)");
-    const std::size_t xlen = std::size_t{p_[0]} | (std::size_t{p_[1]} << 8);
+    const std::size_t xlen = load_le16(p_);
     p_ += 2;
     if (remaining() < xlen) fail("truncated gzip header (extra field)");
     p_ += xlen;
@@ -316,7 +268,7 @@ inline void inflater::header(bool first) {
   }
   if (flags & 0x02u) {  // FHCRC: low 16 bits of the header's CRC-32
     if (remaining() < 2) fail("truncated gzip header (header CRC)");
-    const std::uint32_t stored = std::uint32_t{p_[0]} | (std::uint32_t{p_[1]} << 8);
+    const std::uint32_t stored = load_le16(p_);
     const std::uint32_t computed = crc32({begin_ + at, offset() - at}) & 0xffffu;
     if (stored != computed) fail("gzip header CRC mismatch");
     p_ += 2;
@@ -385,8 +337,8 @@ inline void inflater::stored_block() {
   bitbuf_ = 0;
   bitcount_ = 0;
   if (remaining() < 4) fail("truncated deflate stream (stored block header)");
-  const std::size_t len = std::size_t{p_[0]} | (std::size_t{p_[1]} << 8);
-  const std::size_t nlen = std::size_t{p_[2]} | (std::size_t{p_[3]} << 8);
+  const std::size_t len = load_le16(p_);
+  const std::size_t nlen = load_le16(p_ + 2);
   if (len != (~nlen & 0xffffu)) fail("stored block length does not match its complement");
   p_ += 4;
   if (remaining() < len) fail("truncated deflate stream (stored block data)");

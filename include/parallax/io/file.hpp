@@ -8,6 +8,8 @@
 /// error naming the file and the cause.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/bytes.hpp>
+#include <parallax/detail/crc32.hpp>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -20,6 +22,7 @@
 #include <filesystem>
 #include <functional>
 #include <ostream>
+#include <span>
 #include <streambuf>
 #include <string>
 #include <vector>
@@ -57,48 +60,10 @@ namespace detail {
 
 inline std::string errno_text() { return std::strerror(errno); }
 
-/// CRC-32 (the polynomial and values of boost::crc_32_type, zlib and gzip),
-/// eight bytes at a time ("slicing-by-8"): Boost.CRC's crc_32_type processes
-/// one byte per table lookup, about 0.5 GB/s here, which made checksumming,
-/// not the disk, the limit of checkpoint writes; this runs several GB/s.
-/// Tests check it against boost::crc_32_type.
-class crc32 {
- public:
-  void process_bytes(const void* data, std::size_t n) {
-    const auto& t = tables();
-    const auto* p = static_cast<const unsigned char*>(data);
-    std::uint32_t c = ~crc_;
-    for (; n >= 8; n -= 8, p += 8) {
-      const std::uint32_t lo = c ^ (std::uint32_t(p[0]) | std::uint32_t(p[1]) << 8 | std::uint32_t(p[2]) << 16 |
-                                    std::uint32_t(p[3]) << 24);
-      const std::uint32_t hi =
-          std::uint32_t(p[4]) | std::uint32_t(p[5]) << 8 | std::uint32_t(p[6]) << 16 | std::uint32_t(p[7]) << 24;
-      c = t[7][lo & 0xff] ^ t[6][(lo >> 8) & 0xff] ^ t[5][(lo >> 16) & 0xff] ^ t[4][lo >> 24] ^ t[3][hi & 0xff] ^
-          t[2][(hi >> 8) & 0xff] ^ t[1][(hi >> 16) & 0xff] ^ t[0][hi >> 24];
-    }
-    for (; n > 0; --n, ++p) c = t[0][(c ^ *p) & 0xff] ^ (c >> 8);
-    crc_ = ~c;
-  }
-  std::uint32_t checksum() const { return crc_; }
-
- private:
-  using table_set = std::array<std::array<std::uint32_t, 256>, 8>;
-  static const table_set& tables() {
-    static const table_set t = [] {
-      table_set s{};
-      for (std::uint32_t i = 0; i < 256; ++i) {
-        std::uint32_t c = i;
-        for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xedb88320u : c >> 1;
-        s[0][i] = c;
-      }
-      for (std::uint32_t i = 0; i < 256; ++i)
-        for (int k = 1; k < 8; ++k) s[k][i] = (s[k - 1][i] >> 8) ^ s[0][s[k - 1][i] & 0xff];
-      return s;
-    }();
-    return t;
-  }
-  std::uint32_t crc_ = 0;
-};
+/// The bytes at `data` as the span CRC-32 takes.
+inline std::span<const std::uint8_t> byte_span(const char* data, std::size_t n) {
+  return {reinterpret_cast<const std::uint8_t*>(data), n};
+}
 
 /// A streambuf that checksums and writes to a file descriptor through a
 /// buffer.
@@ -107,7 +72,7 @@ class crc_file_buffer : public std::streambuf {
   explicit crc_file_buffer(int fd) : fd_(fd), buffer_(std::size_t{1} << 20) {
     setp(buffer_.data(), buffer_.data() + buffer_.size());
   }
-  std::uint32_t crc() const { return crc_.checksum(); }
+  std::uint32_t crc() const { return crc_; }
   std::uint64_t bytes() const { return bytes_; }
   bool failed() const { return failed_; }
   int sync() override { return flush_buffer() ? 0 : -1; }
@@ -132,7 +97,7 @@ class crc_file_buffer : public std::streambuf {
 
  private:
   bool write_all(const char* s, std::size_t n) {
-    crc_.process_bytes(s, n);
+    crc_ = parallax::detail::crc32(byte_span(s, n), crc_);
     bytes_ += n;
     while (n > 0) {
       const ssize_t w = ::write(fd_, s, n);
@@ -154,36 +119,30 @@ class crc_file_buffer : public std::streambuf {
   }
   int fd_;
   std::vector<char> buffer_;
-  crc32 crc_;
+  std::uint32_t crc_ = 0;  ///< CRC-32 of the bytes so far
   std::uint64_t bytes_ = 0;
   bool failed_ = false;
 };
 
-inline void put32(char* at, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-inline void put64(char* at, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) at[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-inline std::uint32_t get32(const unsigned char* at) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(at[i]) << (8 * i);
-  return v;
-}
-inline std::uint64_t get64(const unsigned char* at) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(at[i]) << (8 * i);
-  return v;
+/// The header's bytes: the magic, then each field little-endian.
+inline std::array<std::uint8_t, file_header_bytes> encode(const file_header& h) {
+  std::array<std::uint8_t, file_header_bytes> out{};
+  std::memcpy(out.data(), file_header::magic.data(), 8);
+  parallax::detail::store_le32(out.data() + 8, h.version);
+  parallax::detail::store_le32(out.data() + 12, h.element);
+  parallax::detail::store_le64(out.data() + 16, h.payload_bytes);
+  parallax::detail::store_le32(out.data() + 24, h.crc32);
+  return out;
 }
 
-inline std::array<char, file_header_bytes> encode(const file_header& h) {
-  std::array<char, file_header_bytes> out{};
-  std::memcpy(out.data(), file_header::magic.data(), 8);
-  put32(out.data() + 8, h.version);
-  put32(out.data() + 12, h.element);
-  put64(out.data() + 16, h.payload_bytes);
-  put32(out.data() + 24, h.crc32);
-  return out;
+/// Reads back what encode wrote after the magic.
+inline file_header decode(const std::array<std::uint8_t, file_header_bytes>& raw) {
+  file_header h;
+  h.version = parallax::detail::load_le32(raw.data() + 8);
+  h.element = parallax::detail::load_le32(raw.data() + 12);
+  h.payload_bytes = parallax::detail::load_le64(raw.data() + 16);
+  h.crc32 = parallax::detail::load_le32(raw.data() + 24);
+  return h;
 }
 
 }  // namespace detail
@@ -272,15 +231,11 @@ inline std::vector<char> read_checked(const std::string& path, std::uint32_t new
   const auto size = static_cast<std::uint64_t>(st.st_size);
   PARALLAX_CHECK(size >= file_header_bytes, where + ": truncated (" + std::to_string(size) +
                                                 " bytes, shorter than the header)");
-  std::array<unsigned char, file_header_bytes> raw{};
+  std::array<std::uint8_t, file_header_bytes> raw{};
   PARALLAX_CHECK(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), where + ": cannot read the header");
   PARALLAX_CHECK(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0,
                  where + ": not a parallax checkpoint (wrong magic number)");
-  file_header h;
-  h.version = detail::get32(raw.data() + 8);
-  h.element = detail::get32(raw.data() + 12);
-  h.payload_bytes = detail::get64(raw.data() + 16);
-  h.crc32 = detail::get32(raw.data() + 24);
+  const file_header h = detail::decode(raw);
   PARALLAX_CHECK(h.version >= 1 && h.version <= newest_version,
                  where + ": format version " + std::to_string(h.version) + " is unknown (this parallax reads up to " +
                      std::to_string(newest_version) + ")");
@@ -290,9 +245,8 @@ inline std::vector<char> read_checked(const std::string& path, std::uint32_t new
                      " payload bytes, the file has " + std::to_string(size - file_header_bytes));
   std::vector<char> payload(h.payload_bytes);
   PARALLAX_CHECK(read_all(payload.data(), payload.size()) == payload.size(), where + ": short read");
-  detail::crc32 crc;
-  crc.process_bytes(payload.data(), payload.size());
-  PARALLAX_CHECK(crc.checksum() == h.crc32, where + ": corrupted: CRC-32 mismatch");
+  PARALLAX_CHECK(parallax::detail::crc32(detail::byte_span(payload.data(), payload.size())) == h.crc32,
+                 where + ": corrupted: CRC-32 mismatch");
   if (header) *header = h;
   return payload;
 }
