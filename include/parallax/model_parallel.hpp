@@ -330,19 +330,6 @@ std::vector<std::size_t> layer_output_shape(L& layer, const std::vector<std::siz
   }
 }
 
-template <class L>
-std::string layer_name(const L& layer, std::size_t index) {
-  // Appended piece by piece: GCC 12 warns falsely (-Wrestrict) on
-  // "literal" + std::string&& here.
-  std::string name = "layer ";
-  name += std::to_string(index);
-  if constexpr (requires { layer.describe(); }) {
-    name += ' ';
-    name += layer.describe();
-  }
-  return name;
-}
-
 template <class L, class Tuple>
 std::size_t static_parameter_count(const Tuple& args, std::size_t index) {
   if constexpr (requires { std::apply([](const auto&... a) { return L::parameter_count(a...); }, args); }) {
