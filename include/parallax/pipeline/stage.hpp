@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -96,6 +97,9 @@ class stage {
   template <class F>
   void for_each_layer(F&& f);
   void zero_gradients();
+  /// Appends each layer's parameters and gradients, in layer order, as flat
+  /// spans: the optimizer's view of the stage.
+  void parameter_spans(std::vector<std::span<value_type>>& parameters, std::vector<std::span<value_type>>& gradients);
   /// Forwards set_training(training) to the layers that have it (Dropout).
   void set_training(bool training);
 
@@ -189,6 +193,17 @@ void stage<Parts...>::zero_gradients() {
   for_each_layer([](std::size_t, auto& layer) {
     if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
       parallax::detail::for_each_tensor(layer.gradients(), [](auto& g) { g.fill(0); });
+  });
+}
+
+template <class... Parts>
+void stage<Parts...>::parameter_spans(std::vector<std::span<value_type>>& parameters,
+                                      std::vector<std::span<value_type>>& gradients) {
+  for_each_layer([&](std::size_t, auto& layer) {
+    if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
+      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { parameters.emplace_back(t.data(), t.size()); });
+      parallax::detail::for_each_tensor(layer.gradients(), [&](auto& t) { gradients.emplace_back(t.data(), t.size()); });
+    }
   });
 }
 
