@@ -47,6 +47,11 @@ std::vector<double> values(const E& t) {
   return std::vector<double>(t.begin(), t.end());
 }
 
+template <class E>
+void append(std::vector<double>& out, const E& t) {
+  out.insert(out.end(), t.begin(), t.end());
+}
+
 /// What the test compares: from Sequential (expected) or from the stages.
 struct outcome {
   double loss = 0;
@@ -61,7 +66,7 @@ outcome from_sequential(Net& net, const Batch& batch) {
   outcome e;
   e.loss = net.loss_and_gradient(batch);
   auto grads = net.gradients();
-  parallax::detail::for_each_tensor(grads, [&](const auto& g) { e.gradients.insert(e.gradients.end(), g.begin(), g.end()); });
+  parallax::detail::for_each_tensor(grads, [&](const auto& g) { append(e.gradients, g); });
   e.output = values(net.predict(batch.inputs));
   return e;
 }
@@ -70,7 +75,7 @@ template <class Stage>
 void append_gradients(Stage& s, std::vector<double>& out) {
   s.for_each_layer([&](std::size_t, auto& layer) {
     if constexpr (parallax::HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
-      parallax::detail::for_each_tensor(layer.gradients(), [&](const auto& g) { out.insert(out.end(), g.begin(), g.end()); });
+      parallax::detail::for_each_tensor(layer.gradients(), [&](const auto& g) { append(out, g); });
   });
 }
 

@@ -215,8 +215,8 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.micro_batches >= 1, "ModelParallel: micro_batches must be at least 1");
     PARALLAX_CHECK(options_.clip_norm >= 0, "ModelParallel: clip_norm must not be negative");
-    boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries, static_cast<std::size_t>(stages_),
-                                                       options_.stage_speeds);
+    boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries,
+                                                       static_cast<std::size_t>(stages_), options_.stage_speeds);
   });
   // Every rank must use the same cut.
   const std::vector<std::uint64_t> cut(boundaries_.begin(), boundaries_.end());

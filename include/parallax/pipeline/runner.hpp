@@ -169,8 +169,8 @@ void runner<Stage, Batch>::forward(std::size_t mb) {
     constexpr std::size_t end = Stage::layer_count;
     const auto& y = std::get<end - 1>(s.act.out);
     auto& dy = std::get<end - 1>(s.act.dy);
-    attempt("loss",
-            [&] { head_.micro_batch(*layers_->loss(), *batch_, rows.begin, rows.size(), y, s.target, training_ ? &dy : nullptr); },
+    auto* gradient = training_ ? &dy : nullptr;
+    attempt("loss", [&] { head_.micro_batch(*layers_->loss(), *batch_, rows.begin, rows.size(), y, s.target, gradient); },
             [&] { detail::zero_fill(dy, y.shape()); });
   }
   if (training_) slots_.hold(layers_->saved_bytes(s.act));

@@ -201,8 +201,9 @@ void stage<Parts...>::parameter_spans(std::vector<std::span<value_type>>& parame
                                       std::vector<std::span<value_type>>& gradients) {
   for_each_layer([&](std::size_t, auto& layer) {
     if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
-      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { parameters.emplace_back(t.data(), t.size()); });
-      parallax::detail::for_each_tensor(layer.gradients(), [&](auto& t) { gradients.emplace_back(t.data(), t.size()); });
+      using parallax::detail::for_each_tensor;
+      for_each_tensor(layer.parameters(), [&](auto& t) { parameters.emplace_back(t.data(), t.size()); });
+      for_each_tensor(layer.gradients(), [&](auto& t) { gradients.emplace_back(t.data(), t.size()); });
     }
   });
 }
@@ -256,8 +257,10 @@ void stage<Parts...>::backward(activations& a, bool recompute) {
       return std::get<I()>(a.dy);
     }();
     auto& dx = I() == begin_ ? std::get<I()>(a.dx) : std::get<I()>(dx_scratch_);
-    if constexpr (I() == 0 && HasParameterBackward<part_t<0>>) layer.backward_parameters(input_of<0>(a, recompute), y, dy);
-    else layer.backward(input_of<I()>(a, recompute), y, dy, dx);
+    if constexpr (I() == 0 && HasParameterBackward<part_t<0>>)
+      layer.backward_parameters(input_of<0>(a, recompute), y, dy);
+    else
+      layer.backward(input_of<I()>(a, recompute), y, dy, dx);
   });
 }
 
