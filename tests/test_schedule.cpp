@@ -34,6 +34,15 @@ TEST_CASE("schedule: GPipe on 3 stages and 2 micro-batches, written out") {
   CHECK(text(s[2]) == "RA0 F0 RA1 F1 B1 SG1 B0 SG0");
 }
 
+TEST_CASE("schedule: forward only on 3 stages and 2 micro-batches, written out") {
+  const auto s = forward_only(3, 2);
+  REQUIRE(s.size() == 3);
+  CHECK(text(s[0]) == "F0 SA0 F1 SA1");
+  CHECK(text(s[1]) == "RA0 F0 SA0 RA1 F1 SA1");
+  CHECK(text(s[2]) == "RA0 F0 RA1 F1");
+  CHECK(text(forward_only(1, 2)[0]) == "F0 F1");
+}
+
 TEST_CASE("schedule: one stage is plain gradient accumulation") {
   for (auto kind : {schedule_kind::gpipe, schedule_kind::one_f_one_b}) {
     const auto s = make_schedule(kind, 1, 3);
@@ -97,4 +106,5 @@ TEST_CASE("schedule: the simulator finds deadlocks, missing receives and bad ord
 TEST_CASE("schedule: no stages or no micro-batches is an error") {
   CHECK_THROWS_AS(gpipe(0, 4), parallax::error);
   CHECK_THROWS_AS(one_f_one_b(2, 0), parallax::error);
+  CHECK_THROWS_AS(forward_only(2, 0), parallax::error);
 }

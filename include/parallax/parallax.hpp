@@ -28,8 +28,17 @@
 #include <parallax/nn/maxpool2d.hpp>
 #include <parallax/nn/sequential.hpp>
 
+#include <parallax/pipeline/executor.hpp>
+#include <parallax/pipeline/links.hpp>
+#include <parallax/pipeline/loss_head.hpp>
+#include <parallax/pipeline/options.hpp>
 #include <parallax/pipeline/partition.hpp>
+#include <parallax/pipeline/profile.hpp>
+#include <parallax/pipeline/runner.hpp>
 #include <parallax/pipeline/schedule.hpp>
+#include <parallax/pipeline/shape_pass.hpp>
+#include <parallax/pipeline/slots.hpp>
+#include <parallax/pipeline/stage.hpp>
 
 #include <parallax/data_parallel.hpp>
 #include <parallax/ensemble.hpp>

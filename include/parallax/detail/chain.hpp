@@ -4,11 +4,13 @@
 /// Sequential and ModelParallel: every part but the last is a Layer, the
 /// last a Loss, and each output_type is the next part's input_type. Each
 /// check goes through a template that carries the part's index, so the
-/// compiler's instantiation context names the part at fault.
+/// compiler's instantiation context names the part at fault. Also how
+/// run-time messages name a layer of a chain.
 
 #include <parallax/core/concepts.hpp>
 
 #include <cstddef>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -178,6 +180,21 @@ constexpr bool chain_ok() {
       return pairs && std::is_same_v<typename last_layer::output_type, typename loss::input_type>;
     }
   }
+}
+
+/// "layer 2 Linear(8 -> 3)": a layer of a chain as every message names it,
+/// by its index and, when it has describe(), its description.
+template <class L>
+std::string layer_name(const L& layer, std::size_t index) {
+  // Appended piece by piece: GCC 12 warns falsely (-Wrestrict) on
+  // "literal" + std::string&& here.
+  std::string name = "layer ";
+  name += std::to_string(index);
+  if constexpr (requires { layer.describe(); }) {
+    name += ' ';
+    name += layer.describe();
+  }
+  return name;
 }
 
 }  // namespace parallax::detail

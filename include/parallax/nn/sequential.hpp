@@ -373,12 +373,7 @@ std::vector<std::size_t> Sequential<Parts...>::output_shape(std::vector<std::siz
   std::string from = "the input";
   auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
     const auto& layer = std::get<I>(parts_);
-    std::string name = "layer ";  // appended piece by piece: GCC 12 warns falsely on "literal" + string&&
-    name += std::to_string(I);
-    if constexpr (requires { layer.describe(); }) {
-      name += ' ';
-      name += layer.describe();
-    }
+    const std::string name = parallax::detail::layer_name(layer, I);
     if constexpr (requires { layer.output_shape(input_shape); }) {
       try {
         input_shape = layer.output_shape(input_shape);

@@ -1,8 +1,9 @@
 #pragma once
 // SPDX-License-Identifier: BSL-1.0
 /// Cutting a chain of layers into contiguous pipeline stages: checking given
-/// boundaries, and the partition that minimises the slowest stage for given
-/// per-layer costs (parameter counts or measured times) and per-stage speeds.
+/// boundaries, the partition that minimises the slowest stage for given
+/// per-layer costs (parameter counts or measured times) and per-stage
+/// speeds, and a chain's parameter counts as such costs.
 
 #include <parallax/core/error.hpp>
 
@@ -11,6 +12,8 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace parallax::pipeline {
@@ -31,6 +34,19 @@ boundaries balanced_boundaries(std::span<const double> costs, std::size_t stages
 
 /// max over stages of stage cost / speed, for reporting.
 double slowest_stage(std::span<const double> costs, const boundaries& b, std::span<const double> speeds = {});
+
+/// Each layer's static parameter_count(constructor arguments...), as costs,
+/// for Chain (a type with layer_count and part_t<I>, such as
+/// pipeline::stage) built from part_args; throws naming the first layer
+/// that has none, which cannot be balanced this way.
+template <class Chain, class... Args>
+std::vector<double> parameter_costs(const std::tuple<Args...>& part_args);
+
+/// The boundaries for `stages` stages of Chain: `given` when not empty
+/// (checked), else balanced by parameter_costs() and `speeds`.
+template <class Chain, class... Args>
+boundaries boundaries_for(const std::tuple<Args...>& part_args, const boundaries& given, std::size_t stages,
+                          std::span<const double> speeds);
 
 // ---------------------------------------------------------------------------
 
@@ -101,6 +117,35 @@ inline double slowest_stage(std::span<const double> costs, const boundaries& b, 
     worst = std::max(worst, c / speed[s]);
   }
   return worst;
+}
+
+template <class Chain, class... Args>
+std::vector<double> parameter_costs(const std::tuple<Args...>& part_args) {
+  auto count = []<std::size_t I>(const auto& args, std::integral_constant<std::size_t, I>) {
+    using L = typename Chain::template part_t<I>;
+    if constexpr (requires { std::apply([](const auto&... a) { return L::parameter_count(a...); }, args); }) {
+      return static_cast<double>(std::apply([](const auto&... a) { return L::parameter_count(a...); }, args));
+    } else {
+      ::parallax::detail::throw_error(
+          "ModelParallel: layer " + std::to_string(I) +
+          " has no static parameter_count(constructor arguments...), so the partition cannot be balanced "
+          "by parameter count: give pipeline_options::boundaries, or use profile_boundaries()");
+      return 0.0;
+    }
+  };
+  std::vector<double> costs(Chain::layer_count);
+  [&]<std::size_t... I>(std::index_sequence<I...>) {
+    ((costs[I] = count(std::get<I>(part_args), std::integral_constant<std::size_t, I>{})), ...);
+  }(std::make_index_sequence<Chain::layer_count>{});
+  return costs;
+}
+
+template <class Chain, class... Args>
+boundaries boundaries_for(const std::tuple<Args...>& part_args, const boundaries& given, std::size_t stages,
+                          std::span<const double> speeds) {
+  if (given.empty()) return balanced_boundaries(parameter_costs<Chain>(part_args), stages, speeds);
+  check_boundaries(given, Chain::layer_count, stages);
+  return given;
 }
 
 }  // namespace parallax::pipeline

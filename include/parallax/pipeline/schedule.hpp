@@ -2,10 +2,11 @@
 // SPDX-License-Identifier: BSL-1.0
 /// Pipeline schedules as data: for each stage, the ordered list of forward,
 /// backward, send and receive operations of one training step. GPipe (all
-/// forwards, then all backwards) and 1F1B (one forward, one backward in the
-/// steady state). One executor (model_parallel.hpp) runs any schedule; a
-/// simulator here checks a schedule without MPI: every send is received, no
-/// stage waits forever, and how many micro-batches a stage holds at once.
+/// forwards, then all backwards), 1F1B (one forward, one backward in the
+/// steady state) and forward-only runs. One executor (executor.hpp) runs
+/// any schedule; a simulator here checks a training schedule without MPI:
+/// every send is received, no stage waits forever, and how many
+/// micro-batches a stage holds at once.
 
 #include <parallax/core/error.hpp>
 
@@ -47,6 +48,10 @@ schedule gpipe(std::size_t stages, std::size_t micro_batches);
 schedule one_f_one_b(std::size_t stages, std::size_t micro_batches);
 
 schedule make_schedule(schedule_kind kind, std::size_t stages, std::size_t micro_batches);
+
+/// Forward only (predict, evaluate): each micro-batch straight through,
+/// receive, forward, send. No backwards, so not for simulate().
+schedule forward_only(std::size_t stages, std::size_t micro_batches);
 
 /// What the simulation of a schedule found.
 struct simulation {
@@ -112,6 +117,14 @@ inline schedule one_f_one_b(std::size_t stages, std::size_t micro_batches) {
 
 inline schedule make_schedule(schedule_kind kind, std::size_t stages, std::size_t micro_batches) {
   return kind == schedule_kind::gpipe ? gpipe(stages, micro_batches) : one_f_one_b(stages, micro_batches);
+}
+
+inline schedule forward_only(std::size_t stages, std::size_t micro_batches) {
+  detail::check_shape("pipeline::forward_only()", stages, micro_batches);
+  schedule s(stages);
+  for (std::size_t st = 0; st < stages; ++st)
+    for (std::size_t mb = 0; mb < micro_batches; ++mb) detail::add_forward(s[st], st, stages, mb);
+  return s;
 }
 
 inline simulation simulate(const schedule& s, std::size_t m) {

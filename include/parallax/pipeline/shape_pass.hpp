@@ -1,0 +1,137 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// The shape pass before a pipeline run: stage 0 checks the batch and sends
+/// its output shape to stage 1, which checks it against its layers, and so
+/// on, so that a layer that cannot take its input is named (with the layer
+/// that produced it) before any tensor moves. A failure travels on as a flag
+/// so that no stage waits; the verdict is agreed by the caller.
+
+#include <parallax/core/error.hpp>
+#include <parallax/detail/chain.hpp>
+#include <parallax/detail/xtensor.hpp>
+#include <parallax/pipeline/links.hpp>
+
+#include <boost/mpi/communicator.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace parallax::pipeline {
+
+/// What a stage tells the next one in the shape pass (small metadata:
+/// Boost.Serialization).
+struct shape_message {
+  std::vector<std::size_t> shape;  ///< full-batch shape of the next stage's input (when not failed)
+  std::string from;                ///< the layer that produced it, for messages: "layer 3 Tanh on stage 1"
+  bool failed = false;             ///< an earlier stage failed; it reports the failure itself
+
+  template <class Archive>
+  void serialize(Archive& archive, unsigned /*version*/) {
+    archive & shape & from & failed;
+  }
+};
+
+/// This stage's side of the shape pass.
+struct shape_result {
+  std::vector<std::size_t> in;   ///< full-batch shape of the stage input
+  std::vector<std::size_t> out;  ///< and of its output
+  std::string failure;           ///< this stage's failure (rank appended), or ""
+};
+
+/// Point-to-point along the pipeline (every stage calls it; stage s waits
+/// for stage s - 1). `layers` is this stage's; stage 0 reads the batch's
+/// inputs (with `training`, at least `micro_batches` rows), the last stage
+/// its targets (needed with `training`, else optional).
+template <class Stage, class Batch>
+shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, Stage& layers, const Batch& batch,
+                        bool training, std::size_t micro_batches);
+
+namespace detail {
+
+/// A layer's output shape for an input shape: output_shape() when the layer
+/// has it, else the shape of a forward pass on one zero sample.
+template <class L>
+std::vector<std::size_t> layer_output_shape(L& layer, const std::vector<std::size_t>& in) {
+  if constexpr (requires { layer.output_shape(in); }) {
+    auto s = layer.output_shape(in);
+    return std::vector<std::size_t>(s.begin(), s.end());
+  } else {
+    typename L::input_type x;
+    auto shape = x.shape();
+    PARALLAX_CHECK(in.size() == shape.size(), "layer expects rank " + std::to_string(shape.size()) +
+                                                  " input, got " + parallax::detail::shape_string(in));
+    std::copy(in.begin(), in.end(), shape.begin());
+    const std::size_t batch = shape.empty() ? 1 : shape[0];
+    if (!shape.empty()) shape[0] = 1;
+    x.resize(shape);
+    x.fill(0);
+    typename L::output_type y;
+    layer.forward(x, y);
+    std::vector<std::size_t> out(y.shape().begin(), y.shape().end());
+    if (!out.empty()) out[0] = batch;
+    return out;
+  }
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+
+template <class Stage, class Batch>
+shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, Stage& layers, const Batch& batch,
+                        bool training, std::size_t micro_batches) {
+  using parallax::detail::with_rank;
+  shape_result r;
+  bool upstream_failed = false;
+  std::string from;  // the layer that produced the input, for messages
+  if (stage == 0) {
+    const auto& x = batch.inputs;
+    r.in.assign(x.shape().begin(), x.shape().end());
+    if (x.dimension() == 0 || r.in[0] == 0) r.failure = with_rank("ModelParallel: the batch is empty");
+    else if (training && r.in[0] < micro_batches)
+      r.failure = with_rank("ModelParallel: a batch of " + std::to_string(r.in[0]) + " samples cannot be cut into " +
+                            std::to_string(micro_batches) + " micro-batches");
+  } else {
+    shape_message message;
+    pipe.recv(stage - 1, shape_tag, message);
+    r.in = std::move(message.shape);
+    from = std::move(message.from);
+    upstream_failed = message.failed;
+  }
+  r.out = r.in;
+  if (!upstream_failed && r.failure.empty()) {
+    layers.for_each_layer([&](std::size_t i, auto& layer) {
+      if (!r.failure.empty()) return;
+      try {
+        auto next = detail::layer_output_shape(layer, r.out);
+        from = parallax::detail::layer_name(layer, i) + " on stage " + std::to_string(stage);
+        r.out = std::move(next);
+      } catch (const std::exception& e) {
+        const std::string where =
+            i == layers.begin() && stage > 0 ? "stage " + std::to_string(stage) + " begins with " : "";
+        r.failure = with_rank("ModelParallel: " + where + parallax::detail::layer_name(layer, i) +
+                              ", which cannot take " +
+                              (from.empty() ? std::string("the batch's inputs") : "the output of " + from) +
+                              " of shape " + parallax::detail::shape_string(r.out) + ": " +
+                              parallax::detail::without_rank(e.what()));
+      }
+    });
+  }
+  const bool failed = upstream_failed || !r.failure.empty();
+  if (stage + 1 < stages) {
+    pipe.send(stage + 1, shape_tag, shape_message{failed ? std::vector<std::size_t>{} : r.out, from, failed});
+  } else if (!failed && (training || batch.targets.size() > 0)) {
+    const auto rows = batch.targets.dimension() == 0 ? 0 : batch.targets.shape()[0];
+    if (rows != r.out[0])
+      r.failure = with_rank("ModelParallel: the batch has " + std::to_string(r.out[0]) + " inputs but " +
+                            std::to_string(rows) + " targets");
+  }
+  return r;
+}
+
+}  // namespace parallax::pipeline
