@@ -347,12 +347,14 @@ run_result train_pipeline(const Parts& parts, const parallax::data::TensorDatase
   parallax::pipeline_options options{.micro_batches = cfg.micro_batches, .seed = cfg.seed};
   if (cfg.schedule == "cosine")
     options.lr_schedule = optim::cosine_lr(cfg.lr, static_cast<std::uint64_t>(cfg.epochs) * steps_per_epoch);
-  Pipeline pipeline(parts, *make_optimizer(cfg), options, world);
+  options.on_step = [&progress](const parallax::step_report& r) { progress.step(r); };
+  Pipeline pipeline(parts, *make_optimizer(cfg), std::move(options), world);
   std::size_t local = pipeline.stats().local_parameters;
   boost::mpi::all_reduce(world, local, result.parameters, std::plus<std::size_t>());
-  // The data strategy's plan, taken whole: one "rank" that holds every sample of a step.
-  parallax::data::DistributedSampler sampler(train.size(), cfg.batch_size, 1, 0, {.seed = cfg.seed});
+  // The data strategy's plan, taken whole: every stage reads each global batch.
+  auto sampler = pipeline.make_sampler(train.size(), cfg.batch_size, {.seed = cfg.seed});
   auto checkpoints = make_checkpointer(cfg, world);
+  if (checkpoints) pipeline.set_after_step([&](const parallax::step_report&) { checkpoints->maybe_save(pipeline, &sampler); });
   resume(cfg, checkpoints, pipeline, sampler, world);
   if (world.rank() == 0) {
     std::cout << "pipeline: " << world.size() << " stages, layers";
@@ -360,28 +362,11 @@ run_result train_pipeline(const Parts& parts, const parallax::data::TensorDatase
       std::cout << (s ? " | " : " ") << pipeline.boundaries()[s] << "-" << pipeline.boundaries()[s + 1] - 1;
     std::cout << ", " << cfg.micro_batches << " micro-batches, 1F1B" << std::endl;
   }
-  typename Pipeline::batch_type batch;
   for (auto epoch = sampler.epoch(); epoch < static_cast<std::uint64_t>(cfg.epochs); ++epoch) {
-    const auto epoch_start = clock_type::now();
-    double loss_sum = 0;
-    std::size_t samples = 0;
-    for (std::size_t s = sampler.position(); s < steps_per_epoch; ++s) {
-      const auto t0 = clock_type::now();
-      train.batch_into(sampler.global_indices(s), batch);
-      const double loss = pipeline.train_step(batch);
-      sampler.set_position(s + 1);
-      loss_sum += loss * static_cast<double>(batch.size());
-      samples += batch.size();
-      if (world.rank() == 0)
-        progress.step({epoch, s, steps_per_epoch, pipeline.optimizer().steps(), loss, batch.size(),
-                       std::chrono::duration<double>(clock_type::now() - t0).count(), false});
-      if (checkpoints) checkpoints->maybe_save(pipeline, &sampler);
-    }
-    sampler.next_epoch();
+    const auto report = pipeline.train_epoch(train, sampler);
     if (checkpoints) checkpoints->save(pipeline, &sampler);
-    const double seconds = std::chrono::duration<double>(clock_type::now() - epoch_start).count();
-    finish_epoch(result, cfg, epoch, samples ? loss_sum / static_cast<double>(samples) : 0.0, samples, seconds,
-                 pipeline.evaluate(test, 500), world, progress);
+    finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds, pipeline.evaluate(test, 500), world,
+                 progress);
   }
   result.run_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   return result;

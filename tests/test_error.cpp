@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 TEST_CASE("error: PARALLAX_CHECK passes silently when the condition holds") {
   CHECK_NOTHROW(PARALLAX_CHECK(1 + 1 == 2, "never"));
@@ -22,6 +23,30 @@ TEST_CASE("error: PARALLAX_CHECK throws parallax::error with the message") {
   } catch (const std::runtime_error& e) {  // catchable as its base
     CHECK(std::string(e.what()) == "h(): x");
   }
+}
+
+TEST_CASE("error: an error is a value: kind, ranks and cause, with the text for people") {
+  const parallax::error one(parallax::error_kind::damaged_file, "read(): bad checksum", {2});
+  CHECK(one.kind() == parallax::error_kind::damaged_file);
+  CHECK(one.ranks() == std::vector<int>{2});
+  CHECK(one.cause() == "read(): bad checksum");
+  CHECK(std::string(one.what()) == "read(): bad checksum [rank 2]");
+  const parallax::error many(parallax::error_kind::io, "open(): no such file", {0, 3});
+  CHECK(std::string(many.what()) == "open(): no such file [ranks 0, 3]");
+  const parallax::error plain("f(): bad");
+  CHECK(plain.kind() == parallax::error_kind::invalid_argument);
+  CHECK(plain.ranks().empty());
+  CHECK(std::string(plain.what()) == "f(): bad");
+  // Without MPI, a checked failure names no rank.
+  try {
+    PARALLAX_CHECK_KIND(false, parallax::error_kind::incompatible, "g(): other model");
+    FAIL("no throw");
+  } catch (const parallax::error& e) {
+    CHECK(e.kind() == parallax::error_kind::incompatible);
+    CHECK(e.ranks().empty());
+    CHECK(parallax::detail::cause_of(e) == "g(): other model");
+  }
+  CHECK(parallax::kind_name(parallax::error_kind::nonfinite) == "non-finite");
 }
 
 TEST_CASE("error: PARALLAX_CHECK evaluates its condition once") {

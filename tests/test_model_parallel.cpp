@@ -8,12 +8,15 @@
 #include "agreed.hpp"
 
 #include <parallax/model_parallel.hpp>
+#include <parallax/data/batch.hpp>
 #include <parallax/nn/activation.hpp>
+#include <parallax/nn/dropout.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
 #include <parallax/nn/sequential.hpp>
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/sgd.hpp>
+#include <parallax/training/trainer.hpp>
 
 #include <doctest/doctest.h>
 
@@ -22,7 +25,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -377,4 +383,150 @@ TEST_CASE("ModelParallel: predict and evaluate take fewer rows than micro-batche
   const auto result = mp.evaluate(ds, 3);  // batches of 3 and 2 rows, 8 micro-batches
   CHECK(result.samples == 5);
   CHECK(result.loss == doctest::Approx(net.loss(data)).epsilon(1e-12));
+}
+
+// --- the training core: train_epoch, the non-finite policy, evaluation's guard ---
+
+namespace {
+
+using Dataset = parallax::data::TensorDataset<xt::xtensor<double, 2>, xt::xtensor<std::int32_t, 1>>;
+
+Dataset make_dataset(std::size_t n, std::uint64_t seed) {
+  auto b = make_batch<double>(n, seed);
+  return Dataset(std::move(b.inputs), std::move(b.targets));
+}
+
+/// Every parameter element of this rank's layers, in order.
+template <class MP>
+std::vector<double> local_parameters(MP& mp) {
+  std::vector<double> out;
+  mp.for_each_local_layer([&](std::size_t, auto& layer) {
+    if constexpr (parallax::HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
+      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+  });
+  return out;
+}
+
+/// The identity, whose backward writes a NaN into the input gradient when asked.
+struct Poison {
+  using input_type = xt::xtensor<double, 2>;
+  using output_type = xt::xtensor<double, 2>;
+  bool poison = false;
+  void initialize(std::uint64_t, std::size_t) {}
+  void forward(const input_type& x, output_type& y) { y = x; }
+  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) {
+    dx = dy;
+    if (poison) dx(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  }
+  static std::size_t parameter_count() { return 0; }
+};
+
+/// A dataset whose batch() throws from the second batch on.
+struct BreakingDataset {
+  const Dataset* data;
+  std::size_t size() const { return data->size(); }
+  Dataset::batch_type batch(std::span<const std::size_t> indices) const {
+    if (indices.front() > 0) throw std::runtime_error("BreakingDataset: unreadable samples");
+    return data->batch(indices);
+  }
+};
+
+}  // namespace
+
+static_assert(parallax::training::Trainer<Chain<double>>);
+
+TEST_CASE("ModelParallel: train_epoch equals the hand-written pipeline loop it replaces, bitwise") {
+  communicator world;
+  const auto data = make_dataset(44, 5);  // 6 steps of 8 per epoch, the last one padded
+  parallax::optim::SGD<double> sgd({.lr = 0.3, .momentum = 0.9});
+  std::size_t calls = 0;
+  Chain<double> by_hand(chain_args<double>(), sgd, {.micro_batches = 4, .seed = 3}, world);
+  Chain<double> by_loop(chain_args<double>(), sgd,
+                        {.micro_batches = 4, .seed = 3, .on_step = [&](const parallax::step_report&) { ++calls; }},
+                        world);
+  // The loop the examples used to write: one shard that holds every sample of a step.
+  parallax::data::DistributedSampler plan(data.size(), 8, 1, 0, {.seed = 9});
+  std::vector<double> hand_losses;
+  Dataset::batch_type batch;
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    double sum = 0;
+    std::size_t samples = 0;
+    for (std::size_t s = plan.position(); s < plan.steps_per_epoch(); ++s) {
+      data.batch_into(plan.global_indices(s), batch);
+      sum += by_hand.train_step(batch) * 8;
+      samples += 8;
+      plan.set_position(s + 1);
+    }
+    plan.next_epoch();
+    hand_losses.push_back(sum / static_cast<double>(samples));
+  }
+  auto sampler = by_loop.make_sampler(data.size(), 8, {.seed = 9});
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    const auto report = by_loop.train_epoch(data, sampler);
+    CHECK(report.steps == 6);
+    CHECK(report.samples == 48);
+    CHECK(report.loss == hand_losses[static_cast<std::size_t>(epoch)]);
+  }
+  CHECK(sampler.epoch() == 2);
+  CHECK(by_loop.optimizer().steps() == 12);
+  CHECK(local_parameters(by_loop) == local_parameters(by_hand));
+  CHECK(calls == (world.rank() == 0 ? 12u : 0u));
+  // A sampler of another shape is one error on every rank.
+  parallax::data::DistributedSampler sharded(data.size(), 8, 2, 0);
+  CHECK(agreed_error(world, [&] { by_loop.train_epoch(data, sharded); })
+            .find("the sampler was made for rank 0 of 2") != std::string::npos);
+}
+
+TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank, or a skipped step") {
+  communicator world;
+  const int p = world.size();
+  using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Poison, Linear<double>,
+                                             SoftmaxCrossEntropy<double>>;
+  parallax::pipeline::boundaries cut = {0};
+  for (int s = 1; s < p; ++s) cut.push_back(static_cast<std::size_t>(s));
+  cut.push_back(5);
+  const auto args = std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3},
+                               std::tuple{}};
+  const auto batch = make_batch<double>(8, 1);
+  for (auto policy : {parallax::nonfinite_policy::error, parallax::nonfinite_policy::skip_step}) {
+    WithPoison net(args, parallax::optim::SGD<double>({.lr = 0.1}),
+                   {.micro_batches = 2, .boundaries = cut, .on_nonfinite = policy}, world);
+    if (auto* poison = net.layer<3>()) poison->poison = true;
+    const auto before = local_parameters(net);
+    if (policy == parallax::nonfinite_policy::error) {
+      const auto message = agreed_error(world, [&] { net.train_step(batch); });
+      CHECK(message.find("is not finite at optimizer step 0") != std::string::npos);
+      try {
+        net.train_step(batch);
+        FAIL("a second poisoned step did not throw");
+      } catch (const parallax::error& e) {
+        CHECK(e.kind() == parallax::error_kind::nonfinite);
+      }
+    } else {
+      CHECK(std::isfinite(net.train_step(batch)));
+      CHECK(net.skipped_steps() == 1);
+    }
+    CHECK(net.optimizer().steps() == 0);
+    CHECK(local_parameters(net) == before);  // untouched
+    if (auto* poison = net.layer<3>()) poison->poison = false;
+    net.train_step(batch);
+    CHECK(net.optimizer().steps() == 1);
+  }
+}
+
+TEST_CASE("ModelParallel: evaluate restores training mode after a batch that throws") {
+  communicator world;
+  using WithDropout = parallax::ModelParallel<Linear<double>, Dropout<double>, Linear<double>, SoftmaxCrossEntropy<double>>;
+  if (world.size() > 3) return;  // three layers: at most three stages
+  const parallax::pipeline::boundaries cut = world.size() == 1   ? parallax::pipeline::boundaries{0, 3}
+                                             : world.size() == 2 ? parallax::pipeline::boundaries{0, 2, 3}
+                                                                 : parallax::pipeline::boundaries{0, 1, 2, 3};
+  WithDropout net(std::tuple{std::tuple{5, 7}, std::tuple{0.5}, std::tuple{7, 3}, std::tuple{}},
+                  parallax::optim::SGD<double>(), {.micro_batches = 2, .boundaries = cut}, world);
+  const auto data = make_dataset(20, 2);
+  const BreakingDataset broken{&data};
+  CHECK_THROWS_WITH_AS(net.evaluate(broken, 8), "BreakingDataset: unreadable samples", std::runtime_error);
+  if (auto* dropout = net.layer<1>()) CHECK(dropout->training());
+  CHECK(net.evaluate(data, 8).samples == 20);
+  if (auto* dropout = net.layer<1>()) CHECK(dropout->training());
 }

@@ -9,7 +9,8 @@
 /// the partition, the stage's layers, the shape pass, the runner of one
 /// stage's operations and the executor that orders them. This class holds
 /// what every rank does together: the partition, the verdicts of a step,
-/// its reductions and the optimizer step.
+/// its reductions; the update, the epoch loop and evaluation are the
+/// training core's (training/).
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
@@ -30,6 +31,10 @@
 #include <parallax/pipeline/schedule.hpp>
 #include <parallax/pipeline/shape_pass.hpp>
 #include <parallax/pipeline/stage.hpp>
+#include <parallax/training/evaluate.hpp>
+#include <parallax/training/loop.hpp>
+#include <parallax/training/sampler.hpp>
+#include <parallax/training/update.hpp>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
@@ -41,6 +46,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -89,6 +95,40 @@ class ModelParallel {
   /// the mean loss over the batch, the same on every rank.
   double train_step(const batch_type& batch);
 
+  /// Collective. A sampler of global batches for train_epoch: every rank
+  /// reads each whole batch (stage 0 its inputs, the last stage its
+  /// targets), so the plan has one shard; checks that every rank asked for
+  /// the same plan.
+  data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
+                                        data::sampler_options options = {}) const {
+    return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), 1, 0,
+                                  "ModelParallel::make_sampler()");
+  }
+
+  /// Collective. The rest of the sampler's epoch through the pipeline, with
+  /// the hooks of the options (training::run_epoch, as DataParallel's).
+  template <class D>
+    requires Dataset<D, batch_type>
+  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
+    return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
+  }
+
+  /// For the training loop (training::Trainer): every rank loads the whole
+  /// global batch of a step.
+  std::span<const std::size_t> step_indices(const data::DistributedSampler& sampler, std::size_t step) const {
+    return sampler.global_indices(step);
+  }
+  void check_sampler(const data::DistributedSampler& sampler) const {
+    training::check_sampler(comm_, sampler, 1, 0, "ModelParallel::train_epoch()");
+  }
+  bool step_losses_are_global() const { return true; }
+  /// Nothing accumulates between steps.
+  void flush() {}
+  std::uint64_t skipped_steps() const { return updater_.skipped(); }
+  /// Sets the hook called after every step of train_epoch on every rank
+  /// (pipeline_options::after_step), e.g. once a Checkpointer exists.
+  void set_after_step(std::function<void(const step_report&)> hook) { options_.after_step = std::move(hook); }
+
   /// Collective. The chain's output for x (any number of rows; every rank
   /// passes the same x), on every rank.
   output_type predict(const input_type& x);
@@ -100,33 +140,22 @@ class ModelParallel {
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
     PARALLAX_CHECK(batch_size > 0, "ModelParallel::evaluate(): batch_size is 0");
     const std::size_t n = dataset.size();
-    layers_.set_training(false);
-    double loss = 0, correct = 0;
-    std::vector<std::size_t> indices;
-    batch_type batch{};
-    for (std::size_t at = 0; at < n;) {
-      const std::size_t take = std::min(batch_size, n - at);  // the last batch may be short
-      indices.clear();
-      for (std::size_t i = at; i < at + take; ++i) indices.push_back(i);
-      at += take;
-      if constexpr (requires { dataset.batch_into(std::span<const std::size_t>(indices), batch); })
-        dataset.batch_into(std::span<const std::size_t>(indices), batch);
-      else batch = dataset.batch(std::span<const std::size_t>(indices));
-      prepare(batch, false);
-      run(batch, forward_schedule(), false);
-      loss += runner_.head().loss_sum();
-      correct += runner_.head().correct_sum();
+    training::eval_sums sums{static_cast<double>(n), 0, 0};
+    {
+      training::eval_mode guard([&](bool training) { layers_.set_training(training); });
+      batch_type batch{};
+      training::for_each_batch(dataset, 0, n, batch_size, batch, [&](const batch_type& b, std::size_t) {
+        prepare(b, false);
+        run(b, forward_schedule(), false);
+        sums.loss += runner_.head().loss_sum();
+        sums.correct += runner_.head().correct_sum();
+      });
     }
-    layers_.set_training(true);
-    std::array<double, 3> mine = {loss, correct, failure_.empty() ? 0.0 : 1.0};
+    std::array<double, 3> mine = {sums.loss, sums.correct, failure_ ? 1.0 : 0.0};
     std::array<double, 3> total{};
     mpi::all_reduce(comm_, mine.data(), 3, total.data(), std::plus<double>());
     if (total[2] > 0) agree(comm_, failure_);
-    evaluation result;
-    result.samples = n;
-    result.loss = n ? total[0] / static_cast<double>(n) : 0.0;
-    if constexpr (HasCorrectCount<loss_type>) result.accuracy = n ? total[1] / static_cast<double>(n) : 0.0;
-    return result;
+    return training::make_evaluation({sums.samples, total[0], total[1]}, HasCorrectCount<loss_type>);
   }
 
   /// Collective. Boundaries that balance measured forward + backward time:
@@ -177,7 +206,7 @@ class ModelParallel {
     grads_const_.assign(grads_.begin(), grads_.end());
   }
   /// Keeps this rank's first failure of the step, for the step's agreement.
-  void note(const std::string& what);
+  void note(error what);
 
   pipeline_options options_;
   mpi::communicator comm_;
@@ -187,12 +216,13 @@ class ModelParallel {
   stage_type layers_;
   pipeline::runner<stage_type, batch_type> runner_;  // on a private duplicate of comm_
   std::unique_ptr<optim::Optimizer<T>> optimizer_;
+  training::updater<T> updater_;
   std::vector<std::span<T>> params_;
   std::vector<std::span<const T>> grads_const_;
   std::vector<std::span<T>> grads_;
   pipeline::schedule train_schedule_;
   pipeline_stats stats_;
-  std::string failure_;
+  std::optional<error> failure_;  // this rank's first failure of the step
 };
 
 // ===========================================================================
@@ -204,7 +234,10 @@ template <class... Args>
 ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
                                        const optim::Optimizer<value_type>& optimizer, pipeline_options options,
                                        mpi::communicator comm)
-    : options_(std::move(options)), comm_(std::move(comm)), optimizer_(optimizer.clone()) {
+    : options_(std::move(options)),
+      comm_(std::move(comm)),
+      optimizer_(optimizer.clone()),
+      updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}) {
   static_assert(sizeof...(Args) == sizeof...(Parts) || sizeof...(Args) == layer_count,
                 "parallax: ModelParallel needs one tuple of constructor arguments per layer (and optionally one "
                 "for the loss)");
@@ -214,7 +247,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   stage_ = comm_.rank();
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.micro_batches >= 1, "ModelParallel: micro_batches must be at least 1");
-    PARALLAX_CHECK(options_.clip_norm >= 0, "ModelParallel: clip_norm must not be negative");
+    training::check(updater_.options(), "ModelParallel");
     boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries,
                                                        static_cast<std::size_t>(stages_), options_.stage_speeds);
   });
@@ -233,13 +266,13 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
 }
 
 template <class... Parts>
-void ModelParallel<Parts...>::note(const std::string& what) {
-  if (failure_.empty()) failure_ = detail::with_rank(what);
+void ModelParallel<Parts...>::note(error what) {
+  if (!failure_) failure_ = std::move(what);
 }
 
 template <class... Parts>
 void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training) {
-  failure_.clear();
+  failure_.reset();
   const auto shapes = pipeline::shape_pass(runner_.communicator(), stage_, stages_, layers_, batch, training,
                                            options_.micro_batches);
   // One collective agrees the verdict and that every rank passed the same
@@ -247,11 +280,11 @@ void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training) {
   // different batches would train on mismatched pairs without a word.
   const std::uint64_t h = detail::content_hash(batch.targets.data(), batch.targets.size() * sizeof(target_value),
                                                 detail::content_hash(batch.inputs.data(), batch.inputs.size() * sizeof(T)));
-  std::array<std::uint64_t, 3> mine{h, ~h, shapes.failure.empty() ? 0u : 1u}, most{};
+  std::array<std::uint64_t, 3> mine{h, ~h, shapes.failure ? 1u : 0u}, most{};
   mpi::all_reduce(comm_, mine.data(), 3, most.data(), mpi::maximum<std::uint64_t>());
   if (most[2] != 0) agree(comm_, shapes.failure);
   if (most[0] != h || most[1] != ~h)
-    throw error("ModelParallel: the ranks passed different batches: every rank must pass the same batch (stage 0 "
+    throw error(error_kind::rank_mismatch, "ModelParallel: the ranks passed different batches: every rank must pass the same batch (stage 0 "
                 "reads its inputs, the last stage its targets)");
   // Forward-only runs (predict, evaluate) take batches of any size: fewer
   // rows than micro-batches simply means fewer micro-batches.
@@ -261,7 +294,7 @@ void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training) {
 template <class... Parts>
 void ModelParallel<Parts...>::run(const batch_type& batch, const pipeline::schedule& ops, bool training) {
   runner_.run(layers_, ops[static_cast<std::size_t>(stage_)], batch, training, options_.recompute,
-              [this](const std::string& what) { note(what); });
+              [this](error what) { note(std::move(what)); });
 }
 
 template <class... Parts>
@@ -274,18 +307,19 @@ double ModelParallel<Parts...>::train_step(const batch_type& batch) {
   stats_.peak_micro_batches = runner_.peak_micro_batches();
   stats_.peak_saved_bytes = runner_.peak_saved_bytes();
   // One collective: the loss (from the last stage), the squared gradient
-  // norm (summed over stages) and whether any stage failed.
-  std::array<double, 3> mine = {runner_.head().loss_sum(), 0.0, failure_.empty() ? 0.0 : 1.0};
-  if (options_.clip_norm > 0) mine[1] = optim::squared_norm<T>(grads_const_);
-  std::array<double, 3> total{};
-  mpi::all_reduce(comm_, mine.data(), 3, total.data(), std::plus<double>());
+  // norm and the stages with a non-finite gradient (summed over stages),
+  // and whether any stage failed.
+  const bool local_nonfinite = training::first_nonfinite(grads_const_) < grads_const_.size();
+  std::array<double, 4> mine = {runner_.head().loss_sum(), 0.0, failure_ ? 1.0 : 0.0, local_nonfinite ? 1.0 : 0.0};
+  if (updater_.needs_norm()) mine[1] = optim::squared_norm<T>(grads_const_);
+  std::array<double, 4> total{};
+  mpi::all_reduce(comm_, mine.data(), 4, total.data(), std::plus<double>());
   if (total[2] > 0) agree(comm_, failure_);
-  if (options_.clip_norm > 0) {
-    const double factor = optim::clip_factor(std::sqrt(total[1]), options_.clip_norm);
-    if (factor < 1) optim::scale<T>(grads_, static_cast<T>(factor));
-  }
-  if (options_.lr_schedule) optimizer_->set_learning_rate(options_.lr_schedule(optimizer_->steps()));
-  optimizer_->step(params_, grads_const_);
+  updater_.apply(*optimizer_, params_, grads_, grads_const_, total[3] > 0, total[1], [&] {
+    return "ModelParallel::train_step(): the gradient of " + std::to_string(static_cast<int>(total[3])) + " of " +
+           std::to_string(stages_) + " stages is not finite at optimizer step " +
+           std::to_string(optimizer_->steps()) + " (use nonfinite_policy::skip_step to skip such steps)";
+  });
   stats_.last_step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return total[0] / static_cast<double>(runner_.batch_rows());
 }
@@ -301,7 +335,7 @@ auto ModelParallel<Parts...>::predict(const input_type& x) -> output_type {
   }
   run(batch, forward_schedule(), false);
   runner_.head().collect_into(nullptr);
-  double failed = failure_.empty() ? 0.0 : 1.0, any = 0;
+  double failed = failure_ ? 1.0 : 0.0, any = 0;
   mpi::all_reduce(comm_, failed, any, std::plus<double>());
   if (any > 0) agree(comm_, failure_);
   // The last stage has the output; everyone gets it.

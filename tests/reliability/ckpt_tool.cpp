@@ -260,9 +260,6 @@ void announce_resume(const communicator& world, const std::string& from, std::ui
   if (world.rank() == 0) std::cout << "ckpt_tool: resuming from " << from << " at step " << step << std::endl;
 }
 
-/// Thrown by every rank at the same step to leave train_epoch at --steps.
-struct target_reached {};
-
 void write_doubles(const std::string& path, const std::vector<double>& values) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(values.size() * sizeof(double)));
@@ -333,10 +330,8 @@ int run_data_parallel(const config& cfg, const communicator& world) {
   options.lr_schedule = parallax::optim::cosine_lr(learning_rate, schedule_steps);
   parallax::data::DistributedSampler* sampler_ptr = nullptr;
   parallax::DataParallel<Net>* trainer_ptr = nullptr;
-  options.after_step = [&](const parallax::step_report&) {
-    hooks.after_step(*trainer_ptr, *sampler_ptr);
-    if (trainer_ptr->optimizer().steps() >= cfg.steps) throw target_reached{};
-  };
+  options.after_step = [&](const parallax::step_report&) { hooks.after_step(*trainer_ptr, *sampler_ptr); };
+  options.stop_when = [&](const parallax::step_report& r) { return r.optimizer_step >= cfg.steps; };
   parallax::DataParallel trainer(make_net(cfg.hidden), make_adam(), std::move(options), world);
   auto sampler = trainer.make_sampler(data.size(), global_batch, {.seed = shuffle_seed});
   trainer_ptr = &trainer;
@@ -354,10 +349,7 @@ int run_data_parallel(const config& cfg, const communicator& world) {
   }
   hooks.start();
   const std::uint64_t start = trainer.optimizer().steps();
-  try {
-    while (trainer.optimizer().steps() < cfg.steps) trainer.train_epoch(data, sampler);
-  } catch (const target_reached&) {
-  }
+  while (trainer.optimizer().steps() < cfg.steps) trainer.train_epoch(data, sampler);
   hooks.finish(trainer, sampler);
 
   // The replicas must be equal: the same bits on every rank.
@@ -378,17 +370,25 @@ int run_data_parallel(const config& cfg, const communicator& world) {
 
 int run_pipeline(const config& cfg, const communicator& world) {
   const auto data = make_data();
+  step_hooks hooks{cfg, world, nullptr};
+  parallax::data::DistributedSampler* sampler_ptr = nullptr;
+  Pipe* pipe_ptr = nullptr;
   Pipe pipe(pipe_args(cfg.hidden), make_adam(),
-            {.micro_batches = micro_batches, .seed = init_seed,
-             .lr_schedule = parallax::optim::cosine_lr(learning_rate, schedule_steps)},
+            {.micro_batches = micro_batches,
+             .seed = init_seed,
+             .lr_schedule = parallax::optim::cosine_lr(learning_rate, schedule_steps),
+             .after_step = [&](const parallax::step_report&) { hooks.after_step(*pipe_ptr, *sampler_ptr); },
+             .stop_when = [&](const parallax::step_report& r) { return r.optimizer_step >= cfg.steps; }},
             world);
-  // Every stage takes the whole global batch: a one-rank plan.
-  parallax::data::DistributedSampler sampler(data.size(), global_batch, 1, 0, {.seed = shuffle_seed});
+  // Every stage takes the whole global batch: a plan of one shard.
+  auto sampler = pipe.make_sampler(data.size(), global_batch, {.seed = shuffle_seed});
+  pipe_ptr = &pipe;
+  sampler_ptr = &sampler;
   if (!cfg.verify.empty()) return verify(pipe, sampler, cfg, world);
 
   std::optional<parallax::io::Checkpointer> checkpoints;
   if (!cfg.dir.empty()) checkpoints.emplace(cfg.dir, parallax::io::checkpoint_options{.keep = cfg.keep, .every_steps = cfg.every}, world);
-  step_hooks hooks{cfg, world, checkpoints ? &*checkpoints : nullptr};
+  hooks.checkpoints = checkpoints ? &*checkpoints : nullptr;
   std::string resumed = "none";
   if (cfg.resume) {
     if (const auto from = checkpoints->resume_latest(pipe, &sampler)) resumed = step_of(*from);
@@ -397,15 +397,7 @@ int run_pipeline(const config& cfg, const communicator& world) {
   }
   hooks.start();
   const std::uint64_t start = pipe.optimizer().steps();
-  Pipe::batch_type batch;
-  while (pipe.optimizer().steps() < cfg.steps) {
-    if (sampler.position() == sampler.steps_per_epoch()) sampler.next_epoch();
-    const std::size_t s = sampler.position();
-    data.batch_into(sampler.global_indices(s), batch);
-    pipe.train_step(batch);
-    sampler.set_position(s + 1);
-    hooks.after_step(pipe, sampler);
-  }
+  while (pipe.optimizer().steps() < cfg.steps) pipe.train_epoch(data, sampler);
   hooks.finish(pipe, sampler);
   const auto params = gather_pipe(pipe);
   const auto eval = pipe.evaluate(data);

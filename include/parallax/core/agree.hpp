@@ -37,10 +37,6 @@ namespace parallax {
 /// "cause [ranks 0, 2, 3]"). Costs one integer all-reduce when nothing failed.
 void agree(const mpi::communicator& comm, const std::optional<error>& failure);
 
-/// Transitional form for callers that still keep their verdict as text
-/// ("" = fine, else a message from detail::with_rank): invalid_argument.
-void agree(const mpi::communicator& comm, const std::string& failure);
-
 /// Collective: runs `f` on every rank; if it throws on any rank, every rank
 /// throws the same parallax::error. Returns f's result otherwise.
 /// @code
@@ -147,11 +143,6 @@ inline void agree(const mpi::communicator& comm, const std::optional<error>& fai
   }
   if (groups.size() > 4) text += "; and " + std::to_string(groups.size() - 4) + " other causes";
   throw error(static_cast<error_kind>(groups.front().kind), groups.front().cause, std::move(ranks), std::move(text));
-}
-
-inline void agree(const mpi::communicator& comm, const std::string& failure) {
-  if (failure.empty()) return agree(comm, std::optional<error>());
-  agree(comm, std::optional<error>(error(error_kind::invalid_argument, detail::without_rank(failure), detail::this_rank())));
 }
 
 template <class F>

@@ -110,19 +110,6 @@ inline std::string cause_of(const std::exception& e) {
 }
 [[noreturn]] inline void throw_error(std::string_view message) { throw_error(error_kind::invalid_argument, message); }
 
-/// "message [rank r]", or just the message when MPI is not running.
-inline std::string with_rank(std::string_view message) {
-  return std::string(message) + ranks_suffix(this_rank());
-}
-
-/// A message without the " [rank r]" that with_rank() appended.
-/// Deprecated: quote cause_of(e) instead; kept while callers move over.
-inline std::string without_rank(std::string_view message) {
-  const auto at = message.rfind(" [rank ");
-  if (at == std::string_view::npos || message.empty() || message.back() != ']') return std::string(message);
-  return std::string(message.substr(0, at));
-}
-
 }  // namespace detail
 
 // ---------------------------------------------------------------------------

@@ -380,7 +380,7 @@ std::vector<std::size_t> Sequential<Parts...>::output_shape(std::vector<std::siz
       } catch (const parallax::error& e) {
         parallax::detail::throw_error("Sequential: " + name + " cannot take " + from + ", of shape " +
                                       parallax::detail::shape_string(input_shape) + ": " +
-                                      parallax::detail::without_rank(e.what()));
+                                      parallax::detail::cause_of(e));
       }
     }
     from = "the output of ";

@@ -6,9 +6,12 @@
 #include <parallax/optim/schedule.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/schedule.hpp>
+#include <parallax/training/loop.hpp>
+#include <parallax/training/update.hpp>
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace parallax {
@@ -35,6 +38,14 @@ struct pipeline_options {
   double clip_norm = 0;
   /// Learning rate per step; empty: the optimizer's own.
   optim::lr_schedule lr_schedule{};
+  /// What a step does when some stage's gradient holds a NaN or an infinity.
+  nonfinite_policy on_nonfinite = nonfinite_policy::error;
+  /// train_epoch's hooks (training::hooks): after every step on rank 0
+  /// only, on every rank, and a vote to stop (any rank's true stops all at
+  /// the same step).
+  std::function<void(const step_report&)> on_step{};
+  std::function<void(const step_report&)> after_step{};
+  std::function<bool(const step_report&)> stop_when{};
 };
 
 /// What a stage held and did, for reports and tests.

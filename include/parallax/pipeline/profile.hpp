@@ -16,6 +16,7 @@
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <optional>
 #include <vector>
 
 namespace parallax::pipeline {
@@ -72,7 +73,7 @@ boundaries profile_boundaries(const std::tuple<Args...>& part_args, const typena
   if (comm.rank() == 0) {
     agree(comm, [&] { costs = measure_layer_costs<Chain>(part_args, sample, repeats); });
   } else {
-    agree(comm, std::string());
+    agree(comm, std::optional<error>());
   }
   broadcast(comm, std::span<double>(costs), 0);
   return agree(comm, [&] { return balanced_boundaries(costs, static_cast<std::size_t>(comm.size()), stage_speeds); });

@@ -35,7 +35,7 @@ class runner {
  public:
   using loss_type = typename Stage::loss_type;
   /// Receives each failure of a run (the caller keeps the first).
-  using note_type = std::function<void(const std::string&)>;
+  using note_type = std::function<void(error)>;
 
   runner() = default;
   /// `pipe`: a communicator for the pipeline's messages only.
@@ -86,7 +86,7 @@ class runner {
   template <class F, class G>
   void attempt(const char* what, F&& f, G&& on_failure);
   void note_if(const std::string& why) {
-    if (!why.empty()) (*note_)(why);
+    if (!why.empty()) (*note_)(error(error_kind::invalid_argument, why, parallax::detail::this_rank()));
   }
   bool last() const { return stage_ + 1 == stages_; }
 
@@ -146,8 +146,11 @@ void runner<Stage, Batch>::attempt(const char* what, F&& f, G&& on_failure) {
   try {
     f();
   } catch (const std::exception& e) {
-    (*note_)(std::string("ModelParallel: ") + what + " on stage " + std::to_string(stage_) + ": " +
-             parallax::detail::without_rank(e.what()));
+    const auto* known = dynamic_cast<const error*>(&e);
+    (*note_)(error(known ? known->kind() : error_kind::user_exception,
+                   std::string("ModelParallel: ") + what + " on stage " + std::to_string(stage_) + ": " +
+                       parallax::detail::cause_of(e),
+                   parallax::detail::this_rank()));
     on_failure();
   }
 }

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,7 +41,7 @@ struct shape_message {
 struct shape_result {
   std::vector<std::size_t> in;   ///< full-batch shape of the stage input
   std::vector<std::size_t> out;  ///< and of its output
-  std::string failure;           ///< this stage's failure (rank appended), or ""
+  std::optional<error> failure;  ///< this stage's failure
 };
 
 /// Point-to-point along the pipeline (every stage calls it; stage s waits
@@ -85,16 +86,18 @@ std::vector<std::size_t> layer_output_shape(L& layer, const std::vector<std::siz
 template <class Stage, class Batch>
 shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, Stage& layers, const Batch& batch,
                         bool training, std::size_t micro_batches) {
-  using parallax::detail::with_rank;
+  auto failure_of = [](std::string cause) {
+    return std::optional<error>(error(error_kind::invalid_argument, std::move(cause), parallax::detail::this_rank()));
+  };
   shape_result r;
   bool upstream_failed = false;
   std::string from;  // the layer that produced the input, for messages
   if (stage == 0) {
     const auto& x = batch.inputs;
     r.in.assign(x.shape().begin(), x.shape().end());
-    if (x.dimension() == 0 || r.in[0] == 0) r.failure = with_rank("ModelParallel: the batch is empty");
+    if (x.dimension() == 0 || r.in[0] == 0) r.failure = failure_of("ModelParallel: the batch is empty");
     else if (training && r.in[0] < micro_batches)
-      r.failure = with_rank("ModelParallel: a batch of " + std::to_string(r.in[0]) + " samples cannot be cut into " +
+      r.failure = failure_of("ModelParallel: a batch of " + std::to_string(r.in[0]) + " samples cannot be cut into " +
                             std::to_string(micro_batches) + " micro-batches");
   } else {
     shape_message message;
@@ -104,9 +107,9 @@ shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, St
     upstream_failed = message.failed;
   }
   r.out = r.in;
-  if (!upstream_failed && r.failure.empty()) {
+  if (!upstream_failed && !r.failure) {
     layers.for_each_layer([&](std::size_t i, auto& layer) {
-      if (!r.failure.empty()) return;
+      if (r.failure) return;
       try {
         auto next = detail::layer_output_shape(layer, r.out);
         from = parallax::detail::layer_name(layer, i) + " on stage " + std::to_string(stage);
@@ -114,21 +117,21 @@ shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, St
       } catch (const std::exception& e) {
         const std::string where =
             i == layers.begin() && stage > 0 ? "stage " + std::to_string(stage) + " begins with " : "";
-        r.failure = with_rank("ModelParallel: " + where + parallax::detail::layer_name(layer, i) +
+        r.failure = failure_of("ModelParallel: " + where + parallax::detail::layer_name(layer, i) +
                               ", which cannot take " +
                               (from.empty() ? std::string("the batch's inputs") : "the output of " + from) +
                               " of shape " + parallax::detail::shape_string(r.out) + ": " +
-                              parallax::detail::without_rank(e.what()));
+                              parallax::detail::cause_of(e));
       }
     });
   }
-  const bool failed = upstream_failed || !r.failure.empty();
+  const bool failed = upstream_failed || r.failure.has_value();
   if (stage + 1 < stages) {
     pipe.send(stage + 1, shape_tag, shape_message{failed ? std::vector<std::size_t>{} : r.out, from, failed});
   } else if (!failed && (training || batch.targets.size() > 0)) {
     const auto rows = batch.targets.dimension() == 0 ? 0 : batch.targets.shape()[0];
     if (rows != r.out[0])
-      r.failure = with_rank("ModelParallel: the batch has " + std::to_string(r.out[0]) + " inputs but " +
+      r.failure = failure_of("ModelParallel: the batch has " + std::to_string(r.out[0]) + " inputs but " +
                             std::to_string(rows) + " targets");
   }
   return r;

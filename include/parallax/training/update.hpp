@@ -72,7 +72,8 @@ class updater {
 };
 
 /// The index of the first tensor holding a NaN or an infinity, or the
-/// number of tensors when all are finite (for messages, off the hot path).
+/// number of tensors when all are finite. One vectorisable pass per tensor
+/// (x - x is NaN exactly for a NaN or infinite x), no early exit inside it.
 template <class T>
 std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors);
 
@@ -87,9 +88,14 @@ inline void check(const update_options& options, const std::string& trainer) {
 template <class T>
 std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors) {
   std::size_t i = 0;
-  for (; i < tensors.size(); ++i)
-    for (T x : tensors[i])
-      if (!std::isfinite(x)) return i;
+  for (; i < tensors.size(); ++i) {
+    unsigned bad = 0;
+    for (T x : tensors[i]) {
+      const T z = x - x;
+      bad |= z != z ? 1u : 0u;
+    }
+    if (bad) return i;
+  }
   return i;
 }
 
