@@ -23,6 +23,7 @@
 #include <parallax/training/evaluate.hpp>
 #include <parallax/training/local_sgd.hpp>
 #include <parallax/training/loop.hpp>
+#include <parallax/training/replicas.hpp>
 #include <parallax/training/sampler.hpp>
 #include <parallax/training/update.hpp>
 
@@ -190,7 +191,6 @@ class DataParallel {
     static step_meta unpack(const std::array<double, 4>& a) { return {a[0], a[1], a[2], a[3]}; }
   };
 
-  void check_replicas();
   void refresh_views();
   double synchronize_gradients();
   double local_step();
@@ -228,52 +228,6 @@ DataParallel(M, const O&, data_parallel_options = {}, mpi::communicator = mpi::c
 
 namespace parallax {
 
-namespace detail {
-
-/// Same element pattern on every rank: [tensor count, element code, then per
-/// tensor: rank, extents...].
-template <class T>
-std::vector<std::uint64_t> parameter_signature(const std::vector<tensor_span<T>>& tensors) {
-  std::vector<std::uint64_t> sig = {tensors.size(), type_code<T>()};
-  for (const auto& t : tensors) {
-    sig.push_back(t.shape.size());
-    for (auto e : t.shape) sig.push_back(e);
-  }
-  return sig;
-}
-
-/// Decodes a signature into per-tensor shapes (for messages).
-inline std::vector<std::vector<std::uint64_t>> signature_shapes(const std::vector<std::uint64_t>& sig) {
-  std::vector<std::vector<std::uint64_t>> shapes;
-  std::size_t at = 2;
-  for (std::uint64_t i = 0; i < sig[0] && at < sig.size(); ++i) {
-    const auto rank = sig[at++];
-    shapes.emplace_back(sig.begin() + static_cast<std::ptrdiff_t>(at),
-                        sig.begin() + static_cast<std::ptrdiff_t>(std::min<std::size_t>(at + rank, sig.size())));
-    at += rank;
-  }
-  return shapes;
-}
-
-/// The first difference between two ranks' signatures, in words.
-inline std::string signature_difference(const std::vector<std::uint64_t>& a, int rank_a,
-                                        const std::vector<std::uint64_t>& b, int rank_b) {
-  const auto ra = "rank " + std::to_string(rank_a);
-  const auto rb = "rank " + std::to_string(rank_b);
-  if (a[1] != b[1])
-    return "parameters are " + type_code_name(a[1]) + " on " + ra + " but " + type_code_name(b[1]) + " on " + rb;
-  const auto sa = signature_shapes(a);
-  const auto sb = signature_shapes(b);
-  for (std::size_t i = 0; i < std::min(sa.size(), sb.size()); ++i)
-    if (sa[i] != sb[i])
-      return "parameter " + std::to_string(i) + " has shape " + shape_string(sa[i]) + " on " + ra + " but " +
-             shape_string(sb[i]) + " on " + rb;
-  return ra + " has " + std::to_string(sa.size()) + " parameter tensors but " + rb + " has " +
-         std::to_string(sb.size());
-}
-
-}  // namespace detail
-
 template <class M>
 DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optimizer, data_parallel_options options,
                               mpi::communicator comm)
@@ -294,7 +248,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
     for (const auto& p : params_) sizes_.push_back(p.size());
     PARALLAX_CHECK(!params_.empty(), "DataParallel: the model has no parameters");
   });
-  check_replicas();
+  training::check_replicas(comm_, detail::tensor_spans<T>(model_.parameters()), "DataParallel");
   // Rank 0's parameters everywhere, in buckets.
   Bucketer<T> broadcast_buckets(options_.bucket_bytes);
   broadcast_buckets.plan(params_);
@@ -321,22 +275,6 @@ void DataParallel<M>::refresh_views() {
     PARALLAX_CHECK(sizes_.empty() || sizes_[i] == params_[i].size(),
                    "DataParallel: parameter " + std::to_string(i) + " changed size since construction");
   }
-}
-
-template <class M>
-void DataParallel<M>::check_replicas() {
-  const auto sig = detail::parameter_signature(detail::tensor_spans<T>(model_.parameters()));
-  const std::uint64_t h = detail::words_hash(sig);
-  std::array<std::uint64_t, 2> mine{h, ~h};
-  std::array<std::uint64_t, 2> most{};
-  mpi::all_reduce(comm_, mine.data(), 2, most.data(), mpi::maximum<std::uint64_t>());
-  if (most[0] == h && most[1] == ~h) return;  // max == min: all equal
-  std::vector<std::vector<std::uint64_t>> all;
-  mpi::all_gather(comm_, sig, all);
-  for (int r = 1; r < comm_.size(); ++r)
-    if (all[static_cast<std::size_t>(r)] != all[0])
-      throw error(error_kind::rank_mismatch, "DataParallel: models differ between ranks: " +
-                                                 detail::signature_difference(all[0], 0, all[static_cast<std::size_t>(r)], r));
 }
 
 template <class M>
