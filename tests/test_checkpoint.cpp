@@ -7,7 +7,10 @@
 #include "agreed.hpp"
 #include "toy_model.hpp"
 
+#include <parallax/data_parallel.hpp>
 #include <parallax/io/checkpoint.hpp>
+#include <parallax/io/checkpointable.hpp>
+#include <parallax/model_parallel.hpp>
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
@@ -68,6 +71,10 @@ std::vector<T> flat_parameters(auto&& list) {
 using Net = Sequential<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>, SoftmaxCrossEntropy<double>>;
 using Pipe = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
                                      SoftmaxCrossEntropy<double>>;
+static_assert(parallax::io::Checkpointable<parallax::DataParallel<Net>>);
+static_assert(parallax::io::Checkpointable<parallax::DataParallel<toy::TinyMLP<double>>>);
+static_assert(parallax::io::Checkpointable<Pipe>);
+
 const auto pipe_args = std::tuple{std::tuple{5, 6}, std::tuple{}, std::tuple{6, 6}, std::tuple{}, std::tuple{6, 3}, std::tuple{}};
 
 Net make_net(std::uint64_t seed) {

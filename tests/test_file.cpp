@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -110,5 +111,62 @@ TEST_CASE("file: damaged files are errors that name the file and the cause") {
   }
   SUBCASE("a newer format") {
     CHECK_THROWS_WITH_AS(parallax::io::read_checked(path, 0), doctest::Contains("format version 1 is unknown"), parallax::error);
+  }
+}
+
+namespace {
+/// The kind of the parallax::error f throws; fails the test when it throws none.
+template <class F>
+parallax::error_kind kind_of(F&& f) {
+  try {
+    f();
+  } catch (const parallax::error& e) {
+    return e.kind();
+  }
+  FAIL("no parallax::error thrown");
+  return parallax::error_kind::invalid_argument;
+}
+}  // namespace
+
+TEST_CASE("file: damage is damaged_file, a file system that refuses is io") {
+  using parallax::error_kind;
+  temp_folder dir;
+  const auto path = (dir.path / "d.bin").string();
+  parallax::io::write_atomically(path, 1, 0, [](std::ostream& out) { out << std::string(1000, 'y'); });
+  auto read = [&] { parallax::io::read_checked(path, 1); };
+  auto flip = [&](std::streamoff at, char value) {
+    std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(at);
+    f.put(value);
+  };
+  SUBCASE("missing file") { CHECK(kind_of([&] { parallax::io::read_checked(path + "x", 1); }) == error_kind::io); }
+  SUBCASE("a folder that does not exist") {
+    const auto nowhere = (dir.path / "no-such-folder" / "e.bin").string();
+    CHECK(kind_of([&] { parallax::io::write_atomically(nowhere, 1, 0, [](std::ostream&) {}); }) == error_kind::io);
+  }
+  SUBCASE("a payload writer that throws") {
+    CHECK(kind_of([&] {
+            parallax::io::write_atomically(path, 1, 0, [](std::ostream&) { throw std::runtime_error("full"); });
+          }) == error_kind::io);
+  }
+  SUBCASE("flipped payload byte") {
+    flip(500, 'z');
+    CHECK(kind_of(read) == error_kind::damaged_file);
+  }
+  SUBCASE("wrong magic") {
+    flip(1, 'Q');
+    CHECK(kind_of(read) == error_kind::damaged_file);
+  }
+  SUBCASE("unknown version") {
+    flip(8, '\x63');
+    CHECK(kind_of(read) == error_kind::damaged_file);
+  }
+  SUBCASE("truncated") {
+    fs::resize_file(path, 700);
+    CHECK(kind_of(read) == error_kind::damaged_file);
+  }
+  SUBCASE("shorter than a header") {
+    fs::resize_file(path, 3);
+    CHECK(kind_of(read) == error_kind::damaged_file);
   }
 }

@@ -177,6 +177,36 @@ class DataParallel {
   /// Where the time of the last completed optimizer step went.
   const step_timing& last_timing() const { return last_timing_; }
 
+  /// For io::Checkpointer (io/checkpointable.hpp).
+  static constexpr const char* checkpoint_kind = "DataParallel";
+  std::uint64_t checkpoint_layers() const {
+    if constexpr (requires { M::layer_count; }) return M::layer_count;
+    else return 1;
+  }
+  std::pair<std::uint64_t, std::uint64_t> checkpoint_local_layers() const { return {0, checkpoint_layers()}; }
+  bool writes_checkpoint() const { return comm_.rank() == 0; }  // one writer: the replicas are equal
+  bool checkpoint_replicated() const { return true; }
+  template <class F>
+  void for_each_keyed_tensor(F&& f) {
+    if constexpr (requires { M::layer_count; model_.template layer<0>(); }) {
+      // A chain (Sequential): keys by layer, so pipelines can read it.
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (
+            [&] {
+              auto& layer = model_.template layer<I>();
+              if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
+                std::uint64_t j = 0;
+                detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(std::uint64_t{I}, j++, t); });
+              }
+            }(),
+            ...);
+      }(std::make_index_sequence<M::layer_count>{});
+    } else {
+      std::uint64_t j = 0;
+      detail::for_each_tensor(model_.parameters(), [&](auto& t) { f(std::uint64_t{0}, j++, t); });
+    }
+  }
+
  private:
   using T = value_type;
   /// What is reduced before the gradients (in double, one all-reduce):

@@ -188,6 +188,22 @@ class ModelParallel {
   const mpi::communicator& communicator() const { return comm_; }
   const pipeline_options& options() const { return options_; }
 
+  /// For io::Checkpointer (io/checkpointable.hpp).
+  static constexpr const char* checkpoint_kind = "ModelParallel";
+  std::uint64_t checkpoint_layers() const { return layer_count; }
+  std::pair<std::uint64_t, std::uint64_t> checkpoint_local_layers() const { return {first_layer(), end_layer()}; }
+  bool writes_checkpoint() const { return true; }  // every stage writes what it owns
+  bool checkpoint_replicated() const { return false; }
+  template <class F>
+  void for_each_keyed_tensor(F&& f) {
+    for_each_local_layer([&](std::size_t index, auto& layer) {
+      if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
+        std::uint64_t j = 0;
+        detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(std::uint64_t{index}, j++, t); });
+      }
+    });
+  }
+
  private:
   using T = value_type;
   using stage_type = pipeline::stage<Parts...>;

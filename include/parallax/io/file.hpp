@@ -43,12 +43,15 @@ inline constexpr std::size_t file_header_bytes = 8 + 4 + 4 + 8 + 4;
 /// std::ostream that checksums it on the way to a temporary file; the header
 /// is completed, the file synced and renamed over `path`, the folder synced.
 /// A crash at any moment leaves either the old file or the new one, never a
-/// mix. Returns the header written.
+/// mix. Returns the header written. Failures (cannot create, write, sync or
+/// rename; an exception of write_payload) throw kind io.
 file_header write_atomically(const std::string& path, std::uint32_t version, std::uint32_t element,
                              const std::function<void(std::ostream&)>& write_payload);
 
 /// Reads and checks a file written by write_atomically: magic, version (at
 /// most `newest_version`), size and CRC. Returns the header and the payload.
+/// A file that cannot be opened or read throws kind io; a truncated, corrupt
+/// or foreign file, or one of a newer format, kind damaged_file.
 std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header = nullptr);
 
 /// Syncs a folder so that renames inside it are durable.
@@ -165,7 +168,8 @@ inline file_header write_atomically(const std::string& path, std::uint32_t versi
   temp_name += std::to_string(::getpid());
   const fs::path temp = dir / temp_name;
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  PARALLAX_CHECK(fd >= 0, "checkpoint: cannot create '" + temp.string() + "': " + detail::errno_text());
+  PARALLAX_CHECK_KIND(fd >= 0, error_kind::io,
+                      "checkpoint: cannot create '" + temp.string() + "': " + detail::errno_text());
   file_header header{version, element, 0, 0};
   bool ok = true;
   std::string cause;
@@ -196,13 +200,14 @@ inline file_header write_atomically(const std::string& path, std::uint32_t versi
   if (!ok) {
     std::error_code ignored;
     fs::remove(temp, ignored);
-    parallax::detail::throw_error("checkpoint: writing '" + path + "' failed: " + cause);
+    parallax::detail::throw_error(error_kind::io, "checkpoint: writing '" + path + "' failed: " + cause);
   }
   std::error_code ec;
   fs::rename(temp, target, ec);
   if (ec) {
     fs::remove(temp, ec);
-    parallax::detail::throw_error("checkpoint: cannot rename '" + temp.string() + "' to '" + path + "': " + ec.message());
+    parallax::detail::throw_error(error_kind::io,
+                                  "checkpoint: cannot rename '" + temp.string() + "' to '" + path + "': " + ec.message());
   }
   sync_directory(dir.string());
   return header;
@@ -211,7 +216,7 @@ inline file_header write_atomically(const std::string& path, std::uint32_t versi
 inline std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header) {
   const std::string where = "checkpoint file '" + path + "'";
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  PARALLAX_CHECK(fd >= 0, where + ": cannot open: " + detail::errno_text());
+  PARALLAX_CHECK_KIND(fd >= 0, error_kind::io, where + ": cannot open: " + detail::errno_text());
   struct closer {
     int fd;
     ~closer() { ::close(fd); }
@@ -227,26 +232,28 @@ inline std::vector<char> read_checked(const std::string& path, std::uint32_t new
     return got;
   };
   struct stat st {};
-  PARALLAX_CHECK(::fstat(fd, &st) == 0, where + ": cannot stat: " + detail::errno_text());
+  PARALLAX_CHECK_KIND(::fstat(fd, &st) == 0, error_kind::io, where + ": cannot stat: " + detail::errno_text());
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  PARALLAX_CHECK(size >= file_header_bytes, where + ": truncated (" + std::to_string(size) +
-                                                " bytes, shorter than the header)");
+  PARALLAX_CHECK_KIND(size >= file_header_bytes, error_kind::damaged_file,
+                      where + ": truncated (" + std::to_string(size) + " bytes, shorter than the header)");
   std::array<std::uint8_t, file_header_bytes> raw{};
-  PARALLAX_CHECK(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), where + ": cannot read the header");
-  PARALLAX_CHECK(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0,
-                 where + ": not a parallax checkpoint (wrong magic number)");
+  PARALLAX_CHECK_KIND(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), error_kind::io,
+                      where + ": cannot read the header");
+  PARALLAX_CHECK_KIND(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0, error_kind::damaged_file,
+                      where + ": not a parallax checkpoint (wrong magic number)");
   const file_header h = detail::decode(raw);
-  PARALLAX_CHECK(h.version >= 1 && h.version <= newest_version,
-                 where + ": format version " + std::to_string(h.version) + " is unknown (this parallax reads up to " +
-                     std::to_string(newest_version) + ")");
+  PARALLAX_CHECK_KIND(h.version >= 1 && h.version <= newest_version, error_kind::damaged_file,
+                      where + ": format version " + std::to_string(h.version) +
+                          " is unknown (this parallax reads up to " + std::to_string(newest_version) + ")");
   // The size is checked against the file before anything is allocated.
-  PARALLAX_CHECK(size - file_header_bytes == h.payload_bytes,
-                 where + ": truncated or padded: the header announces " + std::to_string(h.payload_bytes) +
-                     " payload bytes, the file has " + std::to_string(size - file_header_bytes));
+  PARALLAX_CHECK_KIND(size - file_header_bytes == h.payload_bytes, error_kind::damaged_file,
+                      where + ": truncated or padded: the header announces " + std::to_string(h.payload_bytes) +
+                          " payload bytes, the file has " + std::to_string(size - file_header_bytes));
   std::vector<char> payload(h.payload_bytes);
-  PARALLAX_CHECK(read_all(payload.data(), payload.size()) == payload.size(), where + ": short read");
-  PARALLAX_CHECK(parallax::detail::crc32(detail::byte_span(payload.data(), payload.size())) == h.crc32,
-                 where + ": corrupted: CRC-32 mismatch");
+  PARALLAX_CHECK_KIND(read_all(payload.data(), payload.size()) == payload.size(), error_kind::io,
+                      where + ": short read");
+  PARALLAX_CHECK_KIND(parallax::detail::crc32(detail::byte_span(payload.data(), payload.size())) == h.crc32,
+                      error_kind::damaged_file, where + ": corrupted: CRC-32 mismatch");
   if (header) *header = h;
   return payload;
 }

@@ -1,0 +1,162 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Checkpointer::load() (io/checkpoint.hpp) in three steps: read (the
+/// manifest and the parts that hold this rank's layers; damage is
+/// damaged_file, a missing file io), match (against the trainer and the
+/// sampler; any difference is incompatible) and apply (only once every rank
+/// read and matched). Written against io::Checkpointable.
+
+#include <parallax/core/error.hpp>
+#include <parallax/data/sampler.hpp>
+#include <parallax/detail/element_type.hpp>
+#include <parallax/detail/xtensor.hpp>
+#include <parallax/io/checkpoint_format.hpp>
+#include <parallax/io/file.hpp>
+#include <parallax/optim/optimizer.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace parallax::io::detail {
+
+/// What read_checkpoint() found: the manifest and, from the parts that hold
+/// this rank's layers, their common fields and the tensors of those layers.
+template <class T>
+struct checkpoint_contents {
+  manifest m;
+  part_payload<T> meta;  ///< the first part read, without its tensors
+  std::map<std::pair<std::uint64_t, std::uint64_t>, tensor_record<T>> records;  ///< by (layer, index)
+};
+
+/// Read: the manifest of the checkpoint in `path`, and the parts that hold
+/// layers of [begin, end). Checks what the files say about themselves: every
+/// layer is in exactly one part, each part belongs to this manifest.
+template <class T>
+checkpoint_contents<T> read_checkpoint(const std::string& path, std::pair<std::uint64_t, std::uint64_t> layers) {
+  namespace fs = std::filesystem;
+  const auto [begin, end] = layers;
+  checkpoint_contents<T> c;
+  const std::string manifest_file = (fs::path(path) / "MANIFEST").string();
+  PARALLAX_CHECK_KIND(fs::exists(manifest_file), error_kind::io,
+                      "checkpoint '" + path + "' is incomplete: it has no MANIFEST");
+  const auto bytes = read_checked(manifest_file, checkpoint_format_version);
+  c.m = manifest::parse(std::string(bytes.begin(), bytes.end()), "checkpoint manifest '" + manifest_file + "'");
+  auto parts = c.m.parts;
+  std::sort(parts.begin(), parts.end(), [](const auto& a, const auto& b) { return a.layer_begin < b.layer_begin; });
+  std::uint64_t covered = 0;
+  auto check_covered = [&](bool ok, std::uint64_t to) {
+    PARALLAX_CHECK_KIND(ok, error_kind::damaged_file,
+                        "checkpoint '" + path + "' is incomplete: no part holds layers " + std::to_string(covered) +
+                            " to " + std::to_string(to));
+  };
+  for (const auto& p : parts) {
+    check_covered(p.layer_begin == covered, p.layer_begin);
+    covered = p.layer_end;
+  }
+  check_covered(covered == c.m.layers && !parts.empty(), c.m.layers);
+  if (c.m.element != type_code<T>()) return c;  // the parts cannot be read as T: match says why
+  bool first = true;
+  for (const auto& p : parts) {
+    if (p.layer_end <= begin || p.layer_begin >= end) continue;  // not ours
+    const std::string file = (fs::path(path) / p.file).string();
+    PARALLAX_CHECK_KIND(fs::exists(file), error_kind::io,
+                        "checkpoint '" + path + "' is incomplete: part '" + p.file + "' is missing");
+    auto payload = read_part<T>(file);
+    PARALLAX_CHECK_KIND(payload.layer_begin == p.layer_begin && payload.layer_end == p.layer_end &&
+                            payload.where.step == c.m.step,
+                        error_kind::damaged_file,
+                        "checkpoint file '" + file + "' does not belong to this checkpoint's manifest");
+    if (first) {
+      c.meta = payload;
+      c.meta.tensors.clear();
+      first = false;
+    } else {
+      PARALLAX_CHECK_KIND(
+          payload.optimizer_kind == c.meta.optimizer_kind && payload.optimizer_steps == c.meta.optimizer_steps,
+          error_kind::damaged_file, "checkpoint file '" + file + "' disagrees with the other parts on the optimizer");
+    }
+    for (auto& r : payload.tensors)
+      if (r.layer >= begin && r.layer < end) c.records[{r.layer, r.index}] = std::move(r);
+  }
+  return c;
+}
+
+/// Match: the contents against the trainer and the sampler — the same
+/// element type, layers, tensors and shapes, optimizer and sampler plan; any
+/// difference is incompatible. Returns the optimizer's state in the trainer's
+/// tensor order, tried on a copy of its optimizer.
+template <class Trainer, class T = typename Trainer::value_type>
+optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::DistributedSampler* sampler,
+                                           checkpoint_contents<T>& c, const std::string& path) {
+  using parallax::detail::shape_string;
+  auto check = [](bool ok, const std::string& message) {
+    PARALLAX_CHECK_KIND(ok, error_kind::incompatible, message);
+  };
+  const std::string where = "checkpoint '" + path + "'";
+  check(c.m.element == type_code<T>(),
+        where + " holds " + type_code_name(c.m.element) + " tensors, the model has " + type_code_name(type_code<T>()));
+  check(c.m.layers == trainer.checkpoint_layers(), where + " was written for a model of " + std::to_string(c.m.layers) +
+                                                       " layers, this one has " +
+                                                       std::to_string(trainer.checkpoint_layers()));
+  // Every tensor of ours is there with our shape: the same model.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
+  trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    const auto it = c.records.find({layer, j});
+    check(it != c.records.end(), where + " was written for another model: it has no tensor " + std::to_string(j) +
+                                     " of layer " + std::to_string(layer));
+    const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
+    check(it->second.shape == shape && it->second.values.size() == t.size(),
+          where + " was written for another model: tensor " + std::to_string(j) + " of layer " + std::to_string(layer) +
+              " has shape " + shape_string(it->second.shape) + " there, " + shape_string(shape) + " in this model");
+    wanted.push_back({layer, j});
+  });
+  check(wanted.size() == c.records.size(), where + " was written for another model: it has " +
+                                               std::to_string(c.records.size()) + " tensors for these layers, the model " +
+                                               std::to_string(wanted.size()));
+  const auto& meta = c.meta;
+  optim::optimizer_state<T> state;
+  state.kind = meta.optimizer_kind;
+  state.steps = meta.optimizer_steps;
+  state.learning_rate = meta.learning_rate;
+  state.slot_names = meta.slot_names;
+  state.slots.assign(meta.slot_names.size(), {});
+  if (meta.optimizer_steps > 0)
+    for (std::size_t k = 0; k < meta.slot_names.size(); ++k)
+      for (const auto& key : wanted) state.slots[k].push_back(c.records[key].slots.at(k));
+  const auto current = trainer.optimizer().state();
+  check(current.kind == state.kind, where + " holds " + state.kind + " optimizer state, the trainer uses " + current.kind);
+  if (sampler && meta.where.has_sampler) {
+    check(sampler->options().seed == meta.where.sampler_seed && sampler->dataset_size() == meta.where.dataset_size &&
+              sampler->global_batch() == meta.where.global_batch,
+          where + " belongs to another sampler plan (seed " + std::to_string(meta.where.sampler_seed) + ", " +
+              std::to_string(meta.where.dataset_size) + " samples, global batch " +
+              std::to_string(meta.where.global_batch) + ")");
+  }
+  // A trial run of load_state on a copy, so a bad state fails here (with
+  // load_state's own kind, as before).
+  auto trial = trainer.optimizer().clone();
+  trial->load_state(state);
+  return state;
+}
+
+/// Apply: the matched contents into the trainer and the sampler.
+template <class Trainer, class T = typename Trainer::value_type>
+void apply_checkpoint(Trainer& trainer, data::DistributedSampler* sampler, checkpoint_contents<T>& c,
+                      const optim::optimizer_state<T>& state) {
+  trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    const auto& values = c.records[{layer, j}].values;
+    std::copy(values.begin(), values.end(), t.data());
+  });
+  trainer.optimizer().load_state(state);
+  if (sampler && c.meta.where.has_sampler) {
+    sampler->set_epoch(c.meta.where.epoch);
+    sampler->set_position(static_cast<std::size_t>(c.meta.where.position));
+  }
+}
+
+}  // namespace parallax::io::detail
