@@ -106,6 +106,37 @@ static_assert(parallax::io::Checkpointable<parallax::DataParallel<Net>>);
 static_assert(parallax::io::Checkpointable<parallax::DataParallel<toy::TinyMLP<double>>>);
 static_assert(parallax::io::Checkpointable<Pipe>);
 
+// The concept, piece by piece: a type with every piece is Checkpointable,
+// a type without one piece is not (and the piece names what is missing).
+struct kind_piece {
+  static constexpr const char* checkpoint_kind = "Partial";
+};
+struct layers_piece {
+  std::uint64_t checkpoint_layers() const;
+  std::pair<std::uint64_t, std::uint64_t> checkpoint_local_layers() const;
+  bool writes_checkpoint() const;
+  bool checkpoint_replicated() const;
+};
+struct tensors_piece {
+  template <class F>
+  void for_each_keyed_tensor(F&& f);
+};
+struct state_piece {
+  using value_type = double;
+  parallax::optim::Optimizer<double>& optimizer();
+  const boost::mpi::communicator& communicator() const;
+};
+struct all_pieces : kind_piece, layers_piece, tensors_piece, state_piece {};
+struct no_kind : layers_piece, tensors_piece, state_piece {};
+struct no_layers : kind_piece, tensors_piece, state_piece {};
+struct no_tensors : kind_piece, layers_piece, state_piece {};
+struct no_state : kind_piece, layers_piece, tensors_piece {};
+static_assert(parallax::io::Checkpointable<all_pieces>);
+static_assert(!parallax::io::Checkpointable<no_kind> && !parallax::io::HasCheckpointKind<no_kind>);
+static_assert(!parallax::io::Checkpointable<no_layers> && !parallax::io::HasCheckpointLayers<no_layers>);
+static_assert(!parallax::io::Checkpointable<no_tensors> && !parallax::io::HasKeyedTensors<no_tensors>);
+static_assert(!parallax::io::Checkpointable<no_state> && !parallax::io::HasCheckpointState<no_state>);
+
 const auto pipe_args = std::tuple{std::tuple{5, 6}, std::tuple{}, std::tuple{6, 6}, std::tuple{}, std::tuple{6, 3}, std::tuple{}};
 
 Net make_net(std::uint64_t seed) {
