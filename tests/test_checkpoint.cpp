@@ -59,6 +59,37 @@ struct scratch_dir {
 };
 
 
+/// What f threw, checked to be the same on every rank: the message, the
+/// kind, and whether it was an io::checkpoint_mismatch.
+struct failure {
+  std::string message;
+  parallax::error_kind kind = parallax::error_kind::invalid_argument;
+  bool mismatch = false;
+};
+template <class F>
+failure agreed_failure(const communicator& world, F&& f) {
+  failure r;
+  int thrown = 0;
+  try {
+    f();
+  } catch (const parallax::io::checkpoint_mismatch& e) {
+    r = {e.what(), e.kind(), true};
+    thrown = 1;
+  } catch (const parallax::error& e) {
+    r = {e.what(), e.kind(), false};
+    thrown = 1;
+  }
+  CHECK(thrown == 1);
+  const std::vector<int> mine = {thrown, static_cast<int>(r.kind), r.mismatch ? 1 : 0};
+  std::vector<std::vector<int>> all;
+  parallax::mpi::all_gather(world, mine, all);
+  for (const auto& other : all) CHECK(other == mine);
+  CHECK(agreed_error(world, [&] {
+          if (thrown) throw parallax::error(r.message);
+        }) == r.message);  // the same text on every rank
+  return r;
+}
+
 constexpr std::size_t features = 5, hidden = 4;
 
 template <class T>
@@ -74,6 +105,37 @@ using Pipe = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double
 static_assert(parallax::io::Checkpointable<parallax::DataParallel<Net>>);
 static_assert(parallax::io::Checkpointable<parallax::DataParallel<toy::TinyMLP<double>>>);
 static_assert(parallax::io::Checkpointable<Pipe>);
+
+// The concept, piece by piece: a type with every piece is Checkpointable,
+// a type without one piece is not (and the piece names what is missing).
+struct kind_piece {
+  static constexpr const char* checkpoint_kind = "Partial";
+};
+struct layers_piece {
+  std::uint64_t checkpoint_layers() const;
+  std::pair<std::uint64_t, std::uint64_t> checkpoint_local_layers() const;
+  bool writes_checkpoint() const;
+  bool checkpoint_replicated() const;
+};
+struct tensors_piece {
+  template <class F>
+  void for_each_keyed_tensor(F&& f);
+};
+struct state_piece {
+  using value_type = double;
+  parallax::optim::Optimizer<double>& optimizer();
+  const boost::mpi::communicator& communicator() const;
+};
+struct all_pieces : kind_piece, layers_piece, tensors_piece, state_piece {};
+struct no_kind : layers_piece, tensors_piece, state_piece {};
+struct no_layers : kind_piece, tensors_piece, state_piece {};
+struct no_tensors : kind_piece, layers_piece, state_piece {};
+struct no_state : kind_piece, layers_piece, tensors_piece {};
+static_assert(parallax::io::Checkpointable<all_pieces>);
+static_assert(!parallax::io::Checkpointable<no_kind> && !parallax::io::HasCheckpointKind<no_kind>);
+static_assert(!parallax::io::Checkpointable<no_layers> && !parallax::io::HasCheckpointLayers<no_layers>);
+static_assert(!parallax::io::Checkpointable<no_tensors> && !parallax::io::HasKeyedTensors<no_tensors>);
+static_assert(!parallax::io::Checkpointable<no_state> && !parallax::io::HasCheckpointState<no_state>);
 
 const auto pipe_args = std::tuple{std::tuple{5, 6}, std::tuple{}, std::tuple{6, 6}, std::tuple{}, std::tuple{6, 3}, std::tuple{}};
 
@@ -306,7 +368,10 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
   Pipe other(pipe_args, adam, {.micro_batches = 2}, world);
   SUBCASE("truncated") {
     damage([&] { fs::resize_file(part0, fs::file_size(part0) - 10); });
-    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("truncated") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("truncated") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::damaged_file);
+    CHECK_FALSE(f.mismatch);
   }
   SUBCASE("flipped bytes") {
     damage([&] {
@@ -315,17 +380,33 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       f.put('\x5a');
       f.put('\xa5');
     });
-    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("CRC-32 mismatch") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::damaged_file);
+    CHECK_FALSE(f.mismatch);
   }
   SUBCASE("a pipeline part deleted") {
     damage([&] { fs::remove(part0); });
-    const auto m = agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); });
-    CHECK(m.find("is incomplete: part 'part-0-") != std::string::npos);
-    CHECK(m.find("is missing") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("is incomplete: part 'part-0-") != std::string::npos);
+    CHECK(f.message.find("is missing") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::io);  // only rank 0 reads part 0: its kind is everyone's
+    CHECK_FALSE(f.mismatch);
   }
   SUBCASE("no manifest") {
     damage([&] { fs::remove(fs::path(newest) / "MANIFEST"); });
-    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); }).find("has no MANIFEST") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("has no MANIFEST") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::io);
+  }
+  SUBCASE("a manifest that is not one") {
+    // Rewritten intact (checksummed) but with foreign text: the file is fine, its content is damage.
+    damage([&] {
+      parallax::io::write_atomically(manifest, 1, 0, [](std::ostream& out) { out << "parallax-checkpoint 1\nlayers 5\n"; });
+    });
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("incomplete manifest") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::damaged_file);
   }
   SUBCASE("unknown format version") {
     damage([&] {
@@ -333,27 +414,73 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       f.seekp(8);
       f.put('\x63');
     });
-    CHECK(agreed_error(world, [&] { checkpoints.load(other, nullptr, newest); })
-              .find("format version 99 is unknown") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("format version 99 is unknown") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::damaged_file);
   }
   SUBCASE("another model's checkpoint") {
     using Wide = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Tanh<double>, Linear<double>,
                                          SoftmaxCrossEntropy<double>>;
     Wide wide(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 7}, std::tuple{}, std::tuple{7, 3}, std::tuple{}},
               adam, {.micro_batches = 2}, world);
-    const auto m = agreed_error(world, [&] { checkpoints.load(wide, nullptr, newest); });
-    CHECK(m.find("was written for another model") != std::string::npos);
-    CHECK(m.find("has shape (5, 6) there, (5, 7) in this model") != std::string::npos);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(wide, nullptr, newest); });
+    CHECK(f.message.find("was written for another model") != std::string::npos);
+    CHECK(f.message.find("has shape (5, 6) there, (5, 7) in this model") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::incompatible);
+    CHECK(f.mismatch);
   }
   SUBCASE("other element type or optimizer") {
     using Floats = parallax::ModelParallel<Linear<float>, Tanh<float>, Linear<float>, Tanh<float>, Linear<float>,
                                            SoftmaxCrossEntropy<float>>;
     Floats f(pipe_args, parallax::optim::Adam<float>(), {.micro_batches = 2}, world);
-    CHECK(agreed_error(world, [&] { checkpoints.load(f, nullptr, newest); })
-              .find("holds float64 tensors, the model has float32") != std::string::npos);
+    const auto floats = agreed_failure(world, [&] { checkpoints.load(f, nullptr, newest); });
+    CHECK(floats.message.find("holds float64 tensors, the model has float32") != std::string::npos);
+    CHECK(floats.kind == parallax::error_kind::incompatible);
+    CHECK(floats.mismatch);
     Pipe sgd(pipe_args, parallax::optim::SGD<double>(), {.micro_batches = 2}, world);
-    CHECK(agreed_error(world, [&] { checkpoints.load(sgd, nullptr, newest); })
-              .find("holds adam optimizer state, the trainer uses sgd") != std::string::npos);
+    const auto optimizer = agreed_failure(world, [&] { checkpoints.load(sgd, nullptr, newest); });
+    CHECK(optimizer.message.find("holds adam optimizer state, the trainer uses sgd") != std::string::npos);
+    CHECK(optimizer.kind == parallax::error_kind::incompatible);
+    CHECK(optimizer.mismatch);
+  }
+  // Same layer types, layers 2 and 4 wider: a stage that holds neither matches the checkpoint.
+  const auto wider_args =
+      std::tuple{std::tuple{5, 6}, std::tuple{}, std::tuple{6, 8}, std::tuple{}, std::tuple{8, 3}, std::tuple{}};
+  SUBCASE("a mismatch on later stages only: checkpoint_mismatch on every rank") {
+    if (p < 2) return;
+    parallax::pipeline::boundaries first_alone = {0};  // stage 0 holds layer 0 only: it matches
+    for (int s = 1; s < p; ++s) first_alone.push_back(static_cast<std::size_t>(s));
+    first_alone.push_back(5);
+    Pipe wider(wider_args, adam, {.micro_batches = 2, .boundaries = first_alone}, world);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(wider, nullptr, newest); });
+    CHECK(f.mismatch);
+    CHECK(f.kind == parallax::error_kind::incompatible);
+    CHECK(f.message.find("was written for another model") != std::string::npos);
+  }
+  SUBCASE("damage seen by stage 0, a mismatch by the others: checkpoint_mismatch on every rank") {
+    // With the checkpoint's boundaries, stage 0 alone reads the damaged part 0;
+    // the last stage holds layer 4, wider than in the checkpoint.
+    if (p < 2) return;
+    damage([&] {
+      std::fstream f(part0, std::ios::binary | std::ios::in | std::ios::out);
+      f.seekp(200);
+      f.put('\x5a');
+    });
+    Pipe wider(wider_args, adam, {.micro_batches = 2, .boundaries = pipe.boundaries()}, world);
+    const auto f = agreed_failure(world, [&] { checkpoints.load(wider, nullptr, newest); });
+    CHECK(f.mismatch);
+    CHECK(f.kind == parallax::error_kind::incompatible);
+    CHECK(f.message.find("was written for another model") != std::string::npos);
+    CHECK(f.message.find("CRC-32") == std::string::npos);  // the mismatch is what is reported
+    // resume_latest stops there instead of falling back to the older checkpoint.
+    bool stopped = false;
+    try {
+      checkpoints.resume_latest(wider);
+    } catch (const parallax::io::checkpoint_mismatch&) {
+      stopped = true;
+    }
+    CHECK(stopped);
+    CHECK(checkpoints.skipped().empty());
   }
   SUBCASE("resume_latest falls back to the newest valid checkpoint and says why") {
     damage([&] {
@@ -433,4 +560,37 @@ TEST_CASE("checkpoint: another model's checkpoint stops resume_latest; another r
   fresh.train_step(chain_batch(8, 2));
   CHECK_NOTHROW(third.save(fresh));
   CHECK(third.list().size() == 2);
+}
+
+TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints written before still load") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::optim::SGD<double> sgd({.lr = 0.1});
+  auto manifest_text = [](const std::string& folder) {
+    parallax::io::file_header header{};
+    const auto bytes = parallax::io::read_checked((fs::path(folder) / "MANIFEST").string(), 1, &header);
+    CHECK(header.version == 1);
+    CHECK(header.element == 0);  // the manifest holds no tensors
+    return std::string(bytes.begin(), bytes.end());
+  };
+  // float64 is code (1 << 8) | 8: kind float, 8 bytes.
+  Pipe pipe(pipe_args, sgd, {.micro_batches = 2}, world);
+  pipe.train_step(chain_batch(8, 1));
+  const auto pipe_folder = parallax::io::Checkpointer(dir.path + "/pipe", {}, world).save(pipe);
+  std::string expected = "parallax-checkpoint 1\ntrainer ModelParallel\nelement float64 264\nlayers 5\nstep 1\n";
+  const auto& b = pipe.boundaries();
+  for (std::size_t s = 0; s + 1 < b.size(); ++s)
+    expected += "part part-" + std::to_string(b[s]) + "-" + std::to_string(b[s + 1]) + ".bin " + std::to_string(b[s]) +
+                " " + std::to_string(b[s + 1]) + "\n";
+  expected += "end\n";
+  if (world.rank() == 0) CHECK(manifest_text(pipe_folder) == expected);
+
+  parallax::DataParallel dp(make_net(3), sgd, {}, world);
+  dp.train_step(chain_batch(4, 2));
+  dp.train_step(chain_batch(4, 3));
+  const auto dp_folder = parallax::io::Checkpointer(dir.path + "/dp", {}, world).save(dp);
+  CHECK(fs::path(dp_folder).filename() == "step-000000000002");
+  if (world.rank() == 0)
+    CHECK(manifest_text(dp_folder) ==
+          "parallax-checkpoint 1\ntrainer DataParallel\nelement float64 264\nlayers 5\nstep 2\npart state.bin 0 5\nend\n");
 }

@@ -46,4 +46,7 @@
 #include <parallax/model_parallel.hpp>
 
 #include <parallax/io/checkpoint.hpp>
+#include <parallax/io/checkpoint_format.hpp>
+#include <parallax/io/checkpoint_load.hpp>
+#include <parallax/io/checkpointable.hpp>
 #include <parallax/io/file.hpp>
