@@ -4,10 +4,18 @@
 
 #include <parallax/version.hpp>
 
+#include <parallax/core/agree.hpp>
 #include <parallax/core/blas.hpp>
+#include <parallax/core/block.hpp>
+#include <parallax/core/bucketer.hpp>
+#include <parallax/core/collectives.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/p2p.hpp>
+#include <parallax/core/reducer.hpp>
+#include <parallax/core/request.hpp>
+#include <parallax/core/ring.hpp>
 
 #include <parallax/data/batch.hpp>
 #include <parallax/data/idx.hpp>
@@ -40,6 +48,13 @@
 #include <parallax/pipeline/slots.hpp>
 #include <parallax/pipeline/stage.hpp>
 
+#include <parallax/training/evaluate.hpp>
+#include <parallax/training/local_sgd.hpp>
+#include <parallax/training/loop.hpp>
+#include <parallax/training/replicas.hpp>
+#include <parallax/training/sampler.hpp>
+#include <parallax/training/trainer.hpp>
+#include <parallax/training/update.hpp>
 #include <parallax/data_parallel.hpp>
 #include <parallax/ensemble.hpp>
 #include <parallax/evaluation.hpp>
