@@ -8,6 +8,8 @@
 
 #include <boost/mpi/communicator.hpp>
 
+#include <array>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -381,6 +383,33 @@ TEST_CASE("comm: agree_equal names the ranks that differ") {
                          ("size differs between ranks: rank 0 has 0, rank " + std::to_string(last) + " has 3")
                              .c_str(),
                          parallax::error);
+    // Values that differ in the last bit read as different numbers.
+    const double next = std::nextafter(0.1, 1.0);
+    CHECK_THROWS_WITH_AS(parallax::agree_equal(world, world.rank() == last ? next : 0.1, "eps"),
+                         ("eps differs between ranks: rank 0 has 0.1, rank " + std::to_string(last) +
+                          " has 0.10000000000000002")
+                             .c_str(),
+                         parallax::error);
+  }
+}
+
+TEST_CASE("comm: sum_and_agree sums the values and throws a pending failure on every rank") {
+  communicator world;
+  const int p = world.size();
+  const auto sums = parallax::sum_and_agree(world, std::array{1.0, double(world.rank())}, std::nullopt);
+  CHECK(sums[0] == p);
+  CHECK(sums[1] == p * (p - 1) / 2);
+  CHECK_NOTHROW(parallax::sum_and_agree(world, std::array<double, 0>{}, std::nullopt));
+  std::optional<parallax::error> local;
+  const int last = p - 1;
+  if (world.rank() == last) local.emplace(parallax::error_kind::nonfinite, "loss is nan", std::vector<int>{last});
+  try {
+    parallax::sum_and_agree(world, std::array{1.0}, local);
+    FAIL("sum_and_agree did not throw");
+  } catch (const parallax::error& e) {
+    CHECK(e.kind() == parallax::error_kind::nonfinite);
+    CHECK(e.ranks() == std::vector<int>{last});
+    CHECK(e.cause() == "loss is nan");
   }
 }
 

@@ -215,10 +215,6 @@ class DataParallel {
   struct step_meta {
     double loss_sum = 0;  ///< sum over this rank's samples of the loss
     double samples = 0;
-    double failed = 0;    ///< 1 on a rank whose micro-steps failed
-    double empty = 0;     ///< micro-steps with an empty batch
-    std::array<double, 4> pack() const { return {loss_sum, samples, failed, empty}; }
-    static step_meta unpack(const std::array<double, 4>& a) { return {a[0], a[1], a[2], a[3]}; }
   };
 
   void refresh_views();
@@ -315,7 +311,6 @@ double DataParallel<M>::train_step(const batch_type& batch) {
   double loss = 0;
   if (n == 0) {
     if (!failure_) failure_ = error(error_kind::invalid_argument, "DataParallel::train_step(): the batch is empty", detail::this_rank());
-    meta_.empty += 1.0;
   } else {
     auto failure = detail::capture(
         [&] {
@@ -339,7 +334,6 @@ double DataParallel<M>::train_step(const batch_type& batch) {
   } else {
     reducer_.contribute_nothing(first);
   }
-  meta_.failed = failure_ ? 1.0 : 0.0;
   ++micro_;
   timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
   if (micro_ < options_.accumulation_steps) return loss;
@@ -360,14 +354,11 @@ double DataParallel<M>::synchronize_gradients() {
   // The sample count first (a few doubles), then every bucket summed and
   // divided by it in one pass, which also finds non-finite values; the
   // result is bitwise equal on every rank, so is the verdict.
-  const auto mine = meta_.pack();
-  std::array<double, 4> sums{};
-  mpi::all_reduce(comm_, mine.data(), static_cast<int>(mine.size()), sums.data(), std::plus<double>());
-  const auto total = step_meta::unpack(sums);
-  const auto failure = failure_;
+  const auto failure = std::move(failure_);
+  const auto mine = meta_;
   reset_accumulation();
-  if (total.failed > 0 || total.empty > 0) agree(comm_, failure);  // throws the same error on every rank
-  const bool nonfinite = reducer_.reduce(T(1) / static_cast<T>(total.samples));
+  const auto [loss_sum, samples] = sum_and_agree(comm_, std::array{mine.loss_sum, mine.samples}, failure);
+  const bool nonfinite = reducer_.reduce(T(1) / static_cast<T>(samples));
   const auto t1 = clock::now();
   timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
   const bool applied = updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite,
@@ -383,7 +374,7 @@ double DataParallel<M>::synchronize_gradients() {
     last_timing_ = timing_;
     timing_ = {};
   }
-  return total.loss_sum / total.samples;
+  return loss_sum / samples;
 }
 
 template <class M>
@@ -407,7 +398,7 @@ double DataParallel<M>::local_step() {
 
 template <class M>
 void DataParallel<M>::average_parameters() {
-  local_sgd_.average(reducer_, params_, failure_);
+  local_sgd_.average(reducer_, params_, failure_, "DataParallel::average_parameters()");
 }
 
 template <class M>

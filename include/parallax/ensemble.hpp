@@ -11,6 +11,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/data_parallel.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 
 #include <boost/mpi/collectives.hpp>
@@ -166,7 +167,7 @@ void Ensemble<M>::set_weights(std::vector<double> weights) {
                        std::to_string(replicas_) + " replicas");
     double total = 0;
     for (double w : weights) {
-      PARALLAX_CHECK(std::isfinite(w) && w >= 0, "Ensemble::set_weights(): weight " + std::to_string(w) +
+      PARALLAX_CHECK(std::isfinite(w) && w >= 0, "Ensemble::set_weights(): weight " + detail::number_text(w) +
                                                      " is not a finite non-negative number");
       total += w;
     }

@@ -151,10 +151,7 @@ class ModelParallel {
         sums.correct += runner_.head().correct_sum();
       });
     }
-    std::array<double, 3> mine = {sums.loss, sums.correct, failure_ ? 1.0 : 0.0};
-    std::array<double, 3> total{};
-    mpi::all_reduce(comm_, mine.data(), 3, total.data(), std::plus<double>());
-    if (total[2] > 0) agree(comm_, failure_);
+    const auto total = sum_and_agree(comm_, std::array{sums.loss, sums.correct}, failure_);
     return training::make_evaluation({sums.samples, total[0], total[1]}, HasCorrectCount<loss_type>);
   }
 
@@ -326,13 +323,11 @@ double ModelParallel<Parts...>::train_step(const batch_type& batch) {
   // norm and the stages with a non-finite gradient (summed over stages),
   // and whether any stage failed.
   const bool local_nonfinite = training::first_nonfinite(grads_const_) < grads_const_.size();
-  std::array<double, 4> mine = {runner_.head().loss_sum(), 0.0, failure_ ? 1.0 : 0.0, local_nonfinite ? 1.0 : 0.0};
-  if (updater_.needs_norm()) mine[1] = optim::squared_norm<T>(grads_const_);
-  std::array<double, 4> total{};
-  mpi::all_reduce(comm_, mine.data(), 4, total.data(), std::plus<double>());
-  if (total[2] > 0) agree(comm_, failure_);
-  updater_.apply(*optimizer_, params_, grads_, grads_const_, total[3] > 0, total[1], [&] {
-    return "ModelParallel::train_step(): the gradient of " + std::to_string(static_cast<int>(total[3])) + " of " +
+  const double sq_norm = updater_.needs_norm() ? optim::squared_norm<T>(grads_const_) : 0.0;
+  const auto total =
+      sum_and_agree(comm_, std::array{runner_.head().loss_sum(), sq_norm, local_nonfinite ? 1.0 : 0.0}, failure_);
+  updater_.apply(*optimizer_, params_, grads_, grads_const_, total[2] > 0, total[1], [&] {
+    return "ModelParallel::train_step(): the gradient of " + std::to_string(static_cast<int>(total[2])) + " of " +
            std::to_string(stages_) + " stages is not finite at optimizer step " +
            std::to_string(optimizer_->steps()) + " (use nonfinite_policy::skip_step to skip such steps)";
   });
@@ -351,9 +346,7 @@ auto ModelParallel<Parts...>::predict(const input_type& x) -> output_type {
   }
   run(batch, forward_schedule(), false);
   runner_.head().collect_into(nullptr);
-  double failed = failure_ ? 1.0 : 0.0, any = 0;
-  mpi::all_reduce(comm_, failed, any, std::plus<double>());
-  if (any > 0) agree(comm_, failure_);
+  sum_and_agree(comm_, std::array<double, 0>{}, failure_);
   // The last stage has the output; everyone gets it.
   std::vector<std::size_t> shape = runner_.output_shape();
   mpi::broadcast(comm_, shape, stages_ - 1);

@@ -2,12 +2,13 @@
 // SPDX-License-Identifier: BSL-1.0
 /// agree: a failure seen on some ranks becomes the same parallax::error on
 /// every rank (docs/design.md invariant 1), with its kind, the ranks that
-/// failed and their causes; agree_equal: a value that must be equal on every
-/// rank.
+/// failed and their causes; sum_and_agree: a step's sums and its verdict in
+/// one collective; agree_equal: a value that must be equal on every rank.
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/detail/mpi.hpp>
+#include <parallax/detail/number_text.hpp>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
@@ -18,11 +19,12 @@
 #include <algorithm>
 #include <array>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <exception>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -45,6 +47,18 @@ void agree(const mpi::communicator& comm, const std::optional<error>& failure);
 template <class F>
   requires std::invocable<F&>
 std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f);
+
+/// Collective: sums `values` over the ranks in the same all-reduce that
+/// counts the ranks with a pending failure; when there is one, throws on
+/// every rank what agree(comm, failure) throws (a second collective, only
+/// then). Returns the sums otherwise. The shape of every step and
+/// evaluation: its numbers and its verdict in one collective.
+/// @code
+///   auto [loss, samples] = parallax::sum_and_agree(comm, std::array{my_loss, my_samples}, failure);
+/// @endcode
+template <std::size_t N>
+std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::array<double, N>& values,
+                                    const std::optional<error>& failure);
 
 /// Collective: `value` must be equal on every rank. Otherwise every rank throws
 /// (kind rank_mismatch) "<what> differs between ranks: rank 0 has A, rank r has B".
@@ -158,6 +172,19 @@ std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f) {
   }
 }
 
+template <std::size_t N>
+std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::array<double, N>& values,
+                                    const std::optional<error>& failure) {
+  std::array<double, N + 1> mine{}, total{};
+  std::copy(values.begin(), values.end(), mine.begin());
+  mine[N] = failure ? 1.0 : 0.0;
+  mpi::all_reduce(comm, mine.data(), static_cast<int>(N + 1), total.data(), std::plus<double>());
+  if (total[N] > 0) agree(comm, failure);
+  std::array<double, N> sums{};
+  std::copy_n(total.begin(), N, sums.begin());
+  return sums;
+}
+
 template <MpiArithmetic T>
 void agree_equal(const mpi::communicator& comm, T value, const std::string& what) {
   std::array<T, 2> mine{value, static_cast<T>(-value)};
@@ -177,11 +204,9 @@ void agree_equal(const mpi::communicator& comm, T value, const std::string& what
       other = r;
       break;
     }
-  std::ostringstream text;
-  text.precision(17);
-  text << what << " differs between ranks: rank 0 has " << +all[0] << ", rank " << other << " has "
-       << +all[static_cast<std::size_t>(other)];
-  throw error(error_kind::rank_mismatch, text.str());
+  throw error(error_kind::rank_mismatch, what + " differs between ranks: rank 0 has " + detail::number_text(+all[0]) +
+                                             ", rank " + std::to_string(other) + " has " +
+                                             detail::number_text(+all[static_cast<std::size_t>(other)]));
 }
 
 }  // namespace parallax

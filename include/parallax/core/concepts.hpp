@@ -167,14 +167,22 @@ inline constexpr bool dependent_false = false;
 struct missing_piece {
   std::size_t size() const { return 0; }
 };
+/// `Member<T>` when T names it, else `Fallback`: how an entry point reads a
+/// type the user's type may lack without a cascade of errors after the one
+/// check_model() or a chain check gives.
+template <class Fallback, template <class> class Member, class T>
+struct member_type_or {
+  using type = Fallback;
+};
+template <class Fallback, template <class> class Member, class T>
+  requires requires { typename Member<T>; }
+struct member_type_or<Fallback, Member, T> {
+  using type = Member<T>;
+};
 template <class M>
-struct batch_type_of {
-  using type = missing_piece;
-};
-template <HasBatchType M>
-struct batch_type_of<M> {
-  using type = typename M::batch_type;
-};
+using batch_type_t = typename M::batch_type;
+template <class M>
+using batch_type_of = member_type_or<missing_piece, batch_type_t, M>;
 template <class M>
 struct value_type_of {
   using type = double;

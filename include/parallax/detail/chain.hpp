@@ -35,34 +35,17 @@ struct part_at<I, Parts...> {
 };
 
 template <class L>
-struct input_of {
-  using type = missing_type;
-};
+using input_type_t = typename L::input_type;
 template <class L>
-  requires requires { typename L::input_type; }
-struct input_of<L> {
-  using type = typename L::input_type;
-};
-
+using output_type_t = typename L::output_type;
 template <class L>
-struct output_of {
-  using type = missing_type;
-};
+using target_type_t = typename L::target_type;
 template <class L>
-  requires requires { typename L::output_type; }
-struct output_of<L> {
-  using type = typename L::output_type;
-};
-
+using input_of = member_type_or<missing_type, input_type_t, L>;
 template <class L>
-struct target_of {
-  using type = missing_type;
-};
+using output_of = member_type_or<missing_type, output_type_t, L>;
 template <class L>
-  requires requires { typename L::target_type; }
-struct target_of<L> {
-  using type = typename L::target_type;
-};
+using target_of = member_type_or<missing_type, target_type_t, L>;
 
 /// Checks that part I (not the last) is a Layer; the instantiation context
 /// of a failure shows I.

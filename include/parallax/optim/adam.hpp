@@ -121,7 +121,7 @@ inline void check_adam_options(std::string_view who, const adam_options& o) {
   check_unit_interval(who, "beta1", o.beta1, false);
   check_unit_interval(who, "beta2", o.beta2, false);
   PARALLAX_CHECK(std::isfinite(o.eps) && o.eps > 0,
-                 std::string(who) + ": eps = " + number(o.eps) + " must be finite and > 0");
+                 std::string(who) + ": eps = " + parallax::detail::number_text(o.eps) + " must be finite and > 0");
   check_non_negative(who, "weight_decay", o.weight_decay);
 }
 

@@ -88,8 +88,8 @@ void scale(std::span<const std::span<T>> grads, T factor) {
 
 inline double clip_factor(double total_norm, double max_norm) {
   PARALLAX_CHECK(std::isfinite(max_norm) && max_norm > 0,
-                 "clip_factor(): max_norm = " + detail::number(max_norm) + " must be finite and > 0");
-  PARALLAX_CHECK(!(total_norm < 0), "clip_factor(): total_norm = " + detail::number(total_norm) + " is negative");
+                 "clip_factor(): max_norm = " + parallax::detail::number_text(max_norm) + " must be finite and > 0");
+  PARALLAX_CHECK(!(total_norm < 0), "clip_factor(): total_norm = " + parallax::detail::number_text(total_norm) + " is negative");
   const double factor = max_norm / (total_norm + 1e-6);
   return factor < 1 ? factor : 1.0;
 }
@@ -97,7 +97,7 @@ inline double clip_factor(double total_norm, double max_norm) {
 template <std::floating_point T>
 double clip_by_global_norm(std::span<const std::span<T>> grads, double max_norm) {
   PARALLAX_CHECK(std::isfinite(max_norm) && max_norm > 0,
-                 "clip_by_global_norm(): max_norm = " + detail::number(max_norm) + " must be finite and > 0");
+                 "clip_by_global_norm(): max_norm = " + parallax::detail::number_text(max_norm) + " must be finite and > 0");
   const double norm = std::sqrt(detail::squared_norm_of(grads));
   const double factor = clip_factor(norm, max_norm);
   if (factor < 1) scale(grads, static_cast<T>(factor));

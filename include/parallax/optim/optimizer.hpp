@@ -15,8 +15,8 @@
 /// @endcode
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/number_text.hpp>
 
-#include <charconv>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -25,7 +25,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <system_error>
 #include <vector>
 
 namespace parallax::optim {
@@ -97,9 +96,6 @@ class Optimizer {
 
 namespace detail {
 
-/// The shortest text that reads back as `value` ("0.1", "1e-08", "-1").
-inline std::string number(double value);
-
 /// Throws unless `value` is finite and >= 0: "<who>: <option> = <value> must be
 /// finite and >= 0".
 inline void check_non_negative(std::string_view who, std::string_view option, double value);
@@ -145,21 +141,14 @@ std::uint64_t Optimizer<T>::steps() const {
 
 namespace detail {
 
-inline std::string number(double value) {
-  char text[64];
-  const auto [end, ec] = std::to_chars(text, text + sizeof text, value);
-  if (ec != std::errc{}) return std::to_string(value);
-  return std::string(text, end);
-}
-
 inline void check_non_negative(std::string_view who, std::string_view option, double value) {
   PARALLAX_CHECK(std::isfinite(value) && value >= 0,
-                 std::string(who) + ": " + std::string(option) + " = " + number(value) + " must be finite and >= 0");
+                 std::string(who) + ": " + std::string(option) + " = " + parallax::detail::number_text(value) + " must be finite and >= 0");
 }
 
 inline void check_unit_interval(std::string_view who, std::string_view option, double value, bool closed) {
   PARALLAX_CHECK(value >= 0 && (closed ? value <= 1 : value < 1),
-                 std::string(who) + ": " + std::string(option) + " = " + number(value) + " is outside [0, 1" +
+                 std::string(who) + ": " + std::string(option) + " = " + parallax::detail::number_text(value) + " is outside [0, 1" +
                      (closed ? "]" : ")"));
 }
 

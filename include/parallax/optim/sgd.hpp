@@ -76,7 +76,7 @@ SGD<T>::SGD(sgd_options options) : Optimizer<T>(options.lr), options_(options) {
   detail::check_non_negative(who, "weight_decay", options.weight_decay);
   PARALLAX_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0),
                  std::string(who) + ": nesterov = true needs momentum > 0 and dampening = 0, got momentum = " +
-                     detail::number(options.momentum) + ", dampening = " + detail::number(options.dampening));
+                     parallax::detail::number_text(options.momentum) + ", dampening = " + parallax::detail::number_text(options.dampening));
 }
 
 template <std::floating_point T>

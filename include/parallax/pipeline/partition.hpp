@@ -6,6 +6,7 @@
 /// speeds, and a chain's parameter counts as such costs.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/number_text.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -69,7 +70,7 @@ inline std::vector<double> stage_speeds(std::span<const double> speeds, std::siz
   PARALLAX_CHECK(speeds.size() == stages, "pipeline partition: " + std::to_string(speeds.size()) + " speeds for " +
                                               std::to_string(stages) + " stages");
   for (double v : speeds)
-    PARALLAX_CHECK(std::isfinite(v) && v > 0, "pipeline partition: stage speed " + std::to_string(v) + " is not positive");
+    PARALLAX_CHECK(std::isfinite(v) && v > 0, "pipeline partition: stage speed " + parallax::detail::number_text(v) + " is not positive");
   return {speeds.begin(), speeds.end()};
 }
 }  // namespace detail

@@ -18,6 +18,8 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 namespace parallax::training {
@@ -40,10 +42,11 @@ class local_sgd {
   /// Collective over the reducer's communicator: the parameters become
   /// sum_r n_r theta_r / sum_r n_r (n_r: samples since the last average), so
   /// unequal shards average like one process would. A failure pending on
-  /// any rank (`failure`, cleared here) is thrown on every rank first.
+  /// any rank (`failure`, cleared here) is thrown on every rank first;
+  /// `who` names the caller in the error when no rank trained on a sample.
   template <class T>
   void average(gradient_reducer<T>& reducer, const std::vector<std::span<T>>& params,
-               std::optional<error>& failure);
+               std::optional<error>& failure, std::string_view who);
 
  private:
   std::size_t every_;
@@ -57,17 +60,16 @@ class local_sgd {
 
 template <class T>
 void local_sgd::average(gradient_reducer<T>& reducer, const std::vector<std::span<T>>& params,
-                        std::optional<error>& failure) {
+                        std::optional<error>& failure, std::string_view who) {
   // As for gradients: the counts first, then the weighted sums divided
   // inside the all-reduce.
-  std::array<double, 2> mine{samples_, failure ? 1.0 : 0.0}, total{};
-  mpi::all_reduce(reducer.communicator(), mine.data(), 2, total.data(), std::plus<double>());
   const auto pending = std::move(failure);
   failure.reset();
+  const double mine = samples_;
   samples_ = 0;
-  if (total[1] > 0) agree(reducer.communicator(), pending);
-  PARALLAX_CHECK(total[0] > 0, "DataParallel::average_parameters(): no rank trained on any sample");
-  reducer.average_into(params, static_cast<T>(mine[0]), T(1) / static_cast<T>(total[0]));
+  const auto [total] = sum_and_agree(reducer.communicator(), std::array{mine}, pending);
+  PARALLAX_CHECK(total > 0, std::string(who) + ": no rank trained on any sample");
+  reducer.average_into(params, static_cast<T>(mine), T(1) / static_cast<T>(total));
 }
 
 }  // namespace parallax::training
