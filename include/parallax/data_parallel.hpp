@@ -18,6 +18,7 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/evaluation.hpp>
+#include <parallax/io/checkpointable.hpp>
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
 #include <parallax/training/evaluate.hpp>
@@ -191,19 +192,10 @@ class DataParallel {
     if constexpr (requires { M::layer_count; model_.template layer<0>(); }) {
       // A chain (Sequential): keys by layer, so pipelines can read it.
       [&]<std::size_t... I>(std::index_sequence<I...>) {
-        (
-            [&] {
-              auto& layer = model_.template layer<I>();
-              if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
-                std::uint64_t j = 0;
-                detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(std::uint64_t{I}, j++, t); });
-              }
-            }(),
-            ...);
+        (io::for_each_layer_tensor(I, model_.template layer<I>(), f), ...);
       }(std::make_index_sequence<M::layer_count>{});
     } else {
-      std::uint64_t j = 0;
-      detail::for_each_tensor(model_.parameters(), [&](auto& t) { f(std::uint64_t{0}, j++, t); });
+      io::for_each_layer_tensor(0, model_, f);
     }
   }
 

@@ -19,11 +19,10 @@
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/chain.hpp>
 #include <parallax/detail/random.hpp>
-#include <parallax/detail/tensor_list.hpp>
 #include <parallax/evaluation.hpp>
+#include <parallax/io/checkpointable.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
-#include <parallax/optim/schedule.hpp>
 #include <parallax/pipeline/options.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/profile.hpp>
@@ -43,7 +42,6 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -193,12 +191,7 @@ class ModelParallel {
   bool checkpoint_replicated() const { return false; }
   template <class F>
   void for_each_keyed_tensor(F&& f) {
-    for_each_local_layer([&](std::size_t index, auto& layer) {
-      if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>) {
-        std::uint64_t j = 0;
-        detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(std::uint64_t{index}, j++, t); });
-      }
-    });
+    for_each_local_layer([&](std::size_t index, auto& layer) { io::for_each_layer_tensor(index, layer, f); });
   }
 
  private:
@@ -288,17 +281,7 @@ void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training) {
   failure_.reset();
   const auto shapes = pipeline::shape_pass(runner_.communicator(), stage_, stages_, layers_, batch, training,
                                            options_.micro_batches);
-  // One collective agrees the verdict and that every rank passed the same
-  // batch: stage 0 reads the inputs and the last stage the targets, so
-  // different batches would train on mismatched pairs without a word.
-  const std::uint64_t h = detail::content_hash(batch.targets.data(), batch.targets.size() * sizeof(target_value),
-                                                detail::content_hash(batch.inputs.data(), batch.inputs.size() * sizeof(T)));
-  std::array<std::uint64_t, 3> mine{h, ~h, shapes.failure ? 1u : 0u}, most{};
-  mpi::all_reduce(comm_, mine.data(), 3, most.data(), mpi::maximum<std::uint64_t>());
-  if (most[2] != 0) agree(comm_, shapes.failure);
-  if (most[0] != h || most[1] != ~h)
-    throw error(error_kind::rank_mismatch, "ModelParallel: the ranks passed different batches: every rank must pass the same batch (stage 0 "
-                "reads its inputs, the last stage its targets)");
+  pipeline::agree_shape_pass(comm_, shapes, batch);
   // Forward-only runs (predict, evaluate) take batches of any size: fewer
   // rows than micro-batches simply means fewer micro-batches.
   runner_.start(shapes, training ? options_.micro_batches : std::min(shapes.in[0], options_.micro_batches));

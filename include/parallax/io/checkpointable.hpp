@@ -9,6 +9,7 @@
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/detail/mpi.hpp>
+#include <parallax/detail/tensor_list.hpp>
 #include <parallax/optim/optimizer.hpp>
 
 #include <boost/mpi/communicator.hpp>
@@ -57,6 +58,17 @@ concept HasCheckpointState = requires(T& t, const T& ct) {
   { t.optimizer() } -> std::convertible_to<optim::Optimizer<typename T::value_type>&>;
   { ct.communicator() } -> std::convertible_to<const mpi::communicator&>;
 };
+
+/// For a trainer's for_each_keyed_tensor(): f(layer_key, j, tensor) for the
+/// j-th parameter tensor of `layer` (a layer or a whole model; nothing for
+/// one without parameters).
+template <class L, class F>
+void for_each_layer_tensor(std::uint64_t layer_key, L& layer, F& f) {
+  if constexpr (HasLayerParameters<L>) {
+    std::uint64_t j = 0;
+    parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(layer_key, j++, t); });
+  }
+}
 
 /// A trainer io::Checkpointer can save and load.
 /// @code

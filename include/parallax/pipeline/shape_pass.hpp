@@ -4,19 +4,25 @@
 /// its output shape to stage 1, which checks it against its layers, and so
 /// on, so that a layer that cannot take its input is named (with the layer
 /// that produced it) before any tensor moves. A failure travels on as a flag
-/// so that no stage waits; the verdict is agreed by the caller.
+/// so that no stage waits; agree_shape_pass then agrees the verdict.
 
+#include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/detail/chain.hpp>
+#include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/pipeline/links.hpp>
 
+#include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
+#include <boost/mpi/operations.hpp>
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <string>
@@ -51,6 +57,14 @@ struct shape_result {
 template <class Stage, class Batch>
 shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, Stage& layers, const Batch& batch,
                         bool training, std::size_t micro_batches);
+
+/// Collective over `comm` (every rank of the pipeline): agrees the shape
+/// pass's verdict and that every rank passed the same batch, in one
+/// all-reduce; throws the same error on every rank otherwise. Stage 0 reads
+/// the inputs and the last stage the targets, so different batches would
+/// train on mismatched pairs without a word.
+template <class Batch>
+void agree_shape_pass(const mpi::communicator& comm, const shape_result& shapes, const Batch& batch);
 
 namespace detail {
 
@@ -135,6 +149,22 @@ shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, St
                             std::to_string(rows) + " targets");
   }
   return r;
+}
+
+template <class Batch>
+void agree_shape_pass(const mpi::communicator& comm, const shape_result& shapes, const Batch& batch) {
+  using input_value = typename decltype(batch.inputs)::value_type;
+  using target_value = typename decltype(batch.targets)::value_type;
+  const std::uint64_t h = parallax::detail::content_hash(
+      batch.targets.data(), batch.targets.size() * sizeof(target_value),
+      parallax::detail::content_hash(batch.inputs.data(), batch.inputs.size() * sizeof(input_value)));
+  std::array<std::uint64_t, 3> mine{h, ~h, shapes.failure ? 1u : 0u}, most{};
+  mpi::all_reduce(comm, mine.data(), 3, most.data(), mpi::maximum<std::uint64_t>());
+  if (most[2] != 0) agree(comm, shapes.failure);
+  if (most[0] != h || most[1] != ~h)
+    throw error(error_kind::rank_mismatch,
+                "ModelParallel: the ranks passed different batches: every rank must pass the same batch (stage 0 "
+                "reads its inputs, the last stage its targets)");
 }
 
 }  // namespace parallax::pipeline
