@@ -15,6 +15,8 @@
 #include <boost/mpi/communicator.hpp>
 
 #include <numeric>
+#include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -108,4 +110,31 @@ TEST_CASE("Ensemble: bad splits and weights are one error on every rank") {
     differ[0] = world.rank() == 0 ? 1.0 : 2.0;
     CHECK(message([&] { ensemble.set_weights(differ); }).find("differ from rank 0") != std::string::npos);
   }
+}
+
+namespace {
+/// A dataset that cannot be read on the last rank.
+struct UnreadableOnLast {
+  const toy::dataset<double>* data;
+  std::size_t size() const { return data->size(); }
+  toy::batch<double> batch(std::span<const std::size_t> indices) const {
+    if (communicator().rank() == communicator().size() - 1) throw std::runtime_error("UnreadableOnLast: no data");
+    return data->batch(indices);
+  }
+};
+}  // namespace
+
+TEST_CASE("Ensemble: a failure in one replica is one error on every rank") {
+  communicator world;
+  const int last = world.size() - 1;
+  const auto data = toy::make_data<double>(24, features, 5);
+  parallax::Ensemble<toy::TinyMLP<double>> ensemble(make, parallax::optim::SGD<double>({.lr = 0.1}), {.seed = 3});
+  auto sampler = ensemble.make_sampler(data.size(), 8);
+  const UnreadableOnLast broken{&data};
+  CHECK(agreed_error(world, [&] { ensemble.train_epoch(broken, sampler); }) ==
+        "the dataset's batch(): UnreadableOnLast: no data [rank " + std::to_string(last) + "]");
+  CHECK(agreed_error(world, [&] { ensemble.evaluate_replica(broken, 8); }) ==
+        "UnreadableOnLast: no data [rank " + std::to_string(last) + "]");
+  // Every replica trains on afterwards.
+  CHECK(ensemble.train_epoch(data, sampler).steps > 0);
 }

@@ -421,12 +421,17 @@ struct Poison {
   static std::size_t parameter_count() { return 0; }
 };
 
-/// A dataset whose batch() throws from the second batch on.
+/// A dataset whose batch() throws on rank `rank` (every rank: -1) for any
+/// batch that holds a sample past the first `readable`.
 struct BreakingDataset {
   const Dataset* data;
+  int rank = -1;
+  std::size_t readable = 1;
   std::size_t size() const { return data->size(); }
   Dataset::batch_type batch(std::span<const std::size_t> indices) const {
-    if (indices.front() > 0) throw std::runtime_error("BreakingDataset: unreadable samples");
+    const bool here = rank < 0 || communicator().rank() == rank;
+    if (here && std::ranges::any_of(indices, [&](std::size_t i) { return i >= readable; }))
+      throw std::runtime_error("BreakingDataset: unreadable samples");
     return data->batch(indices);
   }
 };
@@ -525,8 +530,40 @@ TEST_CASE("ModelParallel: evaluate restores training mode after a batch that thr
                   parallax::optim::SGD<double>(), {.micro_batches = 2, .boundaries = cut}, world);
   const auto data = make_dataset(20, 2);
   const BreakingDataset broken{&data};
-  CHECK_THROWS_WITH_AS(net.evaluate(broken, 8), "BreakingDataset: unreadable samples", std::runtime_error);
+  std::string every;
+  for (int r = 0; r < world.size(); ++r) every += (r ? ", " : "") + std::to_string(r);
+  CHECK(agreed_error(world, [&] { net.evaluate(broken, 8); }) ==
+        "the dataset's batch(): BreakingDataset: unreadable samples [rank" + std::string(world.size() > 1 ? "s " : " ") +
+            every + "]");
   if (auto* dropout = net.layer<1>()) CHECK(dropout->training());
   CHECK(net.evaluate(data, 8).samples == 20);
   if (auto* dropout = net.layer<1>()) CHECK(dropout->training());
+  // On one rank only, at the second batch: the others are not left waiting.
+  const int last = world.size() - 1;
+  const BreakingDataset one{&data, last, 8};
+  CHECK(agreed_error(world, [&] { net.evaluate(one, 8); }) ==
+        "the dataset's batch(): BreakingDataset: unreadable samples [rank " + std::to_string(last) + "]");
+  if (auto* dropout = net.layer<1>()) CHECK(dropout->training());
+}
+
+TEST_CASE("ModelParallel: a batch that fails to load on one rank is one error on every rank; training goes on") {
+  communicator world;
+  const auto data = make_dataset(40, 5);  // 5 steps of 8
+  const int last = world.size() - 1;
+  Chain<double> net(chain_args<double>(), parallax::optim::SGD<double>({.lr = 0.1}), {.micro_batches = 2, .seed = 3},
+                    world);
+  auto sampler = net.make_sampler(data.size(), 8, {.shuffle = false});
+  const BreakingDataset broken{&data, last, 24};  // steps 0-2 read, step 3 does not
+  CHECK(agreed_error(world, [&] { net.train_epoch(broken, sampler); }) ==
+        "the dataset's batch(): BreakingDataset: unreadable samples [rank " + std::to_string(last) + "]");
+  CHECK(sampler.position() == 3);
+  CHECK(net.optimizer().steps() == 3);
+  const auto rest = net.train_epoch(data, sampler);
+  CHECK(rest.steps == 2);
+  CHECK(net.optimizer().steps() == 5);
+  // A dataset smaller than the sampler's is refused before any step.
+  const auto fewer = make_dataset(32, 5);
+  CHECK(agreed_error(world, [&] { net.train_epoch(world.rank() == last ? fewer : data, sampler); }) ==
+        "train_epoch(): the dataset holds 32 samples but the sampler was made for 40 [rank " + std::to_string(last) +
+            "]");
 }

@@ -6,6 +6,7 @@
 #include "toy_model.hpp"
 #include <parallax/core/reducer.hpp>
 #include <parallax/data_parallel.hpp>
+#include <parallax/detail/tensor_list.hpp>
 #include <parallax/optim/sgd.hpp>
 #include <parallax/training/loop.hpp>
 #include <parallax/training/trainer.hpp>
@@ -16,6 +17,7 @@
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -46,7 +48,114 @@ struct SwitchedToy : Toy {
   }
 };
 
+/// A dataset whose batch() (and size(), when asked) throws on one rank:
+/// batch() from sample `from` on, while armed.
+struct FlakyData {
+  const toy::dataset<double>* data;
+  int bad_rank = 0;
+  std::size_t from = 0;
+  bool armed = true;
+  bool size_throws = false;
+  std::size_t size() const {
+    if (size_throws && communicator().rank() == bad_rank) throw std::runtime_error("FlakyData: no index");
+    return data->size();
+  }
+  toy::batch<double> batch(std::span<const std::size_t> indices) const {
+    if (armed && communicator().rank() == bad_rank && std::ranges::any_of(indices, [&](auto i) { return i >= from; }))
+      throw std::runtime_error("FlakyData: sample unreadable");
+    return data->batch(indices);
+  }
+};
+
+/// The parameters of a DataParallel trainer, gathered: every rank's equal.
+template <class DP>
+bool replicas_equal(const communicator& world, DP& dp) {
+  std::vector<double> mine;
+  parallax::detail::for_each_tensor(dp.model().parameters(), [&](auto& t) { mine.insert(mine.end(), t.begin(), t.end()); });
+  std::vector<std::vector<double>> all;
+  boost::mpi::all_gather(world, mine, all);
+  for (const auto& a : all)
+    if (a != all[0]) return false;
+  return true;
+}
+
 }  // namespace
+
+TEST_CASE("training: a batch that fails to load on one rank is one error on every rank; training goes on") {
+  communicator world;
+  const auto data = toy::make_data<double>(40, features, 3);
+  const int last = world.size() - 1;
+  for (std::size_t accumulation : {1u, 2u}) {
+    CAPTURE(accumulation);
+    parallax::DataParallel dp(Toy(features, hidden, 1), parallax::optim::SGD<double>({.lr = 0.05}),
+                              {.accumulation_steps = accumulation}, world);
+    auto sampler = dp.make_sampler(data.size(), 4, {.seed = 2});  // 10 steps of 4
+    // Rank `last` cannot read samples 20 and later: the first of its steps
+    // that holds one fails, and every rank gets that error.
+    FlakyData flaky{&data, last, 20};
+    const auto message = agreed_error(world, [&] { dp.train_epoch(flaky, sampler); });
+    CHECK(message == "the dataset's batch(): FlakyData: sample unreadable [rank " + std::to_string(last) + "]");
+    // The failed step is taken again once the data reads; the replicas stay equal.
+    const auto failed_at = sampler.position();
+    CHECK(failed_at < sampler.steps_per_epoch());
+    flaky.armed = false;
+    const auto rest = dp.train_epoch(flaky, sampler);
+    CHECK(rest.steps == sampler.steps_per_epoch() - failed_at);
+    CHECK(replicas_equal(world, dp));
+  }
+}
+
+TEST_CASE("training: an on_step or after_step hook that throws on one rank is one error on every rank") {
+  communicator world;
+  const auto data = toy::make_data<double>(24, features, 3);
+  const int last = world.size() - 1;
+  std::size_t after_calls = 0;
+  parallax::DataParallel dp(Toy(features, hidden, 1), parallax::optim::SGD<double>({.lr = 0.05}),
+                            {.on_step = [&](const parallax::step_report& r) {
+                               if (r.step == 1) throw std::runtime_error("progress bar broke");
+                             },
+                             .after_step = [&](const parallax::step_report& r) {
+                               ++after_calls;  // runs on rank 0 too, after its on_step threw
+                               if (r.step == 2 && world.rank() == last) throw std::runtime_error("saver broke");
+                             }},
+                            world);
+  auto sampler = dp.make_sampler(data.size(), 4);  // 6 steps
+  CHECK(agreed_error(world, [&] { dp.train_epoch(data, sampler); }) == "on_step hook: progress bar broke [rank 0]");
+  CHECK(after_calls == 2);
+  CHECK(sampler.position() == 2);  // past the step whose hook failed
+  CHECK(agreed_error(world, [&] { dp.train_epoch(data, sampler); }) ==
+        "after_step hook: saver broke [rank " + std::to_string(last) + "]");
+  CHECK(dp.train_epoch(data, sampler).steps == 3);
+  CHECK(replicas_equal(world, dp));
+}
+
+TEST_CASE("training: a dataset smaller than the sampler, or of another size on some rank, is one error") {
+  communicator world;
+  const auto data = toy::make_data<double>(24, features, 3);
+  const auto fewer = toy::make_data<double>(20, features, 3);
+  const int last = world.size() - 1;
+  parallax::DataParallel dp(Toy(features, hidden, 1), parallax::optim::SGD<double>(), {}, world);
+  auto sampler = dp.make_sampler(data.size(), 4);
+  const auto& mine = world.rank() == last ? fewer : data;
+  CHECK(agreed_error(world, [&] { dp.train_epoch(mine, sampler); }) ==
+        "train_epoch(): the dataset holds 20 samples but the sampler was made for 24 [rank " + std::to_string(last) + "]");
+  CHECK(sampler.position() == 0);
+  // evaluate(): sizes that differ between ranks, size() or a batch size of 0 on one rank.
+  if (world.size() > 1) {
+    CHECK(agreed_error(world, [&] { dp.evaluate(mine, 8); }) ==
+          "DataParallel::evaluate(): the dataset size differs between ranks: rank 0 has 24, rank " +
+              std::to_string(last) + " has 20");
+  }
+  FlakyData no_size{&data, last, 0, false, true};
+  CHECK(agreed_error(world, [&] { dp.evaluate(no_size, 8); }) == "FlakyData: no index [rank " + std::to_string(last) + "]");
+  CHECK(agreed_error(world, [&] { dp.evaluate(data, world.rank() == last ? 0 : 8); }) ==
+        "DataParallel::evaluate(): batch_size is 0 [rank " + std::to_string(last) + "]");
+  FlakyData unreadable{&data, last, 10};
+  // The last rank's shard is the end of the dataset: it reads sample 10 or later.
+  CHECK(agreed_error(world, [&] { dp.evaluate(unreadable, 8); }) ==
+        "FlakyData: sample unreadable [rank " + std::to_string(last) + "]");
+  CHECK(dp.evaluate(data, 8).samples == 24);
+}
 
 TEST_CASE("training: the update path clips by global norm, then schedules, then steps") {
   // One parameter tensor [1, 1], gradient [3, 4] (norm 5), clip to 1, lr

@@ -119,7 +119,12 @@ class DataParallel {
   /// this rank's mean loss. A failure on any rank (an exception in the model,
   /// an empty batch) becomes the same error on every rank, at the latest on
   /// the communicating micro-step.
-  double train_step(const batch_type& batch);
+  double train_step(const batch_type& batch) { return micro_step(&batch, std::nullopt); }
+
+  /// Collective. A micro-step in which this rank does not train: `cause`
+  /// (e.g. its batch failed to load) becomes the same error on every rank
+  /// when the step communicates (training::Trainer).
+  double fail_step(error cause) { return micro_step(nullptr, std::move(cause)); }
 
   /// Collective. A sampler for a dataset of `dataset_size` samples with the
   /// given global batch; checks that every rank asked for the same plan.
@@ -211,6 +216,8 @@ class DataParallel {
 
   void refresh_views();
   double synchronize_gradients();
+  /// train_step() on `batch`, or fail_step() without one.
+  double micro_step(const batch_type* batch, std::optional<error> cause);
   double local_step();
   void reset_accumulation();
 
@@ -296,20 +303,21 @@ void DataParallel<M>::refresh_views() {
 }
 
 template <class M>
-double DataParallel<M>::train_step(const batch_type& batch) {
+double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error> cause) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  const std::size_t n = parallax::batch_size(batch);
+  const std::size_t n = batch ? parallax::batch_size(*batch) : 0;
   double loss = 0;
+  if (cause && !failure_) failure_ = std::move(cause);
   if (n == 0) {
     if (!failure_) failure_ = error(error_kind::invalid_argument, "DataParallel::train_step(): the batch is empty", detail::this_rank());
-  } else {
+  } else if (!failure_) {  // after a failure the step throws when it communicates: no need to compute
     auto failure = detail::capture(
         [&] {
           // Layers with step-keyed randomness (dropout) see the optimizer step,
           // so a resumed run draws the same masks as an uninterrupted one.
           if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
-          loss = static_cast<double>(model_.loss_and_gradient(batch));
+          loss = static_cast<double>(model_.loss_and_gradient(*batch));
           refresh_views();
         },
         "DataParallel::train_step(): ");
@@ -418,11 +426,11 @@ template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
 evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, const std::vector<metric<M>>& metrics) {
-  PARALLAX_CHECK(batch_size > 0, "DataParallel::evaluate(): batch_size is 0");
+  const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "DataParallel::evaluate()");
   // [samples, loss sum, correct, metric sums...]
   std::vector<double> sums(3 + metrics.size(), 0.0);
   agree(comm_, [&] {
-    const auto mine = block_of(dataset.size(), comm_.size(), comm_.rank());
+    const auto mine = block_of(n, comm_.size(), comm_.rank());
     training::eval_mode guard([&](bool training) {
       if constexpr (requires { model_.set_training(training); }) model_.set_training(training);
     });

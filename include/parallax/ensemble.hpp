@@ -74,18 +74,21 @@ class Ensemble {
   data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
                                         data::sampler_options options = {}) const;
 
-  /// Collective within the replica: one epoch of this replica's training.
+  /// Collective over all ranks: one epoch of this replica's training (the
+  /// replicas train independently). A failure in any replica is the same
+  /// error on every rank, once every replica ended its epoch.
   template <class D>
     requires Dataset<D, typename M::batch_type>
   epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
-    return trainer_->train_epoch(dataset, sampler);
+    return agree(world_, [&] { return trainer_->train_epoch(dataset, sampler); });
   }
 
-  /// Collective within the replica: this replica's loss and accuracy.
+  /// Collective over all ranks: this replica's loss and accuracy (a failure
+  /// in any replica is the same error on every rank).
   template <class D>
     requires Dataset<D, typename M::batch_type>
   evaluation evaluate_replica(const D& dataset, std::size_t batch_size = 256) {
-    return trainer_->evaluate(dataset, batch_size);
+    return agree(world_, [&] { return trainer_->evaluate(dataset, batch_size); });
   }
 
   /// Collective over all ranks: the weighted mean of the replicas' outputs

@@ -92,6 +92,12 @@ class ModelParallel {
   /// Collective. One training step on a batch, through the schedule; returns
   /// the mean loss over the batch, the same on every rank.
   double train_step(const batch_type& batch);
+  /// Collective, in place of train_step() on a rank that cannot take part
+  /// (its batch failed to load): every rank throws `cause` (training::Trainer).
+  double fail_step(error cause) {
+    prepare(batch_type{}, true, std::move(cause));  // throws on every rank
+    return 0;
+  }
 
   /// Collective. A sampler of global batches for train_epoch: every rank
   /// reads each whole batch (stage 0 its inputs, the last stage its
@@ -136,14 +142,13 @@ class ModelParallel {
   template <class D>
     requires Dataset<D, batch_type>
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
-    PARALLAX_CHECK(batch_size > 0, "ModelParallel::evaluate(): batch_size is 0");
-    const std::size_t n = dataset.size();
+    const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "ModelParallel::evaluate()");
     training::eval_sums sums{static_cast<double>(n), 0, 0};
     {
       training::eval_mode guard([&](bool training) { layers_.set_training(training); });
       batch_type batch{};
-      training::for_each_batch(dataset, 0, n, batch_size, batch, [&](const batch_type& b, std::size_t) {
-        prepare(b, false);
+      training::for_each_batch(dataset, 0, n, batch_size, batch, [&](const batch_type& b, std::size_t, auto failed) {
+        prepare(b, false, std::move(failed));
         run(b, forward_schedule(), false);
         sums.loss += runner_.head().loss_sum();
         sums.correct += runner_.head().correct_sum();
@@ -199,8 +204,9 @@ class ModelParallel {
   using stage_type = pipeline::stage<Parts...>;
 
   /// Shape pass and its verdict, agreed by every rank (with the check that
-  /// every rank passed the same batch), then a fresh run on the runner.
-  void prepare(const batch_type& batch, bool training);
+  /// every rank passed the same batch; `failed`: this rank's failure before
+  /// the run, which wins), then a fresh run on the runner.
+  void prepare(const batch_type& batch, bool training, std::optional<error> failed = std::nullopt);
   void run(const batch_type& batch, const pipeline::schedule& ops, bool training);
   pipeline::schedule forward_schedule() const {
     return pipeline::forward_only(static_cast<std::size_t>(stages_), runner_.micro_batches());
@@ -277,10 +283,11 @@ void ModelParallel<Parts...>::note(error what) {
 }
 
 template <class... Parts>
-void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training) {
+void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training, std::optional<error> failed) {
   failure_.reset();
-  const auto shapes = pipeline::shape_pass(runner_.communicator(), stage_, stages_, layers_, batch, training,
-                                           options_.micro_batches);
+  auto shapes = pipeline::shape_pass(runner_.communicator(), stage_, stages_, layers_, batch, training,
+                                     options_.micro_batches);
+  if (failed) shapes.failure = std::move(failed);
   pipeline::agree_shape_pass(comm_, shapes, batch);
   // Forward-only runs (predict, evaluate) take batches of any size: fewer
   // rows than micro-batches simply means fewer micro-batches.

@@ -4,10 +4,18 @@
 /// evaluation mode and restores training mode however the scope ends, the
 /// walk over a range of samples in batches, and the result from global sums.
 
+#include <parallax/core/agree.hpp>
+#include <parallax/core/error.hpp>
+#include <parallax/detail/mpi.hpp>
 #include <parallax/evaluation.hpp>
 
+#include <boost/mpi/communicator.hpp>
+
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
+#include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -29,9 +37,20 @@ class eval_mode {
   SetTraining set_;
 };
 
+/// Collective, at the start of an evaluation: the dataset's size, checked to
+/// be the same on every rank, and batch_size > 0 — a failure (also one
+/// thrown by the dataset's size()) on any rank is the same error on every
+/// rank; `who` names the caller.
+template <class D>
+std::size_t agreed_size(const mpi::communicator& comm, const D& dataset, std::size_t batch_size,
+                        const std::string& who);
+
 /// Calls f(batch, rows) for the samples [begin, end) of `dataset` in batches of
 /// at most batch_size (the last may be short), reusing `batch`'s buffers
-/// when the dataset has batch_into().
+/// when the dataset has batch_into(). When f also takes a
+/// std::optional<error>, a batch that fails to load is passed to it as that
+/// failure (with the buffers as they are) instead of thrown: a pipeline run
+/// then agrees it with the other ranks.
 template <class D, class B, class F>
 void for_each_batch(const D& dataset, std::size_t begin, std::size_t end, std::size_t batch_size, B& batch, F&& f);
 
@@ -51,6 +70,17 @@ evaluation make_evaluation(const eval_sums& total, bool has_accuracy, const std:
 // Implementation
 // ===========================================================================
 
+template <class D>
+std::size_t agreed_size(const mpi::communicator& comm, const D& dataset, std::size_t batch_size,
+                        const std::string& who) {
+  const std::size_t n = agree(comm, [&] {
+    PARALLAX_CHECK(batch_size > 0, who + ": batch_size is 0");
+    return static_cast<std::size_t>(dataset.size());
+  });
+  agree_equal(comm, static_cast<std::uint64_t>(n), who + ": the dataset size");
+  return n;
+}
+
 template <class D, class B, class F>
 void for_each_batch(const D& dataset, std::size_t begin, std::size_t end, std::size_t batch_size, B& batch, F&& f) {
   std::vector<std::size_t> indices;
@@ -58,9 +88,17 @@ void for_each_batch(const D& dataset, std::size_t begin, std::size_t end, std::s
     indices.clear();
     for (std::size_t i = at; i < std::min(end, at + batch_size); ++i) indices.push_back(i);
     const std::span<const std::size_t> view(indices);
-    if constexpr (requires { dataset.batch_into(view, batch); }) dataset.batch_into(view, batch);
-    else batch = dataset.batch(view);
-    f(batch, indices.size());
+    auto load = [&] {
+      if constexpr (requires { dataset.batch_into(view, batch); }) dataset.batch_into(view, batch);
+      else batch = dataset.batch(view);
+    };
+    if constexpr (std::invocable<F&, const B&, std::size_t, std::optional<error>>) {
+      auto failed = parallax::detail::capture(load, "the dataset's batch(): ");
+      f(std::as_const(batch), indices.size(), std::move(failed));
+    } else {
+      load();
+      f(std::as_const(batch), indices.size());
+    }
   }
 }
 

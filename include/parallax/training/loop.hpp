@@ -17,7 +17,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
+#include <string>
+#include <utility>
 
 namespace parallax {
 
@@ -45,6 +48,10 @@ struct epoch_report {
 namespace training {
 
 /// The hooks of the loop; each trainer's options hold them.
+/// A hook that throws, on any rank, is the same error on every rank after
+/// that step: every hook of the step still runs on every rank (collective
+/// work in after_step stays matched), then one small all-reduce per step,
+/// only when some hook is set, agrees the failures and the stop votes.
 struct hooks {
   /// After every step, on rank 0 only (progress output); other ranks stay silent.
   const std::function<void(const step_report&)>& on_step;
@@ -61,7 +68,10 @@ struct hooks {
 /// Collective. The rest of the sampler's epoch (from sampler.position()) over
 /// `dataset`, then moves the sampler to the next epoch (not when a hook
 /// stopped it: the next call continues from there). Leftover accumulated
-/// micro-steps are applied at the end.
+/// micro-steps are applied at the end. The dataset must hold at least the
+/// sampler's dataset_size() samples. An exception from the dataset (size(),
+/// batch()) on some ranks is the same error on every rank, at the latest
+/// when the step communicates (Trainer::fail_step); the trainer stays usable.
 template <Trainer T, class D>
 epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& sampler, const hooks& h);
 
@@ -74,6 +84,12 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   using clock = std::chrono::steady_clock;
   trainer.check_sampler(sampler);
   const auto& comm = trainer.communicator();
+  agree(comm, [&] {
+    const std::size_t n = dataset.size();
+    PARALLAX_CHECK(n >= sampler.dataset_size(), "train_epoch(): the dataset holds " + std::to_string(n) +
+                                                    " samples but the sampler was made for " +
+                                                    std::to_string(sampler.dataset_size()));
+  });
   const auto start = clock::now();
   epoch_report report;
   double weighted_loss = 0;
@@ -82,10 +98,14 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   for (std::size_t s = sampler.position(); s < steps && !report.stopped; ++s) {
     const auto t0 = clock::now();
     const auto indices = trainer.step_indices(sampler, s);
-    if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
-    else batch = dataset.batch(indices);
+    auto load_failure = detail::capture(
+        [&] {
+          if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
+          else batch = dataset.batch(indices);
+        },
+        "the dataset's batch(): ");
     const std::uint64_t skipped_before = trainer.skipped_steps();
-    const double loss = trainer.train_step(batch);
+    const double loss = load_failure ? trainer.fail_step(std::move(*load_failure)) : trainer.train_step(batch);
     const std::size_t step_samples = sampler.global_batch();
     weighted_loss += loss * static_cast<double>(step_samples);
     report.samples += step_samples;
@@ -94,13 +114,18 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
     const step_report step{sampler.epoch(), s, steps, trainer.optimizer().steps(), loss, step_samples,
                            std::chrono::duration<double>(clock::now() - t0).count(),
                            trainer.skipped_steps() > skipped_before};
-    if (h.on_step && comm.rank() == 0) h.on_step(step);
-    if (h.after_step) h.after_step(step);
-    if (h.stop_when) {
-      // One all-reduce carries both the stop votes and a throwing hook
-      // (0 go on, 1 stop, 2 failed); the failure is agreed only then.
+    if (h.on_step || h.after_step || h.stop_when) {
+      // Every hook runs, the first failure is kept; one all-reduce carries
+      // the stop votes and the failures (0 go on, 1 stop, 2 failed), and the
+      // failure is agreed only then.
+      std::optional<error> failure;
+      auto keep = [&](std::optional<error> f) {
+        if (f && !failure) failure = std::move(f);
+      };
+      if (h.on_step && comm.rank() == 0) keep(detail::capture([&] { h.on_step(step); }, "on_step hook: "));
+      if (h.after_step) keep(detail::capture([&] { h.after_step(step); }, "after_step hook: "));
       bool stop = false;
-      const auto failure = detail::capture([&] { stop = h.stop_when(step); }, "stop_when hook: ");
+      if (h.stop_when) keep(detail::capture([&] { stop = h.stop_when(step); }, "stop_when hook: "));
       const int mine = failure ? 2 : stop ? 1 : 0;
       int most = 0;
       mpi::all_reduce(comm, mine, most, mpi::maximum<int>());

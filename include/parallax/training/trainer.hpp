@@ -5,6 +5,7 @@
 /// which samples this rank loads for a step of a sampler, and the step's
 /// counters.
 
+#include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/optim/optimizer.hpp>
@@ -15,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 
 namespace parallax::training {
 
@@ -29,6 +31,11 @@ concept Trainer = requires(T& t, const T& ct, const typename T::batch_type& batc
   typename T::batch_type;
   /// Collective: one step (or micro-step) on this rank's batch; the step's loss.
   { t.train_step(batch) } -> std::convertible_to<double>;
+  /// Collective, in place of train_step() on a rank that could not take part
+  /// (its batch failed to load): the step runs its agreement without
+  /// training, so every rank throws `cause` (with the ranks) when the step
+  /// communicates. Returns like train_step() when it does not throw.
+  { t.fail_step(std::declval<error>()) } -> std::convertible_to<double>;
   /// Collective: applies what accumulated steps left pending.
   t.flush();
   /// The samples this rank loads for `step` of the sampler's epoch.
