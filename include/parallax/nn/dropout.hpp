@@ -19,7 +19,9 @@ namespace parallax::nn {
 
 /// Inverted dropout: in training mode each element is dropped (set to 0)
 /// with probability p and kept elements are scaled by 1 / (1 - p); in eval
-/// mode (`set_training(false)`) the layer is the identity.
+/// mode (`set_training(false)`) the layer is the identity. As in PyTorch
+/// (x * mask / (1 - p)), a dropped NaN or +-inf gives NaN, in forward (x)
+/// and backward (dy) alike, so dropping never hides one.
 ///
 /// The mask is a deterministic, reproducible function of
 ///   (seed, layer index)      from initialize(seed, index),
@@ -131,7 +133,10 @@ void Dropout<T, N>::apply(const input_type& x, const T* from, T* to) const {
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t j = 0; j < per_sample; ++j) {
       const std::size_t i = b * per_sample + j;
-      to[i] = kept(in[i], j) ? from[i] * scale : T(0);
+      // A dropped element is what PyTorch's from * 0 gives, NaN for NaN and
+      // for +-inf, but +0 for every finite value (from * 0 would give -0 for
+      // a negative one): from - from is exactly that.
+      to[i] = kept(in[i], j) ? from[i] * scale : from[i] - from[i];
     }
 }
 
