@@ -7,6 +7,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -62,10 +63,7 @@ class Elementwise {
 
   /// The input shape itself; throws parallax::error when its rank is not N.
   std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const {
-    PARALLAX_CHECK(input_shape.size() == N, std::string(Derived::name) + ": input shape " +
-                                                parallax::detail::shape_string(input_shape) +
-                                                " does not fit the expected rank-" + std::to_string(N) +
-                                                " shape (batch, ...)");
+    check_input_rank(input_shape, N, Derived::name);
     return input_shape;
   }
 

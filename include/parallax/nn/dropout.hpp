@@ -7,6 +7,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <bit>
 #include <cstddef>
@@ -149,9 +150,7 @@ void Dropout<T, N>::forward(const input_type& x, output_type& y) const {
 template <class T, std::size_t N>
 void Dropout<T, N>::backward(const input_type& x, const output_type& /*y*/, const output_type& dy,
                              input_type& dx) const {
-  PARALLAX_CHECK(dy.shape() == x.shape(), "Dropout::backward(): dy has shape " +
-                                              parallax::detail::shape_string(dy.shape()) + ", expected " +
-                                              parallax::detail::shape_string(x.shape()));
+  detail::check_dy_shape(dy.shape(), x.shape(), "Dropout");
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   apply(x, dy.data(), dx.data());
 }
@@ -165,10 +164,7 @@ std::string Dropout<T, N>::describe() const {
 
 template <class T, std::size_t N>
 std::vector<std::size_t> Dropout<T, N>::output_shape(const std::vector<std::size_t>& input_shape) const {
-  PARALLAX_CHECK(input_shape.size() == N, describe() + ": input shape " +
-                                              parallax::detail::shape_string(input_shape) +
-                                              " does not fit the expected rank-" + std::to_string(N) +
-                                              " shape (batch, ...)");
+  detail::check_input_rank(input_shape, N, describe());
   return input_shape;
 }
 

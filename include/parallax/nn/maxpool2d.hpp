@@ -5,6 +5,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <algorithm>
 #include <array>
@@ -123,10 +124,7 @@ void MaxPool2D<T>::backward(const input_type& x, const output_type& /*y*/, const
   check_input(x, "backward");
   const std::size_t planes = x.shape()[0] * x.shape()[1], h = x.shape()[2], w = x.shape()[3];
   const std::size_t oh = out_extent(h), ow = out_extent(w);
-  const std::array<std::size_t, 4> expected{x.shape()[0], x.shape()[1], oh, ow};
-  PARALLAX_CHECK(dy.shape() == expected, "MaxPool2D::backward(): dy has shape " +
-                                             parallax::detail::shape_string(dy.shape()) + ", expected " +
-                                             parallax::detail::shape_string(expected));
+  detail::check_dy_shape(dy.shape(), std::array<std::size_t, 4>{x.shape()[0], x.shape()[1], oh, ow}, "MaxPool2D");
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   std::fill_n(dx.data(), dx.size(), T(0));
   for (std::size_t p = 0; p < planes; ++p) {
