@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // Conv2D and MaxPool2D: hand-computed forward values, finite-difference
 // gradients (double) over strides and paddings, deterministic
-// initialisation, buffer reuse and shape errors.
+// initialisation, buffer reuse, shape errors, and NaN and infinities forward
+// and backward against PyTorch's values.
 
 #include <parallax/nn/conv2d.hpp>
 #include <parallax/nn/maxpool2d.hpp>

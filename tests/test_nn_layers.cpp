@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // Linear, the activations, Dropout and Flatten: hand-computed forward values,
 // finite-difference gradients (double), deterministic initialisation, buffer
-// reuse and shape errors.
+// reuse, shape errors, and NaN and infinities forward and backward against
+// PyTorch's values.
 
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/dropout.hpp>

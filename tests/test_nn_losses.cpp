@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // SoftmaxCrossEntropy and MeanSquaredError: hand-computed values and
 // gradients, numerical stability, finite-difference gradients (double),
-// accuracy counts, label and shape errors, buffer reuse.
+// accuracy counts, label and shape errors, buffer reuse, and NaN and
+// infinities against PyTorch's values.
 
 #include <parallax/nn/loss.hpp>
 

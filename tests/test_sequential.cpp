@@ -2,7 +2,8 @@
 // Sequential: the Model concept, deduction, initialisation by index,
 // concatenated parameters, loss_and_gradient against the same layers run by
 // hand and against finite differences, learning XOR-like data, accuracy,
-// and no allocation per step once the buffers have their shapes.
+// no allocation per step once the buffers have their shapes, and a NaN
+// weight or input that reaches the loss and every gradient.
 
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/conv2d.hpp>
