@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: BSL-1.0
 // Conv2D and MaxPool2D: hand-computed forward values, finite-difference
 // gradients (double) over strides and paddings, deterministic
-// initialisation, buffer reuse and shape errors.
+// initialisation, buffer reuse, shape errors, and NaN and infinities forward
+// and backward against PyTorch's values.
 
 #include <parallax/nn/conv2d.hpp>
 #include <parallax/nn/maxpool2d.hpp>
 
 #include "error_of.hpp"
 #include "gradcheck.hpp"
+#include "test_nn_nonfinite.hpp"
 #include "xtensor_print.hpp"
 
 #include <doctest/doctest.h>
@@ -17,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -223,4 +226,95 @@ TEST_CASE("Conv2D: backward_parameters adds the same parameter gradients as back
   b.backward_parameters(x, y, dy);
   CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
   CHECK(std::get<1>(a.gradients()) == std::get<1>(b.gradients()));
+}
+
+// NaN and infinities go through Conv2D and MaxPool2D as they go through
+// PyTorch's (torch 1.13, float32 and float64 alike); the expected values are
+// PyTorch's.
+
+TEST_CASE_TEMPLATE("Conv2D: a NaN in the weight, x or dy reaches what PyTorch's F.conv2d reaches", T, float, double) {
+  using nonfinite::nan;
+  const auto x9 = nonfinite::tensor<T, 4>({1, 1, 3, 3}, {1, 2, 3, 4, 5, 6, 7, 8, 9});
+  xt::xtensor<T, 4> y, dx;
+  {
+    // Stride 2, padding 1: the NaN kernel tap meets padding in every window
+    // (0 * NaN is NaN) and only the centre pixel in backward.
+    INFO("a NaN weight, stride 2, padding 1");
+    Conv2D<T> conv(1, 1, 2, 2, 1);
+    conv.weight() = nonfinite::tensor<T, 2>({1, 4}, {nan, 2, 3, 4});
+    conv.bias() = nonfinite::tensor<T, 1>({1}, {1});
+    conv.forward(x9, y);
+    CHECK(nonfinite::mismatch(y, {nan, nan, nan, nan}) == "");
+    conv.backward(x9, y, xt::ones<T>(y.shape()), dx);
+    CHECK(nonfinite::mismatch(dx, {4, 3, 4, 2, nan, 2, 4, 3, 4}) == "");
+    CHECK(nonfinite::mismatch(std::get<0>(conv.gradients()), {5, 10, 10, 20}) == "");
+    CHECK(nonfinite::mismatch(std::get<1>(conv.gradients()), {4}) == "");
+  }
+  {
+    INFO("a NaN input pixel");
+    Conv2D<T> conv(1, 1, 2);
+    conv.weight() = nonfinite::tensor<T, 2>({1, 4}, {1, 2, 3, 4});
+    conv.bias() = nonfinite::tensor<T, 1>({1}, {1});
+    const auto x = nonfinite::tensor<T, 4>({1, 1, 3, 3}, {nan, 2, 3, 4, 5, 6, 7, 8, 9});
+    conv.forward(x, y);
+    CHECK(nonfinite::mismatch(y, {nan, 48, 68, 78}) == "");
+    conv.backward(x, y, xt::ones<T>(y.shape()), dx);
+    CHECK(nonfinite::mismatch(dx, {1, 3, 2, 4, 10, 6, 3, 7, 4}) == "");
+    CHECK(nonfinite::mismatch(std::get<0>(conv.gradients()), {nan, 16, 24, 28}) == "");
+    CHECK(nonfinite::mismatch(std::get<1>(conv.gradients()), {4}) == "");
+  }
+  {
+    INFO("a NaN dy, through backward and backward_parameters");
+    Conv2D<T> conv(1, 1, 2), first(1, 1, 2);
+    for (auto* c : {&conv, &first}) {
+      c->weight() = nonfinite::tensor<T, 2>({1, 4}, {1, 2, 3, 4});
+      c->bias() = nonfinite::tensor<T, 1>({1}, {1});
+    }
+    const auto dy = nonfinite::tensor<T, 4>({1, 1, 2, 2}, {nan, 0, 0, 0});
+    conv.forward(x9, y);
+    CHECK(nonfinite::mismatch(y, {38, 48, 68, 78}) == "");
+    conv.backward(x9, y, dy, dx);
+    first.backward_parameters(x9, y, dy);
+    CHECK(nonfinite::mismatch(dx, {nan, nan, 0, nan, nan, 0, 0, 0, 0}) == "");
+    for (const auto* c : {&conv, &first}) {
+      CHECK(nonfinite::mismatch(std::get<0>(c->gradients()), {nan, nan, nan, nan}) == "");
+      CHECK(nonfinite::mismatch(std::get<1>(c->gradients()), {nan}) == "");
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("MaxPool2D: a window with a NaN gives NaN and its gradient goes to the NaN, as in PyTorch", T,
+                   float, double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  MaxPool2D<T> pool(2);
+  // The top-left window has two NaNs: PyTorch routes the gradient to the
+  // last one in row-major order (it takes a NaN as the new maximum whenever
+  // it meets one); the bottom-right window's maximum is +inf.
+  const auto x = nonfinite::tensor<T, 4>({1, 1, 4, 4}, {1, nan, 2, 2, nan, 4, 2, 2, 0, -1, 9, inf, -2, 7, 8, 9});
+  xt::xtensor<T, 4> y, dx;
+  pool.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {nan, 2, 7, inf}) == "");
+  pool.backward(x, y, nonfinite::tensor<T, 4>({1, 1, 2, 2}, {10, 20, 30, 40}), dx);
+  CHECK(nonfinite::mismatch(dx, {0, 0, 20, 0, 10, 0, 0, 0, 0, 0, 0, 40, 0, 30, 0, 0}) == "");
+
+  // Overlapping windows that all hold the NaN: all NaN, every gradient to it.
+  MaxPool2D<T> overlap(2, 1);
+  const auto centre = nonfinite::tensor<T, 4>({1, 1, 3, 3}, {1, 2, 1, 2, nan, 3, 1, 4, 1});
+  overlap.forward(centre, y);
+  CHECK(nonfinite::mismatch(y, {nan, nan, nan, nan}) == "");
+  overlap.backward(centre, y, nonfinite::tensor<T, 4>({1, 1, 2, 2}, {1, 2, 3, 4}), dx);
+  CHECK(nonfinite::mismatch(dx, {0, 0, 0, 0, 10, 0, 0, 0, 0}) == "");
+
+  // A NaN dy goes to the window's maximum; a window of -inf sends its
+  // gradient to the first element.
+  const auto finite = nonfinite::tensor<T, 4>({1, 1, 2, 2}, {5, 1, 2, 3});
+  pool.forward(finite, y);
+  pool.backward(finite, y, nonfinite::tensor<T, 4>({1, 1, 1, 1}, {nan}), dx);
+  CHECK(nonfinite::mismatch(dx, {nan, 0, 0, 0}) == "");
+  const auto low = nonfinite::tensor<T, 4>({1, 1, 2, 2}, {-inf, -inf, -inf, -inf});
+  pool.forward(low, y);
+  CHECK(nonfinite::mismatch(y, {-inf}) == "");
+  pool.backward(low, y, nonfinite::tensor<T, 4>({1, 1, 1, 1}, {1}), dx);
+  CHECK(nonfinite::mismatch(dx, {1, 0, 0, 0}) == "");
 }

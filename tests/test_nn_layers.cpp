@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: BSL-1.0
 // Linear, the activations, Dropout and Flatten: hand-computed forward values,
 // finite-difference gradients (double), deterministic initialisation, buffer
-// reuse and shape errors.
+// reuse, shape errors, and NaN and infinities forward and backward against
+// PyTorch's values.
 
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/dropout.hpp>
@@ -10,16 +11,19 @@
 
 #include "error_of.hpp"
 #include "gradcheck.hpp"
+#include "test_nn_nonfinite.hpp"
 #include "xtensor_print.hpp"
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -388,4 +392,157 @@ TEST_CASE("Linear: backward_parameters adds the same parameter gradients as back
   CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
   CHECK(std::get<1>(a.gradients()) == std::get<1>(b.gradients()));
   CHECK(xt::amax(xt::abs(std::get<0>(b.gradients())))() > 0);
+}
+
+// NaN and infinities go through every layer as they go through PyTorch's
+// (torch 1.13, float32 and float64 alike); the expected values are PyTorch's.
+
+TEST_CASE_TEMPLATE("ReLU: NaN and infinities propagate forward and backward as in PyTorch", T, float, double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  const auto x = nonfinite::tensor<T, 2>({2, 3}, {-1, 0, 2, nan, inf, -inf});
+  xt::xtensor<T, 2> y, dx;
+  ReLU<T> relu;
+  relu.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {0, 0, 2, nan, inf, 0}) == "");  // relu(NaN) = NaN
+  // torch.relu's backward passes dy where relu(x) is not <= 0: at NaN too.
+  relu.backward(x, y, nonfinite::tensor<T, 2>({2, 3}, {3, 3, 3, 3, 3, 3}), dx);
+  CHECK(nonfinite::mismatch(dx, {0, 0, 3, 3, 3, 0}) == "");
+  // A NaN dy: NaN wherever PyTorch has it (x = 2, NaN, inf); where the slope
+  // is 0 parallax keeps 0 * NaN = NaN too (PyTorch writes 0 there), so an
+  // upstream NaN is never dropped.
+  relu.backward(x, y, nonfinite::tensor<T, 2>({2, 3}, {nan, nan, nan, nan, nan, nan}), dx);
+  CHECK(nonfinite::mismatch(dx, {nan, nan, nan, nan, nan, nan}) == "");
+}
+
+TEST_CASE_TEMPLATE("Tanh and Sigmoid: NaN and infinities propagate forward and backward as in PyTorch", T, float,
+                   double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+  const auto x = nonfinite::tensor<T, 2>({2, 3}, {-1, 0, 2, nan, inf, -inf});
+  const auto three = nonfinite::tensor<T, 2>({2, 3}, {3, 3, 3, 3, 3, 3});
+  const auto nans = nonfinite::tensor<T, 2>({2, 3}, {nan, nan, nan, nan, nan, nan});
+  xt::xtensor<T, 2> y, dx;
+  Tanh<T> th;
+  th.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {-0.7615941559557649, 0, 0.9640275800758169, nan, 1, -1}, tol) == "");
+  th.backward(x, y, three, dx);
+  CHECK(nonfinite::mismatch(dx, {1.2599230248420783, 3, 0.2119524745594933, nan, 0, 0}, tol) == "");
+  th.backward(x, y, nans, dx);
+  CHECK(nonfinite::mismatch(dx, {nan, nan, nan, nan, nan, nan}) == "");
+  Sigmoid<T> sg;
+  sg.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {0.2689414213699951, 0.5, 0.8807970779778823, nan, 1, 0}, tol) == "");
+  sg.backward(x, y, three, dx);
+  CHECK(nonfinite::mismatch(dx, {0.5898357997244456, 0.75, 0.31498075621051985, nan, 0, 0}, tol) == "");
+  sg.backward(x, y, nans, dx);
+  CHECK(nonfinite::mismatch(dx, {nan, nan, nan, nan, nan, nan}) == "");
+}
+
+TEST_CASE_TEMPLATE("Dropout: a dropped NaN or infinity gives NaN, as x * mask / (1 - p) does in PyTorch", T, float,
+                   double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  Dropout<T> drop(0.5);
+  drop.initialize(5, 1);
+  drop.set_step(2);
+  // Two samples of 32 elements, (NaN, inf, -inf, -2) repeated: each value
+  // stands at 8 positions of a sample, kept at some and dropped at others
+  // (checked below, so the test cannot pass vacuously).
+  xt::xtensor<T, 2> x(std::array<std::size_t, 2>{2, 32});
+  const std::array<double, 4> pattern{nan, inf, -inf, -2};
+  for (std::size_t i = 0; i < x.size(); ++i) x.data()[i] = static_cast<T>(pattern[i % 4]);
+  std::vector<double> mask(x.size());
+  std::array<std::size_t, 4> kept{}, dropped{};
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const bool keep = drop.kept(x.data()[i], i % 32);
+    mask[i] = keep ? 1.0 : 0.0;
+    ++(keep ? kept : dropped)[i % 4];
+  }
+  for (std::size_t k = 0; k < 4; ++k) {
+    CHECK(kept[k] > 0);
+    CHECK(dropped[k] > 0);
+  }
+  // PyTorch: y = x * mask * 1 / (1 - p), so NaN * 0 and inf * 0 are NaN.
+  auto times_mask = [&](const xt::xtensor<T, 2>& v) {
+    std::vector<double> out(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = static_cast<double>(v.data()[i]) * mask[i] * 2.0;
+    return out;
+  };
+  xt::xtensor<T, 2> y, dx;
+  drop.forward(x, y);
+  CHECK(nonfinite::mismatch(y, times_mask(x)) == "");
+  // dx = dy * mask / (1 - p): a NaN dy stays NaN where dropped, and a finite
+  // dy at a NaN x is scaled or 0 like any other.
+  xt::xtensor<T, 2> dy(x.shape());
+  std::fill_n(dy.data(), dy.size(), static_cast<T>(nan));
+  drop.backward(x, y, dy, dx);
+  CHECK(nonfinite::mismatch(dx, times_mask(dy)) == "");
+  std::fill_n(dy.data(), dy.size(), T(3));
+  drop.backward(x, y, dy, dx);
+  CHECK(nonfinite::mismatch(dx, times_mask(dy)) == "");
+}
+
+TEST_CASE_TEMPLATE("Flatten: NaN and infinities are copied forward and backward", T, float, double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  Flatten<T, 3> flat;
+  const auto x = nonfinite::tensor<T, 3>({1, 2, 2}, {nan, 1, -inf, 2});
+  xt::xtensor<T, 2> y;
+  xt::xtensor<T, 3> dx;
+  flat.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {nan, 1, -inf, 2}) == "");
+  flat.backward(x, y, nonfinite::tensor<T, 2>({1, 4}, {inf, nan, 2, 3}), dx);
+  CHECK(nonfinite::mismatch(dx, {inf, nan, 2, 3}) == "");
+}
+
+TEST_CASE_TEMPLATE("Linear: a NaN in x, the weight or dy reaches what PyTorch's F.linear reaches", T, float, double) {
+  using nonfinite::nan;
+  // W [in = 2, out = 3] = {{1, 2, 3}, {4, 5, 6}}, b = {0.5, -1, 2}; values
+  // from torch.nn.functional.linear with the weight transposed to [out, in].
+  auto layer = [](double w12) {
+    Linear<T> fc(2, 3);
+    fc.weight() = nonfinite::tensor<T, 2>({2, 3}, {1, 2, 3, 4, 5, w12});
+    fc.bias() = nonfinite::tensor<T, 1>({3}, {0.5, -1, 2});
+    return fc;
+  };
+  const auto ones = nonfinite::tensor<T, 2>({2, 3}, {1, 1, 1, 1, 1, 1});
+  xt::xtensor<T, 2> y, dx;
+  {
+    INFO("a NaN input");
+    auto fc = layer(6);
+    const auto x = nonfinite::tensor<T, 2>({2, 2}, {nan, 1, 2, -1});
+    fc.forward(x, y);
+    CHECK(nonfinite::mismatch(y, {nan, nan, nan, -1.5, -2, 2}) == "");
+    fc.backward(x, y, ones, dx);
+    CHECK(nonfinite::mismatch(dx, {6, 15, 6, 15}) == "");
+    CHECK(nonfinite::mismatch(std::get<0>(fc.gradients()), {nan, nan, nan, 0, 0, 0}) == "");
+    CHECK(nonfinite::mismatch(std::get<1>(fc.gradients()), {2, 2, 2}) == "");
+  }
+  {
+    INFO("a NaN weight");
+    auto fc = layer(nan);
+    const auto x = nonfinite::tensor<T, 2>({2, 2}, {1, 1, 2, -1});
+    fc.forward(x, y);
+    CHECK(nonfinite::mismatch(y, {5.5, 6, nan, -1.5, -2, nan}) == "");
+    fc.backward(x, y, ones, dx);
+    CHECK(nonfinite::mismatch(dx, {6, nan, 6, nan}) == "");
+    CHECK(nonfinite::mismatch(std::get<0>(fc.gradients()), {3, 3, 3, 0, 0, 0}) == "");
+    CHECK(nonfinite::mismatch(std::get<1>(fc.gradients()), {2, 2, 2}) == "");
+  }
+  {
+    INFO("a NaN dy, through backward and backward_parameters");
+    auto fc = layer(6), first = layer(6);
+    const auto x = nonfinite::tensor<T, 2>({2, 2}, {1, 1, 2, -1});
+    const auto dy = nonfinite::tensor<T, 2>({2, 3}, {nan, 0, 0, 0, 0, 0});
+    fc.forward(x, y);
+    fc.backward(x, y, dy, dx);
+    first.backward_parameters(x, y, dy);
+    CHECK(nonfinite::mismatch(dx, {nan, nan, 0, 0}) == "");
+    for (const auto* l : {&fc, &first}) {
+      CHECK(nonfinite::mismatch(std::get<0>(l->gradients()), {nan, 0, 0, nan, 0, 0}) == "");
+      CHECK(nonfinite::mismatch(std::get<1>(l->gradients()), {nan, 0, 0}) == "");
+    }
+  }
 }

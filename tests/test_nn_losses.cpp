@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: BSL-1.0
 // SoftmaxCrossEntropy and MeanSquaredError: hand-computed values and
 // gradients, numerical stability, finite-difference gradients (double),
-// accuracy counts, label and shape errors, buffer reuse.
+// accuracy counts, label and shape errors, buffer reuse, and NaN and
+// infinities against PyTorch's values.
 
 #include <parallax/nn/loss.hpp>
 
 #include "error_of.hpp"
 #include "gradcheck.hpp"
+#include "test_nn_nonfinite.hpp"
 #include "xtensor_print.hpp"
 
 #include <doctest/doctest.h>
@@ -16,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 
 namespace {
@@ -152,4 +156,72 @@ TEST_CASE("losses: the gradient buffer is reused when its shape is right") {
   CHECK(dy.data() == data);
   mse.loss(y, y, dy);
   CHECK(dy.data() == data);
+}
+
+// NaN and infinities go through the losses as they go through PyTorch's
+// F.cross_entropy and F.mse_loss (torch 1.13, float32 and float64 alike);
+// the expected values are PyTorch's.
+
+TEST_CASE_TEMPLATE("SoftmaxCrossEntropy: NaN and infinite logits give PyTorch's loss and gradient", T, float,
+                   double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-14;
+  SoftmaxCrossEntropy<T> ce;
+  const labels t = {2, 0};
+  // Row 1 is (0, 1, 2) with label 0 throughout: its gradient stays finite.
+  const std::vector<double> row1{-0.4549847134148098, 0.12236423552739882, 0.3326204778874109};
+  struct example {
+    std::vector<double> row0;
+    double loss;
+    std::vector<double> grad0;
+  };
+  const double p = 0.13447071068499755;
+  for (const auto& e : {example{{nan, 0, 1}, nan, {nan, nan, nan}}, example{{0, nan, 1}, nan, {nan, nan, nan}},
+                        example{{inf, 0, 1}, nan, {nan, nan, nan}}, example{{-inf, -inf, -inf}, nan, {nan, nan, nan}},
+                        example{{-inf, 0, 1}, 1.3604338259813018, {0, p, -p}},
+                        example{{0, 1, -inf}, inf, {p, 0.36552928931500245, -0.5}}}) {
+    CAPTURE(e.row0[0]);
+    CAPTURE(e.row0[1]);
+    CAPTURE(e.row0[2]);
+    const auto y = nonfinite::tensor<T, 2>({2, 3}, {e.row0[0], e.row0[1], e.row0[2], 0, 1, 2});
+    xt::xtensor<T, 2> dy;
+    const xt::xtensor<double, 1> losses = {ce.loss(y, t, dy), ce.value(y, t)};
+    CHECK(nonfinite::mismatch(losses, {e.loss, e.loss}, tol) == "");
+    std::vector<double> grad = e.grad0;
+    grad.insert(grad.end(), row1.begin(), row1.end());
+    CHECK(nonfinite::mismatch(dy, grad, tol) == "");
+  }
+}
+
+TEST_CASE_TEMPLATE("SoftmaxCrossEntropy: correct takes a NaN as the largest logit, as torch.argmax does", T, float,
+                   double) {
+  using nonfinite::nan;
+  SoftmaxCrossEntropy<T> ce;
+  // torch.argmax: the first NaN of a row, else the first maximum: (1, 1, 0).
+  const auto y = nonfinite::tensor<T, 2>({3, 4}, {1, nan, 3, nan, 1, 5, 3, 5, nan, 5, 9, 1});
+  CHECK(ce.correct(y, labels{1, 1, 0}) == 3);
+  CHECK(ce.correct(y, labels{2, 3, 2}) == 0);
+}
+
+TEST_CASE_TEMPLATE("MeanSquaredError: NaN and infinities give PyTorch's loss and gradient", T, float, double) {
+  using nonfinite::inf;
+  using nonfinite::nan;
+  MeanSquaredError<T> mse;
+  struct example {
+    std::vector<double> y, t;
+    double loss;
+    std::vector<double> grad;
+  };
+  for (const auto& e : {example{{1, nan}, {0, 0}, nan, {1, nan}}, example{{1, 2}, {nan, 0}, nan, {nan, 2}},
+                        example{{inf, 2}, {inf, 0}, nan, {nan, 2}}, example{{inf, 2}, {0, 0}, inf, {inf, 2}}}) {
+    CAPTURE(e.y[0]);
+    CAPTURE(e.t[0]);
+    const auto y = nonfinite::tensor<T, 2>({1, 2}, {e.y[0], e.y[1]});
+    const auto t = nonfinite::tensor<T, 2>({1, 2}, {e.t[0], e.t[1]});
+    xt::xtensor<T, 2> dy;
+    const xt::xtensor<double, 1> losses = {mse.loss(y, t, dy), mse.value(y, t)};
+    CHECK(nonfinite::mismatch(losses, {e.loss, e.loss}) == "");
+    CHECK(nonfinite::mismatch(dy, e.grad) == "");
+  }
 }

@@ -2,7 +2,8 @@
 // Sequential: the Model concept, deduction, initialisation by index,
 // concatenated parameters, loss_and_gradient against the same layers run by
 // hand and against finite differences, learning XOR-like data, accuracy,
-// and no allocation per step once the buffers have their shapes.
+// no allocation per step once the buffers have their shapes, and a NaN
+// weight or input that reaches the loss and every gradient.
 
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/conv2d.hpp>
@@ -14,17 +15,20 @@
 #include <parallax/nn/sequential.hpp>
 
 #include "gradcheck.hpp"
+#include "test_nn_nonfinite.hpp"
 #include "error_of.hpp"
 #include "xtensor_print.hpp"
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <string>
 #include <type_traits>
@@ -328,4 +332,48 @@ TEST_CASE("Sequential: an input that does not fit names the layer at fault and w
                                                                                    xt::zeros<std::int32_t>({5})};
   Sequential ok{Linear<double>(4, 3), SoftmaxCrossEntropy<double>{}};
   CHECK(contains(error_of([&] { ok.loss_and_gradient(wrong); }), "layer 0 Linear(4 -> 3) cannot take the input, of shape (5, 7)"));
+}
+
+namespace {
+
+/// How many of the chain's gradient tensors hold a NaN.
+template <class Net>
+std::size_t gradients_with_nan(Net& net) {
+  std::size_t with = 0;
+  parallax::detail::for_each_tensor(net.gradients(), [&](const auto& g) {
+    with += std::any_of(g.begin(), g.end(), [](auto v) { return std::isnan(v); }) ? 1 : 0;
+  });
+  return with;
+}
+
+}  // namespace
+
+TEST_CASE("Sequential: a NaN weight before a ReLU makes the loss and every gradient NaN, as in PyTorch") {
+  // The corrupt weight must show in the loss and the gradients, or the
+  // trainers' non-finite check cannot see it.
+  Sequential net{Linear<double>(4, 6), ReLU<double>{}, Linear<double>(6, 3), SoftmaxCrossEntropy<double>{}};
+  net.initialize(3);
+  const auto batch = random_batch(5, 4, 3, 81);
+  CHECK(std::isfinite(net.loss_and_gradient(batch)));
+  CHECK(gradients_with_nan(net) == 0);
+  net.layer<0>().weight()(1, 2) = std::numeric_limits<double>::quiet_NaN();
+  CHECK(std::isnan(net.loss_and_gradient(batch)));
+  CHECK(std::isnan(net.loss(batch)));
+  CHECK(gradients_with_nan(net) == 4);  // both weights and both biases
+}
+
+TEST_CASE("Sequential: a NaN pixel that is not the first of its pooling window reaches the loss") {
+  using Net = Sequential<Conv2D<float>, MaxPool2D<float>, Flatten<float, 4>, Linear<float>,
+                         SoftmaxCrossEntropy<float>>;
+  Net net{Conv2D<float>(1, 2, 1), MaxPool2D<float>(2), Flatten<float, 4>{}, Linear<float>(8, 3),
+          SoftmaxCrossEntropy<float>{}};
+  net.initialize(4);
+  Net::batch_type batch;
+  batch.inputs = xt::xtensor<float, 4>(std::array<std::size_t, 4>{2, 1, 4, 4});
+  gradcheck::fill_uniform(batch.inputs, 82);
+  batch.targets = {0, 2};
+  CHECK(std::isfinite(net.loss_and_gradient(batch)));
+  batch.inputs(1, 0, 2, 3) = std::numeric_limits<float>::quiet_NaN();  // the bottom-right window's second element
+  CHECK(std::isnan(net.loss_and_gradient(batch)));
+  CHECK(gradients_with_nan(net) == 4);  // both weights and both biases
 }

@@ -2,10 +2,12 @@
 // SPDX-License-Identifier: BSL-1.0
 /// Elementwise activations ReLU, Tanh and Sigmoid over tensors of any rank:
 /// stateless layers whose backward reads the input (ReLU) or the output
-/// (Tanh, Sigmoid), whichever gives the derivative directly.
+/// (Tanh, Sigmoid), whichever gives the derivative directly. NaN and
+/// infinities go through them as through PyTorch's.
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <cmath>
 #include <cstddef>
@@ -61,10 +63,7 @@ class Elementwise {
 
   /// The input shape itself; throws parallax::error when its rank is not N.
   std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const {
-    PARALLAX_CHECK(input_shape.size() == N, std::string(Derived::name) + ": input shape " +
-                                                parallax::detail::shape_string(input_shape) +
-                                                " does not fit the expected rank-" + std::to_string(N) +
-                                                " shape (batch, ...)");
+    check_input_rank(input_shape, N, Derived::name);
     return input_shape;
   }
 
@@ -74,13 +73,19 @@ class Elementwise {
 
 }  // namespace detail
 
-/// max(x, 0); the slope is 1 where x > 0 and 0 elsewhere (0 at x = 0).
+/// max(x, 0), with relu(NaN) = NaN as in PyTorch; the slope is 0 where
+/// x <= 0 (0 at x = 0) and 1 elsewhere, NaN included (PyTorch passes dy
+/// where relu(x) is not <= 0). dx = slope * dy, so a NaN dy stays NaN even
+/// where the slope is 0 (PyTorch writes 0 there): no NaN is dropped.
 template <class T, std::size_t N = 2>
 class ReLU : public detail::Elementwise<ReLU<T, N>, T, N> {
  public:
   static constexpr const char* name = "ReLU";
-  static T value(T x) { return x > T(0) ? x : T(0); }
-  static T slope(T x, T /*y*/) { return x > T(0) ? T(1) : T(0); }
+  // `x <= 0` is false for NaN, so NaN takes the x > 0 branch; for every
+  // other x this is the same select as `x > 0 ? x : 0`, as cheap and as
+  // vectorizable.
+  static T value(T x) { return x <= T(0) ? T(0) : x; }
+  static T slope(T x, T /*y*/) { return x <= T(0) ? T(0) : T(1); }
 };
 
 /// tanh(x); the slope is 1 - y^2.

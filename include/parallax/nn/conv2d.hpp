@@ -5,16 +5,16 @@
 /// (xt::blas::gemm) does the arithmetic.
 
 #include <parallax/core/error.hpp>
-#include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/weight_and_bias.hpp>
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
-#include <tuple>
 #include <vector>
 
 namespace parallax::nn {
@@ -35,7 +35,7 @@ namespace parallax::nn {
 ///   conv.forward(x, y);
 /// @endcode
 template <class T>
-class Conv2D {
+class Conv2D : public detail::WeightAndBias<T> {
  public:
   using value_type = T;
   using input_type = xt::xtensor<T, 4>;
@@ -61,18 +61,9 @@ class Conv2D {
   /// their first layer, whose input gradient nobody reads.
   void backward_parameters(const input_type& x, const output_type& y, const output_type& dy);
 
-  /// The weight [out_channels, in_channels * kernel * kernel] and the bias
-  /// [out_channels].
-  auto parameters() { return std::tie(weight_, bias_); }
-  auto parameters() const { return std::tie(weight_, bias_); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tie(weight_grad_, bias_grad_); }
-  auto gradients() const { return std::tie(weight_grad_, bias_grad_); }
-
-  xt::xtensor<T, 2>& weight() { return weight_; }
-  const xt::xtensor<T, 2>& weight() const { return weight_; }
-  xt::xtensor<T, 1>& bias() { return bias_; }
-  const xt::xtensor<T, 1>& bias() const { return bias_; }
+  // parameters(), gradients(), weight() and bias(): from WeightAndBias, the
+  // weight [out_channels, in_channels * kernel * kernel] and the bias
+  // [out_channels].
 
   std::size_t in_channels() const { return in_; }
   std::size_t out_channels() const { return out_; }
@@ -100,20 +91,26 @@ class Conv2D {
   void check_input(const input_type& x, const char* where) const;
   /// Resizes a scratch matrix to [rows, cols] when it has another shape.
   static void reserve(xt::xtensor<T, 2>& m, std::size_t rows, std::size_t cols);
+  /// What for_each_col_row passes for an input row that is all padding.
+  static constexpr std::size_t padding_row = std::numeric_limits<std::size_t>::max();
+  /// The walk im2col and col2im share: for each kernel tap (c, ki, kj) and
+  /// output row r, f(col_at, image_at, kj) with col_at the offset of that
+  /// row of the column matrix [C k k, oh * ow] and image_at the offset in
+  /// the image [C, h, w] of input row r * stride + ki - padding, or
+  /// padding_row.
+  template <class F>
+  void for_each_col_row(std::size_t h, std::size_t w, std::size_t oh, std::size_t ow, F f) const;
   /// col [C k k, oh * ow] from one sample's image [C, h, w].
   void im2col(const T* image, std::size_t h, std::size_t w, std::size_t oh, std::size_t ow, T* col) const;
   /// Adds col [C k k, oh * ow] back into one sample's image [C, h, w].
   void col2im(const T* col, std::size_t h, std::size_t w, std::size_t oh, std::size_t ow, T* image) const;
 
+  // weight_, bias_ and their gradients live in WeightAndBias (this->).
   std::size_t in_;
   std::size_t out_;
   std::size_t k_;
   std::size_t stride_;
   std::size_t pad_;
-  xt::xtensor<T, 2> weight_;
-  xt::xtensor<T, 1> bias_;
-  xt::xtensor<T, 2> weight_grad_;
-  xt::xtensor<T, 1> bias_grad_;
   xt::xtensor<T, 2> col_;   // scratch: im2col of the current sample
   xt::xtensor<T, 2> dcol_;  // scratch: weight^T dy of the current sample
 };
@@ -123,15 +120,12 @@ class Conv2D {
 template <class T>
 Conv2D<T>::Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t kernel, std::size_t stride,
                   std::size_t padding)
-    : in_(in_channels),
+    : detail::WeightAndBias<T>(out_channels, in_channels * kernel * kernel, out_channels),
+      in_(in_channels),
       out_(out_channels),
       k_(kernel),
       stride_(stride),
-      pad_(padding),
-      weight_(std::array<std::size_t, 2>{out_channels, in_channels * kernel * kernel}, T(0)),
-      bias_(std::array<std::size_t, 1>{out_channels}, T(0)),
-      weight_grad_(std::array<std::size_t, 2>{out_channels, in_channels * kernel * kernel}, T(0)),
-      bias_grad_(std::array<std::size_t, 1>{out_channels}, T(0)) {
+      pad_(padding) {
   PARALLAX_CHECK(in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0,
                  "Conv2D: channels, kernel and stride must be positive, got " + describe());
   // Usable weights from the start, as initialize(0, 0) gives them; chains
@@ -141,10 +135,7 @@ Conv2D<T>::Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t
 
 template <class T>
 void Conv2D<T>::initialize(std::uint64_t seed, std::size_t index) {
-  parallax::detail::rng g(parallax::detail::key(seed, index));
-  const double bound = 1.0 / std::sqrt(static_cast<double>(in_ * k_ * k_));
-  for (auto& w : weight_) w = static_cast<T>((2.0 * g.uniform() - 1.0) * bound);
-  for (auto& b : bias_) b = static_cast<T>((2.0 * g.uniform() - 1.0) * bound);
+  this->draw(seed, index, in_ * k_ * k_);
 }
 
 template <class T>
@@ -163,47 +154,49 @@ void Conv2D<T>::reserve(xt::xtensor<T, 2>& m, std::size_t rows, std::size_t cols
 }
 
 template <class T>
-void Conv2D<T>::im2col(const T* image, std::size_t h, std::size_t w, std::size_t oh, std::size_t ow,
-                       T* col) const {
+template <class F>
+void Conv2D<T>::for_each_col_row(std::size_t h, std::size_t w, std::size_t oh, std::size_t ow, F f) const {
   for (std::size_t c = 0; c < in_; ++c)
     for (std::size_t ki = 0; ki < k_; ++ki)
       for (std::size_t kj = 0; kj < k_; ++kj) {
-        T* row = col + ((c * k_ + ki) * k_ + kj) * oh * ow;
+        const std::size_t row = ((c * k_ + ki) * k_ + kj) * oh * ow;
         for (std::size_t r = 0; r < oh; ++r) {
           // Input row r * stride + ki - padding, kept unsigned: valid when in [pad, pad + h).
           const std::size_t i = r * stride_ + ki;
-          T* out = row + r * ow;
-          if (i < pad_ || i - pad_ >= h) {
-            std::fill_n(out, ow, T(0));
-            continue;
-          }
-          const T* in = image + (c * h + (i - pad_)) * w;
-          for (std::size_t q = 0; q < ow; ++q) {
-            const std::size_t j = q * stride_ + kj;
-            out[q] = (j < pad_ || j - pad_ >= w) ? T(0) : in[j - pad_];
-          }
+          f(row + r * ow, (i < pad_ || i - pad_ >= h) ? padding_row : (c * h + (i - pad_)) * w, kj);
         }
       }
 }
 
 template <class T>
+void Conv2D<T>::im2col(const T* image, std::size_t h, std::size_t w, std::size_t oh, std::size_t ow,
+                       T* col) const {
+  for_each_col_row(h, w, oh, ow, [&](std::size_t col_at, std::size_t image_at, std::size_t kj) {
+    T* out = col + col_at;
+    if (image_at == padding_row) {
+      std::fill_n(out, ow, T(0));
+      return;
+    }
+    const T* in = image + image_at;
+    for (std::size_t q = 0; q < ow; ++q) {
+      const std::size_t j = q * stride_ + kj;
+      out[q] = (j < pad_ || j - pad_ >= w) ? T(0) : in[j - pad_];
+    }
+  });
+}
+
+template <class T>
 void Conv2D<T>::col2im(const T* col, std::size_t h, std::size_t w, std::size_t oh, std::size_t ow,
                        T* image) const {
-  for (std::size_t c = 0; c < in_; ++c)
-    for (std::size_t ki = 0; ki < k_; ++ki)
-      for (std::size_t kj = 0; kj < k_; ++kj) {
-        const T* row = col + ((c * k_ + ki) * k_ + kj) * oh * ow;
-        for (std::size_t r = 0; r < oh; ++r) {
-          const std::size_t i = r * stride_ + ki;
-          if (i < pad_ || i - pad_ >= h) continue;
-          const T* in = row + r * ow;
-          T* out = image + (c * h + (i - pad_)) * w;
-          for (std::size_t q = 0; q < ow; ++q) {
-            const std::size_t j = q * stride_ + kj;
-            if (j >= pad_ && j - pad_ < w) out[j - pad_] += in[q];
-          }
-        }
-      }
+  for_each_col_row(h, w, oh, ow, [&](std::size_t col_at, std::size_t image_at, std::size_t kj) {
+    if (image_at == padding_row) return;
+    const T* in = col + col_at;
+    T* out = image + image_at;
+    for (std::size_t q = 0; q < ow; ++q) {
+      const std::size_t j = q * stride_ + kj;
+      if (j >= pad_ && j - pad_ < w) out[j - pad_] += in[q];
+    }
+  });
 }
 
 template <class T>
@@ -219,10 +212,10 @@ void Conv2D<T>::forward(const input_type& x, output_type& y) {
   for (std::size_t b = 0; b < batch; ++b) {
     im2col(x.data() + b * in_ * h * w, h, w, oh, ow, col_.data());
     T* out = y.data() + b * out_ * plane;
-    for (std::size_t o = 0; o < out_; ++o) std::fill_n(out + o * plane, plane, bias_(o));
+    for (std::size_t o = 0; o < out_; ++o) std::fill_n(out + o * plane, plane, this->bias_(o));
     // A non-owning row-major view of this sample's [out_channels, plane] block.
     auto yb = xt::adapt(out, out_ * plane, xt::no_ownership(), out_shape);
-    xt::blas::gemm(weight_, col_, yb, false, false, T(1), T(1));
+    xt::blas::gemm(this->weight_, col_, yb, false, false, T(1), T(1));
   }
 }
 
@@ -241,10 +234,7 @@ void Conv2D<T>::backward_impl(const input_type& x, const output_type& dy, input_
   check_input(x, "backward");
   const std::size_t batch = x.shape()[0], h = x.shape()[2], w = x.shape()[3];
   const std::size_t oh = out_extent(h), ow = out_extent(w), plane = oh * ow;
-  const std::array<std::size_t, 4> expected{batch, out_, oh, ow};
-  PARALLAX_CHECK(dy.shape() == expected, "Conv2D::backward(): dy has shape " +
-                                             parallax::detail::shape_string(dy.shape()) + ", expected " +
-                                             parallax::detail::shape_string(expected));
+  detail::check_dy_shape(dy.shape(), std::array<std::size_t, 4>{batch, out_, oh, ow}, "Conv2D");
   if (dx) {
     if (dx->shape() != x.shape()) dx->resize(x.shape());
     std::fill_n(dx->data(), dx->size(), T(0));
@@ -253,19 +243,19 @@ void Conv2D<T>::backward_impl(const input_type& x, const output_type& dy, input_
   reserve(col_, in_ * k_ * k_, plane);
   if (dx) reserve(dcol_, in_ * k_ * k_, plane);
   const std::array<std::size_t, 2> out_shape{out_, plane};
-  T* db = bias_grad_.data();
+  T* db = this->bias_grad_.data();
   for (std::size_t b = 0; b < batch; ++b) {
     im2col(x.data() + b * in_ * h * w, h, w, oh, ow, col_.data());
     const T* g = dy.data() + b * out_ * plane;
     auto dyb = xt::adapt(g, out_ * plane, xt::no_ownership(), out_shape);
-    xt::blas::gemm(dyb, col_, weight_grad_, false, true, T(1), T(1));
+    xt::blas::gemm(dyb, col_, this->weight_grad_, false, true, T(1), T(1));
     for (std::size_t o = 0; o < out_; ++o) {
       T sum = T(0);
       for (std::size_t p = 0; p < plane; ++p) sum += g[o * plane + p];
       db[o] += sum;
     }
     if (dx) {
-      xt::blas::gemm(weight_, dyb, dcol_, true, false, T(1), T(0));
+      xt::blas::gemm(this->weight_, dyb, dcol_, true, false, T(1), T(0));
       col2im(dcol_.data(), h, w, oh, ow, dx->data() + b * in_ * h * w);
     }
   }

@@ -7,6 +7,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <bit>
 #include <cstddef>
@@ -19,7 +20,9 @@ namespace parallax::nn {
 
 /// Inverted dropout: in training mode each element is dropped (set to 0)
 /// with probability p and kept elements are scaled by 1 / (1 - p); in eval
-/// mode (`set_training(false)`) the layer is the identity.
+/// mode (`set_training(false)`) the layer is the identity. As in PyTorch
+/// (x * mask / (1 - p)), a dropped NaN or +-inf gives NaN, in forward (x)
+/// and backward (dy) alike, so dropping never hides one.
 ///
 /// The mask is a deterministic, reproducible function of
 ///   (seed, layer index)      from initialize(seed, index),
@@ -131,7 +134,10 @@ void Dropout<T, N>::apply(const input_type& x, const T* from, T* to) const {
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t j = 0; j < per_sample; ++j) {
       const std::size_t i = b * per_sample + j;
-      to[i] = kept(in[i], j) ? from[i] * scale : T(0);
+      // A dropped element is what PyTorch's from * 0 gives, NaN for NaN and
+      // for +-inf, but +0 for every finite value (from * 0 would give -0 for
+      // a negative one): from - from is exactly that.
+      to[i] = kept(in[i], j) ? from[i] * scale : from[i] - from[i];
     }
 }
 
@@ -144,9 +150,7 @@ void Dropout<T, N>::forward(const input_type& x, output_type& y) const {
 template <class T, std::size_t N>
 void Dropout<T, N>::backward(const input_type& x, const output_type& /*y*/, const output_type& dy,
                              input_type& dx) const {
-  PARALLAX_CHECK(dy.shape() == x.shape(), "Dropout::backward(): dy has shape " +
-                                              parallax::detail::shape_string(dy.shape()) + ", expected " +
-                                              parallax::detail::shape_string(x.shape()));
+  detail::check_dy_shape(dy.shape(), x.shape(), "Dropout");
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   apply(x, dy.data(), dx.data());
 }
@@ -160,10 +164,7 @@ std::string Dropout<T, N>::describe() const {
 
 template <class T, std::size_t N>
 std::vector<std::size_t> Dropout<T, N>::output_shape(const std::vector<std::size_t>& input_shape) const {
-  PARALLAX_CHECK(input_shape.size() == N, describe() + ": input shape " +
-                                              parallax::detail::shape_string(input_shape) +
-                                              " does not fit the expected rank-" + std::to_string(N) +
-                                              " shape (batch, ...)");
+  detail::check_input_rank(input_shape, N, describe());
   return input_shape;
 }
 

@@ -5,6 +5,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <algorithm>
 #include <array>
@@ -53,11 +54,9 @@ class Flatten {
   /// [batch, d1 * ... * d(N-1)]; throws parallax::error when the input's
   /// rank is not N.
   std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const {
-    PARALLAX_CHECK(input_shape.size() == N, "Flatten: input shape " + parallax::detail::shape_string(input_shape) +
-                                                " does not fit the expected rank-" + std::to_string(N) +
-                                                " shape (batch, ...)");
+    detail::check_input_rank(input_shape, N, "Flatten");
     std::size_t product = 1;
-    for (std::size_t d = 1; d < N; ++d) product *= input_shape[d];
+    for (std::size_t d = 1; d < input_shape.size(); ++d) product *= input_shape[d];  // size() is N here
     return {input_shape[0], product};
   }
 

@@ -19,7 +19,9 @@ namespace parallax::nn {
 /// labels t [batch] in [0, classes),
 ///   loss = 1/batch * sum_b (log sum_c exp(y[b, c]) - y[b, t[b]]),
 /// with the log-sum-exp shifted by each row's maximum so that large logits
-/// neither overflow nor lose precision. Sums are taken in double.
+/// neither overflow nor lose precision. Sums are taken in double. As in
+/// PyTorch, a row with a NaN or a +inf logit (or only -inf ones) has a NaN
+/// loss and a NaN gradient, and a -inf logit at the label an infinite loss.
 template <class T>
 class SoftmaxCrossEntropy {
  public:
@@ -32,7 +34,8 @@ class SoftmaxCrossEntropy {
   double loss(const input_type& y, const target_type& t, input_type& dy) const;
   /// The mean loss, no gradient.
   double value(const input_type& y, const target_type& t) const;
-  /// How many rows have their (first) largest logit at the label.
+  /// How many rows have their largest logit at the label: the first
+  /// maximum, or the first NaN of a row that has one (torch.argmax's rule).
   std::size_t correct(const input_type& y, const target_type& t) const;
 
   /// "SoftmaxCrossEntropy".
@@ -44,7 +47,9 @@ class SoftmaxCrossEntropy {
 
 /// Mean squared error over all elements (PyTorch's MSELoss default):
 ///   loss = 1/n * sum_i (y_i - t_i)^2,  n = y.size(),
-/// so the gradient is 2 (y - t) / n. Sums are taken in double.
+/// so the gradient is 2 (y - t) / n. Sums are taken in double; a NaN or an
+/// infinity in y or t reaches the loss and its element's gradient, as in
+/// PyTorch.
 template <class T, std::size_t N = 2>
 class MeanSquaredError {
  public:
@@ -138,7 +143,7 @@ std::size_t SoftmaxCrossEntropy<T>::correct(const input_type& y, const target_ty
     const T* row = y.data() + b * classes;
     std::size_t best = 0;
     for (std::size_t c = 1; c < classes; ++c)
-      if (row[c] > row[best]) best = c;
+      if (row[c] > row[best] || (row[c] != row[c] && row[best] == row[best])) best = c;
     if (best == static_cast<std::size_t>(t.data()[b])) ++right;
   }
   return right;

@@ -5,6 +5,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <algorithm>
 #include <array>
@@ -21,9 +22,12 @@ namespace parallax::nn {
 ///
 /// The gradient of each window goes to its maximum, recomputed from x in
 /// backward. On ties the first maximum in row-major window order (top row
-/// first, left to right) wins, in forward and backward alike. When windows
-/// overlap (stride < kernel) an input that is the maximum of several windows
-/// receives the sum of their gradients.
+/// first, left to right) wins, in forward and backward alike. A NaN is the
+/// maximum of its window, as in PyTorch: the window gives NaN and its
+/// gradient goes to the NaN (the last one in row-major order, where PyTorch
+/// sends it, when the window has several). When windows overlap (stride <
+/// kernel) an input that is the maximum of several windows receives the sum
+/// of their gradients.
 /// @code
 ///   parallax::nn::MaxPool2D<float> pool(2);   // [b, c, 28, 28] -> [b, c, 14, 14]
 /// @endcode
@@ -44,8 +48,8 @@ class MaxPool2D {
 
   /// y = the maximum of each window; y is resized only when needed.
   void forward(const input_type& x, output_type& y) const;
-  /// dx = dy routed to each window's (first) maximum; dx resized only when
-  /// needed.
+  /// dx = dy routed to each window's maximum (see above); dx resized only
+  /// when needed.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) const;
 
   std::size_t kernel() const { return k_; }
@@ -64,7 +68,8 @@ class MaxPool2D {
  private:
   std::size_t out_extent(std::size_t n) const { return (n - k_) / stride_ + 1; }
   void check_input(const input_type& x, const char* where) const;
-  /// Offset within one [h, w] plane of the first maximum of window (r, q).
+  /// Offset within one [h, w] plane of the first maximum (or the last NaN)
+  /// of window (r, q).
   std::size_t argmax(const T* plane, std::size_t w, std::size_t r, std::size_t q) const;
 
   std::size_t k_;
@@ -92,7 +97,8 @@ std::size_t MaxPool2D<T>::argmax(const T* plane, std::size_t w, std::size_t r, s
   for (std::size_t i = 0; i < k_; ++i)
     for (std::size_t j = 0; j < k_; ++j) {
       const std::size_t at = (r * stride_ + i) * w + q * stride_ + j;
-      if (plane[at] > plane[best]) best = at;
+      // PyTorch's rule: a NaN replaces the maximum so far, whatever it is.
+      if (plane[at] > plane[best] || plane[at] != plane[at]) best = at;
     }
   return best;
 }
@@ -118,10 +124,7 @@ void MaxPool2D<T>::backward(const input_type& x, const output_type& /*y*/, const
   check_input(x, "backward");
   const std::size_t planes = x.shape()[0] * x.shape()[1], h = x.shape()[2], w = x.shape()[3];
   const std::size_t oh = out_extent(h), ow = out_extent(w);
-  const std::array<std::size_t, 4> expected{x.shape()[0], x.shape()[1], oh, ow};
-  PARALLAX_CHECK(dy.shape() == expected, "MaxPool2D::backward(): dy has shape " +
-                                             parallax::detail::shape_string(dy.shape()) + ", expected " +
-                                             parallax::detail::shape_string(expected));
+  detail::check_dy_shape(dy.shape(), std::array<std::size_t, 4>{x.shape()[0], x.shape()[1], oh, ow}, "MaxPool2D");
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   std::fill_n(dx.data(), dx.size(), T(0));
   for (std::size_t p = 0; p < planes; ++p) {

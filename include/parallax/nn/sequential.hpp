@@ -192,6 +192,9 @@ class Sequential {
       return std::get<I - 1>(output_grads_);
     }
   }
+  /// f(part) for every part, layers and loss, in order.
+  template <class F>
+  void for_each_part(F f);
   void forward_all(const input_type& x);
   void backward_all(const input_type& x);
   void zero_gradients();
@@ -313,29 +316,23 @@ auto Sequential<Parts...>::predict(const input_type& x) -> output_type {
 }
 
 template <class... Parts>
+template <class F>
+void Sequential<Parts...>::for_each_part(F f) {
+  std::apply([&](auto&... part) { (f(part), ...); }, parts_);
+}
+
+template <class... Parts>
 void Sequential<Parts...>::set_training(bool training) {
-  std::apply(
-      [&](auto&... part) {
-        (
-            [&](auto& p) {
-              if constexpr (requires { p.set_training(training); }) p.set_training(training);
-            }(part),
-            ...);
-      },
-      parts_);
+  for_each_part([&](auto& p) {
+    if constexpr (requires { p.set_training(training); }) p.set_training(training);
+  });
 }
 
 template <class... Parts>
 void Sequential<Parts...>::set_step(std::uint64_t step) {
-  std::apply(
-      [&](auto&... part) {
-        (
-            [&](auto& p) {
-              if constexpr (requires { p.set_step(step); }) p.set_step(step);
-            }(part),
-            ...);
-      },
-      parts_);
+  for_each_part([&](auto& p) {
+    if constexpr (requires { p.set_step(step); }) p.set_step(step);
+  });
 }
 
 template <class... Parts>
