@@ -13,7 +13,9 @@ it passes), and judges what every rank reported:
     replicas are equal (the same fingerprint on every rank).
 
 Prints one line per input and rank count: input, ranks, seconds, verdict; and
-last 'parallax-test-cases: P passed, F failed (...)' for scripts/count_tests.py.
+last 'parallax-test-cases: P passed, F failed (...)' for scripts/count_tests.py
+(one case per input and rank count, and one for the judge's self-test: made-up
+runs of each kind of failure, each of which must be caught).
 Inputs the library does not handle yet are known gaps: listed with what was
 observed, skipped unless --gaps is given (then run with a short timeout when
 they hang). Usage:
@@ -327,6 +329,37 @@ def judge(item, np, timed_out, code, out, err):
     return ""
 
 
+def self_test():
+    """The judge on made-up runs: each way to fail must be caught. Returns the
+    cases it got wrong."""
+    item = Input("self_test", 1, USER, ["boom", names(R1)], R1, continues=True)
+
+    def line(rank, kind=USER, ranks=(1,), what="boom [rank 1]", after="ok", hash="h"):
+        return "parallax-fault " + json.dumps({"rank": rank, "kind": kind, "ranks": list(ranks), "cause": "boom",
+                                               "what": what, "after": after, "hash": hash, "note": ""})
+
+    good = line(0) + "\n" + line(1) + "\n"
+    runs = [  # name, timed out, exit code, stdout, stderr, passes
+        ("a good run", False, 0, good, "", True),
+        ("a hang", True, -9, good, "", False),
+        ("an MPI abort", False, 0, good, "MPI_ABORT was invoked on rank 1", False),
+        ("an MPI error", False, 0, good, "MPI_ERR_TRUNCATE: message truncated", False),
+        ("a non-zero exit", False, 1, good, "", False),
+        ("a rank that did not report", False, 0, line(0) + "\n", "", False),
+        ("kinds that differ", False, 0, line(0) + "\n" + line(1, kind=INVALID) + "\n", "", False),
+        ("a foreign exception", False, 0, line(0, kind="foreign") + "\n" + line(1, kind="foreign") + "\n", "", False),
+        ("the wrong kind", False, 0, line(0, kind=INVALID) + "\n" + line(1, kind=INVALID) + "\n", "", False),
+        ("no error", False, 0, line(0, kind="ok", what="") + "\n" + line(1, kind="ok", what="") + "\n", "", False),
+        ("a message without the cause", False, 0,
+         line(0, what="bang [rank 1]") + "\n" + line(1, what="bang [rank 1]") + "\n", "", False),
+        ("the wrong ranks", False, 0, line(0, ranks=(0,)) + "\n" + line(1, ranks=(0,)) + "\n", "", False),
+        ("a failed follow-up", False, 0, line(0) + "\n" + line(1, after="failed: x") + "\n", "", False),
+        ("replicas that differ", False, 0, line(0) + "\n" + line(1, hash="g") + "\n", "", False),
+    ]
+    return [name for name, timed_out, code, out, err, passes in runs
+            if (judge(item, 2, timed_out, code, out, err) == "") != passes]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exe", required=True, help="the fault_case program")
@@ -362,6 +395,9 @@ def main():
         return 1
     passed = failed = skipped = 0
     total_start = time.monotonic()
+    wrong = self_test()
+    print("judge self-test: %s" % ("FAIL: misjudged " + ", ".join(wrong) if wrong else "pass"), flush=True)
+    passed, failed = (0, 1) if wrong else (1, 0)
     print("%-44s %5s %7s  %s" % ("input", "ranks", "seconds", "verdict"), flush=True)
     for item in items:
         for np in rank_counts:
