@@ -27,6 +27,8 @@
 
 #include "../toy_model.hpp"
 
+#include <xtensor/xview.hpp>
+
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/environment.hpp>
@@ -399,6 +401,9 @@ std::map<std::string, input_fn> inputs() {
     // The first micro-step of two fails on rank 1; the failure waits for the communicating one.
     dp_epoch(c, [](auto& o) { o.accumulation_steps = 2; }, [&](DP& dp) { dp.model().throw_on_loss = c.rank == 1; });
   };
+  in["dp_loss_throws_local_sgd"] = [](context& c) {
+    dp_epoch(c, [](auto& o) { o.average_every = 2; }, [&](DP& dp) { dp.model().throw_on_loss = c.rank == 1; });
+  };
   in["dp_batch_throws_one_rank"] = [](context& c) {
     DP dp(FaultNet(), sgd(), {}, c.world);
     auto sampler = dp.make_sampler(24, 8, {.seed = 1});
@@ -623,6 +628,29 @@ std::map<std::string, input_fn> inputs() {
     DP dp(FaultNet(), sgd(), {}, c.world);
     attempt(c.r, [&] { dp.make_sampler(24, 8, {.seed = 1, .shuffle = c.rank != c.last}); });
   };
+  in["dp_eval_dataset_size_differs"] = [](context& c) {
+    DP dp(FaultNet(), sgd(), {}, c.world);
+    const auto x = dp_data().inputs();
+    const auto y = dp_data().targets();
+    const std::size_t n = c.rank == c.last ? 20 : 24;  // the last rank's copy lacks 4 samples
+    const Data mine(xt::xtensor<double, 2>(xt::view(x, xt::range(0, n), xt::all())),
+                    xt::xtensor<double, 1>(xt::view(y, xt::range(0, n))));
+    attempt(c.r, [&] { c.r.note = "samples=" + std::to_string(dp.evaluate(mine, 4).samples); });
+  };
+  in["mp_batches_differ"] = [](context& c) {
+    Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
+    auto b = mp_batch();
+    if (c.rank == 0) b.targets(0) = (b.targets(0) + 1) % 3;  // rank 0 reads other targets
+    attempt(c.r, [&] { net.train_step(b); });
+    follow_up(c.r, [&] { return mp_step(net); });
+  };
+  in["mp_predict_inputs_differ"] = [](context& c) {
+    Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
+    auto x = mp_batch().inputs;
+    if (c.rank == c.last) x(0, 0) += 1;
+    attempt(c.r, [&] { net.predict(x); });
+    follow_up(c.r, [&] { return mp_step(net); });
+  };
   in["mp_micro_batches_differs"] = [](context& c) { mp_setting_differs(c, [](auto& o) { o.micro_batches = 4; }); };
   in["mp_schedule_differs"] = [](context& c) {
     mp_setting_differs(c, [](auto& o) { o.schedule = parallax::pipeline::schedule_kind::gpipe; });
@@ -787,6 +815,17 @@ std::map<std::string, input_fn> inputs() {
       dp.train_step(dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)}));
       ck.save(dp);
       ck.save(dp);  // the same optimizer step again
+    });
+    remove_dir(c, dir);
+  };
+  in["checkpoint_resumed_with_another_lr"] = [](context& c) {
+    const auto dir = shared_dir(c, "lr");
+    two_checkpoints(c, dir);  // written with lr 0.1
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(0.5), {}, c.world);
+      parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world);
+      ck.resume_latest(dp);
+      c.r.note = "lr after resume=" + std::to_string(dp.optimizer().learning_rate());
     });
     remove_dir(c, dir);
   };

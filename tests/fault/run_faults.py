@@ -85,6 +85,7 @@ INPUTS = [
     Input("dp_loss_throws_one_rank", 1, USER, ["TinyMLP: deliberate failure", names(RL)], RL, continues=True),
     Input("dp_loss_throws_two_ranks", 1, USER, ["TinyMLP: deliberate failure", names(R0L)], R0L, continues=True),
     Input("dp_loss_throws_in_accumulation", 1, USER, ["TinyMLP: deliberate failure", names(R1)], R1, continues=True),
+    Input("dp_loss_throws_local_sgd", 1, USER, ["TinyMLP: deliberate failure", names(R1)], R1, continues=True),
     Input("dp_batch_throws_one_rank", 1, USER, [BATCH, names(R1)], R1, continues=True,
           gap="hang: rank 1's std::runtime_error escapes train_epoch (kind foreign), the other ranks wait in "
               "train_step's all-reduce; at 2 ranks rank 1's follow-up then fails with MPI_ERR_TRUNCATE",
@@ -174,6 +175,11 @@ INPUTS = [
     Input("sampler_shuffle_differs", 3, MISMATCH, ["shuffle", "rank 0 has true"],
           gap="agreed rank mismatch, but the message gives hashes of the options ('the sampler options (tail, "
               "shuffle, weights) differs between ranks: rank 0 has 5290497320699691398, ...'), not the values"),
+    Input("dp_eval_dataset_size_differs", 3, MISMATCH, ["dataset size", "24", "20"],
+          gap="silent: no error; evaluate() returns a mean over 22 samples, blocks cut from two different "
+              "dataset sizes (note 'samples=22')"),
+    Input("mp_batches_differ", 3, MISMATCH, ["the ranks passed different batches"], continues=True),
+    Input("mp_predict_inputs_differ", 3, MISMATCH, ["the ranks passed different batches"], continues=True),
     Input("mp_micro_batches_differs", 3, MISMATCH, ["micro_batches"],
           gap="hang: no rank reports anything", hangs=True),
     Input("mp_schedule_differs", 3, MISMATCH, ["schedule"], gap="silent: " + MISMATCH_GAP),
@@ -230,6 +236,9 @@ INPUTS = [
           gap="silent: resume_latest() returns nothing (2 skipped) and the run would start from scratch"),
     Input("checkpoint_same_step_saved_twice", 6, ANY_ERROR, ["step-000000000001"],
           gap="silent: the second save() of step 1 replaces the first"),
+    Input("checkpoint_resumed_with_another_lr", 6, "ok", ["lr", "0.5", "0.1"], warning_ok=True,
+          gap="silent: the checkpoint's lr 0.1 replaces the code's 0.5 without a notice on rank 0 "
+              "(note 'lr after resume=0.100000')"),
     Input("checkpoint_folder_of_another_run", 6, INVALID, ["already holds checkpoints of another run",
                                                           "step-000000000002", names(R0)], R0),
     Input("checkpoint_dir_is_a_file", 6, INVALID, ["cannot use", "as a checkpoint directory", names(ALL)], ALL),
