@@ -249,7 +249,7 @@ ChainBatch mp_batch() {
   return mp_data().batch(all);
 }
 
-/// A pipeline's fingerprint: the step's loss (the same on every rank) and this stage's parameters.
+/// One training step; its loss (the same on every rank) as the pipeline's fingerprint.
 std::string mp_step(Chain& net) {
   const double loss = net.train_step(mp_batch());
   char text[32];
@@ -257,7 +257,7 @@ std::string mp_step(Chain& net) {
   return text;
 }
 
-struct FaultData2 {  // FaultData for the pipeline's batches
+struct ChainFaultData {  // FaultData for the pipeline's batches
   using batch_type = ChainBatch;
   const ChainData* data;
   bool throw_batch = false;
@@ -496,12 +496,12 @@ std::map<std::string, input_fn> inputs() {
   in["mp_batch_throws_one_rank"] = [](context& c) {
     Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
     auto sampler = net.make_sampler(24, 8, {.seed = 1});
-    FaultData2 d{&mp_data(), c.rank == c.last};
+    ChainFaultData d{&mp_data(), c.rank == c.last};
     attempt(c.r, [&] { net.train_epoch(d, sampler); });
   };
   in["mp_eval_batch_throws_one_rank"] = [](context& c) {
     Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
-    FaultData2 d{&mp_data(), c.rank == 0};
+    ChainFaultData d{&mp_data(), c.rank == 0};
     attempt(c.r, [&] { net.evaluate(d, 8); });
   };
   in["mp_predict_forward_throws"] = [](context& c) {
