@@ -87,8 +87,8 @@ INPUTS = [
     Input("dp_loss_throws_in_accumulation", 1, USER, ["TinyMLP: deliberate failure", names(R1)], R1, continues=True),
     Input("dp_loss_throws_local_sgd", 1, USER, ["TinyMLP: deliberate failure", names(R1)], R1, continues=True),
     Input("dp_batch_throws_one_rank", 1, USER, [BATCH, names(R1)], R1, continues=True,
-          gap="hang: rank 1's std::runtime_error escapes train_epoch (kind foreign), the other ranks wait in "
-              "train_step's all-reduce; at 2 ranks rank 1's follow-up then fails with MPI_ERR_TRUNCATE",
+          gap="hang: rank 1's std::runtime_error escapes train_epoch (kind foreign), the other ranks never "
+              "return; at 2 ranks rank 1's follow-up then fails with MPI_ERR_TRUNCATE",
           hangs=True),
     Input("dp_batch_throws_all_ranks", 1, USER, [BATCH, names(ALL)], ALL,
           gap="wrong kind: the std::runtime_error escapes train_epoch on every rank untranslated "
@@ -98,11 +98,11 @@ INPUTS = [
     Input("dp_eval_loss_throws_one_rank", 1, USER, ["Thrower::loss(): deliberate failure", names(R0)], R0),
     Input("dp_metric_throws_one_rank", 1, USER, ["mae metric: deliberate failure", names(RL)], RL),
     Input("dp_on_step_throws", 1, USER, [HOOK, "on_step", names(R0)], R0, continues=True,
-          gap="hang: on_step's exception escapes train_epoch on rank 0 only (kind foreign); the other ranks wait "
-              "in the next step's all-reduce", hangs=True),
+          gap="hang: on_step's exception escapes train_epoch on rank 0 only (kind foreign); the other ranks never "
+              "return", hangs=True),
     Input("dp_after_step_throws_one_rank", 1, USER, [HOOK, "after_step", names(RL)], RL, continues=True,
           gap="hang: after_step's exception escapes train_epoch on the last rank only (kind foreign); the other "
-              "ranks wait in the next step's all-reduce", hangs=True),
+              "ranks never return", hangs=True),
     Input("dp_after_step_throws_all_ranks", 1, USER, [HOOK, "after_step", names(ALL)], ALL,
           gap="wrong kind: after_step's std::runtime_error escapes train_epoch on every rank untranslated"),
     Input("dp_stop_when_throws_one_rank", 1, USER, [HOOK, "stop_when hook", names(R1)], R1, continues=True),
@@ -117,11 +117,11 @@ INPUTS = [
     Input("mp_backward_throws", 1, USER, ["Fault::backward(): deliberate failure", names(FAULT_STAGE)], FAULT_STAGE,
           continues=True),
     Input("mp_batch_throws_one_rank", 1, USER, [BATCH, names(RL)], RL,
-          gap="hang: the last rank's std::runtime_error escapes train_epoch (kind foreign); the other stages wait "
-              "in the step's shape pass", hangs=True),
+          gap="hang: the last rank's std::runtime_error escapes train_epoch (kind foreign); the other ranks never "
+              "return", hangs=True),
     Input("mp_eval_batch_throws_one_rank", 1, USER, [BATCH, names(R0)], R0,
-          gap="hang: rank 0's std::runtime_error escapes ModelParallel::evaluate (kind foreign); the other stages "
-              "wait in the shape pass", hangs=True),
+          gap="hang: rank 0's std::runtime_error escapes ModelParallel::evaluate (kind foreign); the other ranks never "
+              "return", hangs=True),
     Input("mp_predict_forward_throws", 1, USER, ["Fault::forward(): deliberate failure", names(FAULT_STAGE)],
           FAULT_STAGE, continues=True,
           gap="wrong kind: agreed on every rank, but as 'invalid argument' from the shape pass, not "
