@@ -432,3 +432,32 @@ TEST_CASE_TEMPLATE("comm: allreduce_scaled scales the sum and finds non-finite v
     }
   }
 }
+
+TEST_CASE("comm: agree_settings names each setting that differs, with the ranks' values") {
+  communicator world;
+  const int last = world.size() - 1;
+  std::vector<parallax::setting> same = {{"lr", 0.1}, {"optimizer", 0, "sgd"}};
+  CHECK_NOTHROW(parallax::agree_settings(world, same, "T"));
+  if (world.size() == 1) return;
+  std::vector<parallax::setting> mine = {{"lr", world.rank() == last ? 0.2 : 0.1},
+                                         {"steps", 4},
+                                         {"optimizer", 0, world.rank() == last ? "adam" : "sgd"}};
+  try {
+    parallax::agree_settings(world, mine, "T");
+    FAIL("agree_settings did not throw");
+  } catch (const parallax::error& e) {
+    CHECK(e.kind() == parallax::error_kind::rank_mismatch);
+    const auto r = std::to_string(last);
+    CHECK(std::string(e.what()) == "T: settings differ between ranks: lr: rank 0 has 0.1, rank " + r +
+                                       " has 0.2; optimizer: rank 0 has sgd, rank " + r + " has adam");
+  }
+  // Different names at one position are shown with their values.
+  std::vector<parallax::setting> named = {{world.rank() == last ? "beta1" : "momentum", 0.9}};
+  try {
+    parallax::agree_settings(world, named, "T");
+    FAIL("agree_settings did not throw");
+  } catch (const parallax::error& e) {
+    CHECK(std::string(e.what()) == "T: settings differ between ranks: rank 0 has momentum = 0.9, rank " +
+                                       std::to_string(last) + " has beta1 = 0.9");
+  }
+}

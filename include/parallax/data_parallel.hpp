@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <span>
@@ -216,10 +217,16 @@ class DataParallel {
 
   void refresh_views();
   double synchronize_gradients();
+  /// Collective, before any member is built from them: the options' checks,
+  /// agreed, so that an option bad on one rank is one error on every rank.
+  static data_parallel_options checked_options(const mpi::communicator& comm, data_parallel_options o);
   /// train_step() on `batch`, or fail_step() without one.
   double micro_step(const batch_type* batch, std::optional<error> cause);
   double local_step();
   void reset_accumulation();
+  /// "... the [averaged ]gradient of parameter i (or the loss, i past the
+  /// end) is not finite at optimizer step n ...".
+  std::string nonfinite_message(std::size_t parameter, const char* averaged) const;
 
   mpi::communicator comm_;
   M model_;
@@ -259,15 +266,19 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
     : comm_(std::move(comm)),
       model_(std::move(model)),
       optimizer_(optimizer.clone()),
-      options_(std::move(options)),
+      options_(checked_options(comm_, std::move(options))),
       reducer_(comm_, options_.bucket_bytes),
       updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}),
       local_sgd_(options_.average_every) {
   warn_if_slow_blas(comm_);
+  // Settings that differ between ranks would hang or silently diverge.
+  auto settings = training::update_settings(updater_.options(), *optimizer_);
+  settings.insert(settings.begin(), {{"accumulation_steps", static_cast<double>(options_.accumulation_steps)},
+                                     {"average_every", static_cast<double>(options_.average_every)},
+                                     {"bucket_bytes", static_cast<double>(options_.bucket_bytes)}});
+  agree_settings(comm_, settings, "DataParallel");
   // Everything that can differ between ranks is agreed before any rank throws.
   agree(comm_, [&] {
-    PARALLAX_CHECK(options_.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
-    training::check(updater_.options(), "DataParallel");
     refresh_views();
     sizes_.clear();
     for (const auto& p : params_) sizes_.push_back(p.size());
@@ -281,6 +292,16 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
   for (auto b : broadcast_buckets) parallax::broadcast(comm_, b, 0);
   broadcast_buckets.unpack(params_);
   reducer_.plan(grads_);
+}
+
+template <class M>
+data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& comm, data_parallel_options o) {
+  agree(comm, [&] {
+    PARALLAX_CHECK(o.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
+    training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, "DataParallel");
+    Bucketer<T>{o.bucket_bytes};  // its check of the cap
+  });
+  return o;
 }
 
 template <class M>
@@ -358,17 +379,25 @@ double DataParallel<M>::synchronize_gradients() {
   const auto mine = meta_;
   reset_accumulation();
   const auto [loss_sum, samples] = sum_and_agree(comm_, std::array{mine.loss_sum, mine.samples}, failure);
-  const bool nonfinite = reducer_.reduce(T(1) / static_cast<T>(samples));
+  // A non-finite loss (summed over the ranks, so the same everywhere) counts
+  // as a non-finite gradient even when the gradients look finite.
+  const bool nonfinite_gradient = reducer_.reduce(T(1) / static_cast<T>(samples));
+  const bool nonfinite = nonfinite_gradient || !std::isfinite(loss_sum);
   const auto t1 = clock::now();
   timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
-  const bool applied = updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite,
-                                      std::nullopt, [&] {
-                                        return "DataParallel::train_step(): the averaged gradient of parameter " +
-                                               std::to_string(training::first_nonfinite(reducer_.const_views())) +
-                                               " is not finite at optimizer step " +
-                                               std::to_string(optimizer_->steps()) +
-                                               " (use nonfinite_policy::skip_step to skip such steps)";
-                                      });
+  const bool applied =
+      updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite, std::nullopt, [&] {
+        if (nonfinite_gradient)
+          return error(error_kind::nonfinite,
+                       nonfinite_message(training::first_nonfinite(reducer_.const_views()), "averaged "));
+        // Called on every rank alike (the verdict is agreed): gather which
+        // ranks' losses were not finite.
+        std::vector<int> all;
+        mpi::all_gather(comm_, std::isfinite(mine.loss_sum) ? -1 : detail::world_rank(), all);
+        std::vector<int> ranks;
+        std::copy_if(all.begin(), all.end(), std::back_inserter(ranks), [](int r) { return r >= 0; });
+        return error(error_kind::nonfinite, nonfinite_message(params_.size(), ""), std::move(ranks));
+      });
   if (applied) {
     timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
     last_timing_ = timing_;
@@ -382,18 +411,36 @@ double DataParallel<M>::local_step() {
   // This rank's own mean gradient; no communication until the averaging.
   const double loss_sum = meta_.loss_sum;
   const double count = meta_.samples;
-  const bool stepped = !failure_ && count > 0;
+  bool stepped = !failure_ && count > 0;
   if (stepped) {
     const T inv = T(1) / static_cast<T>(count);
     for (auto g : reducer_.views())
       for (auto& x : g) x *= inv;
-    updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), false, std::nullopt,
-                   [] { return std::string(); });
+    // This rank's own verdict: under the error policy it becomes the rank's
+    // failure, agreed with the others at the next averaging.
+    const std::size_t bad = training::first_nonfinite(reducer_.const_views());
+    const bool nonfinite = bad < params_.size() || !std::isfinite(loss_sum);
+    if (nonfinite && updater_.options().on_nonfinite == nonfinite_policy::error) {
+      failure_ = error(error_kind::nonfinite, nonfinite_message(bad, ""), detail::this_rank());
+      stepped = false;
+    } else {
+      updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite, std::nullopt,
+                     [] { return std::string(); });
+    }
   }
   micro_ = 0;
   meta_ = {};
   if (local_sgd_.step_done(stepped ? count : 0.0)) average_parameters();
   return count > 0 ? loss_sum / count : 0.0;
+}
+
+template <class M>
+std::string DataParallel<M>::nonfinite_message(std::size_t parameter, const char* averaged) const {
+  const std::string what = parameter < params_.size()
+                               ? std::string("the ") + averaged + "gradient of parameter " + std::to_string(parameter)
+                               : std::string("the loss");
+  return "DataParallel::train_step(): " + what + " is not finite at optimizer step " +
+         std::to_string(optimizer_->steps()) + " (use nonfinite_policy::skip_step to skip such steps)";
 }
 
 template <class M>

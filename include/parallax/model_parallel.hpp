@@ -263,10 +263,18 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
     boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries,
                                                        static_cast<std::size_t>(stages_), options_.stage_speeds);
   });
-  // Every rank must use the same cut.
-  const std::vector<std::uint64_t> cut(boundaries_.begin(), boundaries_.end());
-  agree_equal(comm_, detail::content_hash(cut.data(), cut.size() * sizeof(std::uint64_t)),
-              "ModelParallel: the partition (pipeline_options::boundaries or stage_speeds)");
+  // Every rank must use the same cut and settings (a difference would hang
+  // or silently diverge).
+  std::string cut;
+  for (auto b : boundaries_) cut += (cut.empty() ? "" : ", ") + std::to_string(b);
+  auto settings = training::update_settings(updater_.options(), *optimizer_);
+  settings.insert(settings.begin(),
+                  {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + cut + "}"},
+                   {"micro_batches", static_cast<double>(options_.micro_batches)},
+                   {"schedule", 0, options_.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
+                   {"recompute", options_.recompute ? 1.0 : 0.0},
+                   {"seed", 0, std::to_string(options_.seed)}});
+  agree_settings(comm_, settings, "ModelParallel");
   const std::size_t begin = boundaries_[static_cast<std::size_t>(stage_)];
   const std::size_t end = boundaries_[static_cast<std::size_t>(stage_) + 1];
   // Build and initialise this stage's layers only; the loss on the last stage.

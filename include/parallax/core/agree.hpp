@@ -9,6 +9,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/number_text.hpp>
+#include <parallax/detail/random.hpp>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
@@ -18,6 +19,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -59,6 +61,22 @@ std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f);
 template <std::size_t N>
 std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::array<double, N>& values,
                                     const std::optional<error>& failure);
+
+/// A setting that must be the same on every rank, for agree_settings: its
+/// name, its value, and for a setting that is not a number (an optimizer's
+/// kind, a schedule's) its text, which is then what is compared and shown.
+struct setting {
+  std::string name;
+  double value = 0;
+  std::string text = {};
+};
+
+/// Collective: the list of settings (names in order, values bit for bit,
+/// texts) must be the same on every rank, compared through a 64-bit digest
+/// and the count in one all-reduce (lists of different lengths are fine);
+/// otherwise every rank throws (kind rank_mismatch) "<who>: settings differ
+/// between ranks: lr: rank 0 has 0.1, rank 2 has 0.2; momentum: ...".
+void agree_settings(const mpi::communicator& comm, const std::vector<setting>& settings, const std::string& who);
 
 /// Collective: `value` must be equal on every rank. Otherwise every rank throws
 /// (kind rank_mismatch) "<what> differs between ranks: rank 0 has A, rank r has B".
@@ -183,6 +201,61 @@ std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::ar
   std::array<double, N> sums{};
   std::copy_n(total.begin(), N, sums.begin());
   return sums;
+}
+
+inline void agree_settings(const mpi::communicator& comm, const std::vector<setting>& settings,
+                           const std::string& who) {
+  // Fast path, a fixed size on every rank (lists of another length must
+  // not reach the all-reduce): the count and a digest of every name and
+  // value bit, with their complements, maximised; equal everywhere exactly
+  // when max(x) == ~max(~x) for each.
+  std::uint64_t digest = 0x6a09e667f3bcc909ULL;
+  for (const auto& s : settings) {
+    digest = detail::content_hash(s.name.data(), s.name.size(), digest);
+    if (s.text.empty()) {
+      const auto bits = std::bit_cast<std::uint64_t>(s.value);
+      digest = detail::content_hash(&bits, sizeof bits, digest);
+    } else {
+      digest = detail::content_hash(s.text.data(), s.text.size(), digest ^ 0x1ULL);
+    }
+  }
+  const std::array<std::uint64_t, 4> mine{settings.size(), ~std::uint64_t{settings.size()}, digest, ~digest};
+  std::array<std::uint64_t, 4> most{};
+  mpi::all_reduce(comm, mine.data(), 4, most.data(), mpi::maximum<std::uint64_t>());
+  if (most[0] == ~most[1] && most[2] == ~most[3]) return;
+  // Rare path: every rank's names and values as text, then each position
+  // where some rank differs from rank 0, with the ranks' values (and names,
+  // where those differ too: different optimizers have different options).
+  std::vector<std::string> shown;
+  for (const auto& s : settings) {
+    shown.push_back(s.name);
+    shown.push_back(s.text.empty() ? detail::number_text(s.value) : s.text);
+  }
+  std::vector<std::vector<std::string>> all;
+  mpi::all_gather(comm, shown, all);
+  std::size_t longest = 0;
+  for (const auto& a : all) longest = std::max(longest, a.size() / 2);
+  auto at = [&](std::size_t r, std::size_t i, std::size_t k) {
+    return 2 * i + k < all[r].size() ? all[r][2 * i + k] : std::string("(none)");
+  };
+  std::string text = who + ": settings differ between ranks:";
+  bool first = true;
+  for (std::size_t i = 0; i < longest; ++i) {
+    bool names_agree = true, differs = false;
+    for (std::size_t r = 1; r < all.size(); ++r) {
+      names_agree = names_agree && at(r, i, 0) == at(0, i, 0);
+      differs = differs || at(r, i, 0) != at(0, i, 0) || at(r, i, 1) != at(0, i, 1);
+    }
+    if (!differs) continue;
+    auto entry = [&](std::size_t r) { return names_agree ? at(r, i, 1) : at(r, i, 0) + " = " + at(r, i, 1); };
+    std::string values = " rank 0 has " + entry(0);
+    for (std::size_t r = 1; r < all.size(); ++r)
+      if (at(r, i, 0) != at(0, i, 0) || at(r, i, 1) != at(0, i, 1))
+        values += ", rank " + std::to_string(r) + " has " + entry(r);
+    text += (first ? " " : "; ") + (names_agree ? at(0, i, 0) + ":" + values : values.substr(1));
+    first = false;
+  }
+  throw error(error_kind::rank_mismatch, text);
 }
 
 template <MpiArithmetic T>

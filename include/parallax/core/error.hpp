@@ -104,6 +104,13 @@ inline std::string cause_of(const std::exception& e) {
   return e.what();
 }
 
+/// The kind of an exception: a parallax::error's own, else user_exception
+/// (anything else came from the user's code or a library it called).
+inline error_kind kind_of(const std::exception& e) {
+  if (const auto* p = dynamic_cast<const error*>(&e)) return p->kind();
+  return error_kind::user_exception;
+}
+
 /// Throws a failure of this rank.
 [[noreturn]] inline void throw_error(error_kind kind, std::string_view message) {
   throw error(kind, std::string(message), this_rank());

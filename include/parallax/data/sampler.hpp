@@ -5,12 +5,16 @@
 /// communication is needed and every rank runs the same number of steps.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <iostream>
+#include <limits>
+#include <new>
 #include <numeric>
 #include <span>
 #include <string>
@@ -110,13 +114,22 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
                               std::to_string(p) + " ranks: some rank would have no data");
   PARALLAX_CHECK(batch_ >= p, where + "the global batch of " + std::to_string(batch_) + " is smaller than the " +
                                   std::to_string(p) + " ranks: some rank would get an empty shard");
+  // Padding allows a batch larger than the dataset (tail_policy::drop refuses
+  // it below); it repeats samples within a step, which is rarely meant.
+  if (batch_ > n_ && rank_ == 0 && options_.tail == tail_policy::pad)
+    std::cerr << "parallax: warning: " << where << "the global batch of " << batch_ << " is larger than the " << n_
+              << " samples of the dataset: each step repeats samples (tail_policy::pad)\n";
+  // The plan holds one index per sample of the epoch (twice while it is built).
+  const std::size_t bound = std::numeric_limits<std::size_t>::max() / (4 * sizeof(std::size_t));
+  PARALLAX_CHECK(n_ <= bound, where + "a dataset of " + std::to_string(n_) + " samples needs a plan of " +
+                                  std::to_string(n_) + " indices, more than this machine can address");
   auto& w = options_.weights;
   if (w.empty()) w.assign(p, 1.0);
   PARALLAX_CHECK(w.size() == p, where + std::to_string(w.size()) + " weights for " + std::to_string(p) + " ranks");
   double total = 0;
   for (std::size_t r = 0; r < p; ++r) {
     PARALLAX_CHECK(std::isfinite(w[r]) && w[r] > 0,
-                   where + "weight of rank " + std::to_string(r) + " is " + std::to_string(w[r]) + ", not positive");
+                   where + "weight of rank " + std::to_string(r) + " is " + detail::number_text(w[r]) + ", not positive");
     total += w[r];
   }
   // Largest remainder: floor shares, then one more to the largest remainders
@@ -164,7 +177,14 @@ inline void DistributedSampler::set_position(std::size_t step) {
 }
 
 inline void DistributedSampler::plan() {
-  std::vector<std::size_t> epoch_order(n_);
+  std::vector<std::size_t> epoch_order;
+  try {
+    epoch_order.resize(n_);
+    order_.reserve(steps_ * batch_);
+  } catch (const std::bad_alloc&) {
+    detail::throw_error("DistributedSampler: cannot allocate the plan of an epoch of " + std::to_string(n_) +
+                        " samples (" + std::to_string((n_ + steps_ * batch_) * sizeof(std::size_t)) + " bytes)");
+  }
   detail::rng g(detail::key(options_.seed, 0x5a3d1e5ULL, epoch_));
   if (options_.bootstrap) {
     for (auto& i : epoch_order) i = static_cast<std::size_t>(g.below(n_));

@@ -49,6 +49,10 @@ class adam_family : public Optimizer<T> {
 
   /// The options this optimizer was built with (lr as at construction).
   const adam_options& options() const { return options_; }
+  std::vector<std::pair<std::string, double>> hyperparameters() const override {
+    return {{"beta1", options_.beta1}, {"beta2", options_.beta2}, {"eps", options_.eps},
+            {"weight_decay", options_.weight_decay}};
+  }
 
  protected:
   explicit adam_family(adam_options options);

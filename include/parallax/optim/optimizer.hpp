@@ -25,6 +25,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace parallax::optim {
@@ -82,6 +83,11 @@ class Optimizer {
   /// (e.g. a state saved with momentum loaded into SGD without momentum) or
   /// when the state is malformed.
   virtual void load_state(const optimizer_state<T>& s) = 0;
+
+  /// The options that decide a step, by name ({"momentum", 0.9}, ...), for
+  /// the trainers' check that every rank uses the same; the learning rate is
+  /// learning_rate(). An optimizer without options may keep the default.
+  virtual std::vector<std::pair<std::string, double>> hyperparameters() const { return {}; }
 
  protected:
   explicit Optimizer(double learning_rate) : learning_rate_(learning_rate) {}

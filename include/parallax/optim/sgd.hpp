@@ -55,6 +55,12 @@ class SGD final : public Optimizer<T> {
   /// The options this optimizer was built with (lr as at construction; see
   /// learning_rate() for the current one).
   const sgd_options& options() const;
+  std::vector<std::pair<std::string, double>> hyperparameters() const override {
+    return {{"momentum", options_.momentum},
+            {"dampening", options_.dampening},
+            {"nesterov", options_.nesterov ? 1.0 : 0.0},
+            {"weight_decay", options_.weight_decay}};
+  }
 
  private:
   std::vector<std::string> slot_names() const;

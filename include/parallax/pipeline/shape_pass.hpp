@@ -100,8 +100,8 @@ std::vector<std::size_t> layer_output_shape(L& layer, const std::vector<std::siz
 template <class Stage, class Batch>
 shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, Stage& layers, const Batch& batch,
                         bool training, std::size_t micro_batches) {
-  auto failure_of = [](std::string cause) {
-    return std::optional<error>(error(error_kind::invalid_argument, std::move(cause), parallax::detail::this_rank()));
+  auto failure_of = [](std::string cause, error_kind kind = error_kind::invalid_argument) {
+    return std::optional<error>(error(kind, std::move(cause), parallax::detail::this_rank()));
   };
   shape_result r;
   bool upstream_failed = false;
@@ -129,13 +129,16 @@ shape_result shape_pass(const mpi::communicator& pipe, int stage, int stages, St
         from = parallax::detail::layer_name(layer, i) + " on stage " + std::to_string(stage);
         r.out = std::move(next);
       } catch (const std::exception& e) {
+        // The layer's own check keeps its kind; anything else the layer
+        // threw is the user's exception.
         const std::string where =
             i == layers.begin() && stage > 0 ? "stage " + std::to_string(stage) + " begins with " : "";
         r.failure = failure_of("ModelParallel: " + where + parallax::detail::layer_name(layer, i) +
-                              ", which cannot take " +
-                              (from.empty() ? std::string("the batch's inputs") : "the output of " + from) +
-                              " of shape " + parallax::detail::shape_string(r.out) + ": " +
-                              parallax::detail::cause_of(e));
+                                   ", which cannot take " +
+                                   (from.empty() ? std::string("the batch's inputs") : "the output of " + from) +
+                                   " of shape " + parallax::detail::shape_string(r.out) + ": " +
+                                   parallax::detail::cause_of(e),
+                               parallax::detail::kind_of(e));
       }
     });
   }

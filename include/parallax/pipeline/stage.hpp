@@ -7,12 +7,16 @@
 /// nn::Sequential on its own.
 
 #include <parallax/core/concepts.hpp>
+#include <parallax/core/error.hpp>
 #include <parallax/detail/tensor_list.hpp>
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <new>
 #include <optional>
 #include <span>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -170,8 +174,19 @@ void stage<Parts...>::build(std::size_t begin, std::size_t end, const std::tuple
   end_ = end;
   for_range<layer_count>(begin_, end_, [&](auto I) {
     auto& part = std::get<I()>(parts_);
-    part.emplace(std::make_from_tuple<part_t<I()>>(std::get<I()>(part_args)));
-    part->initialize(seed, I());
+    // A failure names the layer; running out of memory says so.
+    try {
+      part.emplace(std::make_from_tuple<part_t<I()>>(std::get<I()>(part_args)));
+      part->initialize(seed, I());
+    } catch (const std::bad_alloc& e) {
+      parallax::detail::throw_error("ModelParallel: building layer " + std::to_string(I()) +
+                                    " ran out of memory (" + e.what() +
+                                    "): its constructor arguments ask for more than this rank can allocate");
+    } catch (const std::exception& e) {
+      throw error(parallax::detail::kind_of(e),
+                  "ModelParallel: building layer " + std::to_string(I()) + ": " + parallax::detail::cause_of(e),
+                  parallax::detail::this_rank());
+    }
   });
   if (with_loss) {
     if constexpr (sizeof...(Args) == sizeof...(Parts)) {

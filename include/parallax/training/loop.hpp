@@ -13,6 +13,7 @@
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/operations.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -51,7 +52,7 @@ namespace training {
 /// A hook that throws, on any rank, is the same error on every rank after
 /// that step: every hook of the step still runs on every rank (collective
 /// work in after_step stays matched), then one small all-reduce per step,
-/// only when some hook is set, agrees the failures and the stop votes.
+/// only when some rank set a hook, agrees the failures and the stop votes.
 struct hooks {
   /// After every step, on rank 0 only (progress output); other ranks stay silent.
   const std::function<void(const step_report&)>& on_step;
@@ -84,12 +85,16 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   using clock = std::chrono::steady_clock;
   trainer.check_sampler(sampler);
   const auto& comm = trainer.communicator();
-  agree(comm, [&] {
+  // One agreement before the first step: the dataset fits the sampler, and
+  // whether any rank set a hook (on_step is often set on rank 0 only): then
+  // every rank agrees the hooks after every step.
+  const auto unfit = detail::capture([&] {
     const std::size_t n = dataset.size();
     PARALLAX_CHECK(n >= sampler.dataset_size(), "train_epoch(): the dataset holds " + std::to_string(n) +
                                                     " samples but the sampler was made for " +
                                                     std::to_string(sampler.dataset_size()));
   });
+  const bool hooked = sum_and_agree(comm, std::array{h.on_step || h.after_step || h.stop_when ? 1.0 : 0.0}, unfit)[0] > 0;
   const auto start = clock::now();
   epoch_report report;
   double weighted_loss = 0;
@@ -114,7 +119,7 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
     const step_report step{sampler.epoch(), s, steps, trainer.optimizer().steps(), loss, step_samples,
                            std::chrono::duration<double>(clock::now() - t0).count(),
                            trainer.skipped_steps() > skipped_before};
-    if (h.on_step || h.after_step || h.stop_when) {
+    if (hooked) {
       // Every hook runs, the first failure is kept; one all-reduce carries
       // the stop votes and the failures (0 go on, 1 stop, 2 failed), and the
       // failure is agreed only then.

@@ -6,13 +6,16 @@
 /// squared norm and non-finite verdict); the updater does the rest alike for
 /// DataParallel, ModelParallel and whatever trainer comes next.
 
+#include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
 
 #include <cmath>
+#include <concepts>
 #include <cstdint>
+#include <type_traits>
 #include <optional>
 #include <span>
 #include <string>
@@ -42,6 +45,12 @@ struct update_options {
 /// local check: run it inside the trainer's first agree()).
 void check(const update_options& options, const std::string& trainer);
 
+/// The settings of the update path that must match on every rank, for
+/// agree_settings: the non-finite policy, clipping, whether a schedule is
+/// set, the optimizer's kind, learning rate and hyper-parameters.
+template <std::floating_point T>
+std::vector<setting> update_settings(const update_options& options, const optim::Optimizer<T>& optimizer);
+
 /// Applies steps to one set of parameters with one optimizer.
 template <class T>
 class updater {
@@ -56,6 +65,7 @@ class updater {
   /// whose gradient is spread over ranks agrees them first; without
   /// `squared_norm` the norm of `grads` is taken here (a replicated
   /// gradient). A non-finite gradient throws error(nonfinite, describe())
+  /// (or describe() itself, when it returns the error with its ranks)
   /// or, with skip_step, counts a skipped step. Returns whether the step
   /// was applied.
   template <class Describe>
@@ -81,6 +91,18 @@ std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors);
 // Implementation
 // ===========================================================================
 
+template <std::floating_point T>
+std::vector<setting> update_settings(const update_options& options, const optim::Optimizer<T>& optimizer) {
+  std::vector<setting> out = {
+      {"on_nonfinite", 0, options.on_nonfinite == nonfinite_policy::error ? "error" : "skip_step"},
+      {"clip_norm", options.clip_norm},
+      {"lr_schedule", 0, options.lr_schedule ? "set" : "none"},
+      {"optimizer", 0, optimizer.state().kind},
+      {"lr", optimizer.learning_rate()}};
+  for (auto& [name, value] : optimizer.hyperparameters()) out.push_back({"optimizer " + name, value});
+  return out;
+}
+
 inline void check(const update_options& options, const std::string& trainer) {
   PARALLAX_CHECK(options.clip_norm >= 0, trainer + ": clip_norm must not be negative");
 }
@@ -105,7 +127,10 @@ bool updater<T>::apply(optim::Optimizer<T>& optimizer, const std::vector<std::sp
                        const std::vector<std::span<T>>& grads, const std::vector<std::span<const T>>& grads_const,
                        bool nonfinite, std::optional<double> squared_norm, Describe&& describe) {
   if (nonfinite) {
-    if (options_.on_nonfinite == nonfinite_policy::error) throw error(error_kind::nonfinite, describe());
+    if (options_.on_nonfinite == nonfinite_policy::error) {
+      if constexpr (std::same_as<std::invoke_result_t<Describe&>, error>) throw describe();
+      else throw error(error_kind::nonfinite, describe());
+    }
     ++skipped_;
     return false;
   }
