@@ -421,9 +421,11 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       });
     });
     std::vector<std::vector<double>> before;
-    other.for_each_keyed_tensor([&](std::uint64_t, std::uint64_t, auto& t) { before.emplace_back(t.begin(), t.end()); });
+    other.for_each_keyed_tensor(
+        [&](std::uint64_t, std::uint64_t, auto& t) { before.emplace_back(t.begin(), t.end()); });
     const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
-    CHECK(f.message.find("field 'end of payload' at byte offset " + std::to_string(end_of_fields)) != std::string::npos);
+    CHECK(f.message.find("field 'end of payload' at byte offset " + std::to_string(end_of_fields)) !=
+          std::string::npos);
     CHECK(f.message.find("1 trailing bytes after the last field") != std::string::npos);
     CHECK(f.kind == parallax::error_kind::damaged_file);
     CHECK_FALSE(f.mismatch);

@@ -32,8 +32,8 @@ using bytes = std::vector<char>;
 /// are in the payload (the file adds its 28-byte header).
 const std::vector<unsigned char> golden = {
     // 0: signature "serialization::archive" (size, bytes), 30: library version 18
-    0x16, 0, 0, 0, 0, 0, 0, 0, 's', 'e', 'r', 'i', 'a', 'l', 'i', 'z', 'a', 't', 'i', 'o', 'n', ':', ':', 'a', 'r',
-    'c', 'h', 'i', 'v', 'e', 0x12, 0x00,
+    0x16, 0, 0, 0, 0, 0, 0, 0, 's', 'e', 'r', 'i', 'a', 'l', 'i', 'z', 'a', 't', 'i', 'o', 'n', ':', ':', 'a', 'r', 'c',
+    'h', 'i', 'v', 'e', 0x12, 0x00,
     // 32: sizes of int, long, float, double; 36: the int 1
     4, 8, 4, 8, 1, 0, 0, 0,
     // 40: part_payload's class header (tracking, version); 45: trainer "DP"
@@ -43,13 +43,12 @@ const std::vector<unsigned char> golden = {
     // 71: training_position's class header; 76: step 1; 84: has_sampler true
     0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1,
     // 85: epoch 0, position 4, sampler_seed 7, dataset_size 8, global_batch 4
-    0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0,
-    0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0,
+    0,
     // 125: optimizer_kind "sgd"; 136: learning_rate 0.5; 144: optimizer_steps 1
     3, 0, 0, 0, 0, 0, 0, 0, 's', 'g', 'd', 0, 0, 0, 0, 0, 0, 0xe0, 0x3f, 1, 0, 0, 0, 0, 0, 0, 0,
     // 152: vector<string>'s class header; 157: slot_names size 1; 165: item version; 169: "momentum"
-    0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 'm', 'o', 'm', 'e', 'n', 't', 'u',
-    'm',
+    0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 'm', 'o', 'm', 'e', 'n', 't', 'u', 'm',
     // 185: vector<tensor_record>'s class header; 190: tensors size 1; 198: item version
     0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     // 202: tensor_record's class header; 207: layer 0; 215: index 0
@@ -90,7 +89,8 @@ struct temp_dir {
   fs::path path;
   temp_dir() {
     std::random_device seed;
-    path = fs::temp_directory_path() / ("parallax-test-format-" + std::to_string(seed()) + "-" + std::to_string(seed()));
+    path =
+        fs::temp_directory_path() / ("parallax-test-format-" + std::to_string(seed()) + "-" + std::to_string(seed()));
     fs::create_directories(path);
   }
   ~temp_dir() {
@@ -131,7 +131,12 @@ TEST_CASE("checkpoint payload: write_part writes the bytes Boost 1.74 wrote, and
   part_payload<float> p;
   p.trainer = "DP";
   p.layer_end = 1;
-  p.where = {.step = 1, .has_sampler = true, .epoch = 0, .position = 4, .sampler_seed = 7, .dataset_size = 8,
+  p.where = {.step = 1,
+             .has_sampler = true,
+             .epoch = 0,
+             .position = 4,
+             .sampler_seed = 7,
+             .dataset_size = 8,
              .global_batch = 4};
   p.optimizer_kind = "sgd";
   p.learning_rate = 0.5;
@@ -156,7 +161,8 @@ TEST_CASE("checkpoint payload: write_part writes the bytes Boost 1.74 wrote, and
   CHECK(contains(f, "field 'element' at byte offset 12: it holds float32 tensors, the model has float64"));
 }
 
-TEST_CASE("checkpoint payload: the inputs that crashed the Boost reader fail as damaged_file, naming field and offset") {
+TEST_CASE(
+    "checkpoint payload: the inputs that crashed the Boost reader fail as damaged_file, naming field and offset") {
   // Each made the Boost reader allocate what the file asked (up to 2^46
   // bytes; the first 8 bytes alone asked for 2^45 + ...), load a bool that is
   // not 0 or 1 (undefined behaviour), or accept trailing bytes. Offsets in the
@@ -182,9 +188,19 @@ TEST_CASE("checkpoint payload: the inputs that crashed the Boost reader fail as 
        "needs at least 8 bytes each, 57 bytes remain"},
       {"slot size", with_u64(272, std::uint64_t{1} << 40), "'tensors[0].slots[0]' at byte offset 300",
        "size 1099511627776, expected 2"},
-      {"bool", [] { auto b = golden_bytes(); b[84] = 2; return b; }(), "'where.has_sampler' at byte offset 112",
-       "a bool holds 2, not 0 or 1"},
-      {"trailing byte", [] { auto b = golden_bytes(); b.push_back(0); return b; }(),
+      {"bool",
+       [] {
+         auto b = golden_bytes();
+         b[84] = 2;
+         return b;
+       }(),
+       "'where.has_sampler' at byte offset 112", "a bool holds 2, not 0 or 1"},
+      {"trailing byte",
+       [] {
+         auto b = golden_bytes();
+         b.push_back(0);
+         return b;
+       }(),
        "'end of payload' at byte offset 316", "1 trailing bytes after the last field"},
   };
   for (const auto& c : cases) {
@@ -215,11 +231,15 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
       {"tracked class", patched(40, {1}), "'part class header' at byte offset 68: tracking flag 1, expected 0"},
       {"class version 1", patched(72, {1}), "'where class header' at byte offset 100: class version 1, expected 0"},
       {"layers 2 to 1", with_u64(55, 2), "'layer_end' at byte offset 91: layers 2 to 1"},
-      {"infinite learning rate", with_u64(136, 0x7ff0000000000000ull), "'learning_rate' at byte offset 164: not a finite"},
+      {"infinite learning rate", with_u64(136, 0x7ff0000000000000ull),
+       "'learning_rate' at byte offset 164: not a finite"},
       {"item version 1", patched(165, {1}), "'slot_names item version' at byte offset 193: item version 1, expected 0"},
-      {"a layer outside the part", with_u64(207, 1), "'tensors[0].layer' at byte offset 235: layer 1 is not in the part's layers 0 to 1"},
-      {"values that do not match the shape", with_u64(231, 3), "'tensors[0].values' at byte offset 267: size 2, expected 3"},
-      {"a shape whose product overflows", [] {
+      {"a layer outside the part", with_u64(207, 1),
+       "'tensors[0].layer' at byte offset 235: layer 1 is not in the part's layers 0 to 1"},
+      {"values that do not match the shape", with_u64(231, 3),
+       "'tensors[0].values' at byte offset 267: size 2, expected 3"},
+      {"a shape whose product overflows",
+       [] {
          auto b = golden_bytes();
          // shape (2^32, 2^32): the product is 0 modulo 2^64
          b.insert(b.begin() + 239, 8, 0);
@@ -228,9 +248,16 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
          b[231 + 4] = 1;
          b[239 + 4] = 1;
          return b;
-       }(), "'tensors[0].shape' at byte offset 251: shape (4294967296, 4294967296) holds more values"},
-      {"more slots than the optimizer names", with_u64(260, 2), "'tensors[0].slots' at byte offset 288: 2 optimizer slots, the optimizer names 1"},
-      {"truncated in a value", [] { auto b = golden_bytes(); b.resize(b.size() - 3); return b; }(),
+       }(),
+       "'tensors[0].shape' at byte offset 251: shape (4294967296, 4294967296) holds more values"},
+      {"more slots than the optimizer names", with_u64(260, 2),
+       "'tensors[0].slots' at byte offset 288: 2 optimizer slots, the optimizer names 1"},
+      {"truncated in a value",
+       [] {
+         auto b = golden_bytes();
+         b.resize(b.size() - 3);
+         return b;
+       }(),
        "'tensors[0].slots[0]' at byte offset 300: size 2 needs at least 4 bytes each, 5 bytes remain"},
   };
   for (const auto& c : cases) {
@@ -250,7 +277,9 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
   }
   SUBCASE("slots before the optimizer's first step") {
     const auto f = decode_failure(with_u64(144, 0));
-    CHECK(contains(f.message, "'tensors[0].slots[0]' at byte offset 300: size 2, expected 0 (none before the optimizer's first step)"));
+    CHECK(contains(
+        f.message,
+        "'tensors[0].slots[0]' at byte offset 300: size 2, expected 0 (none before the optimizer's first step)"));
   }
 }
 
@@ -259,8 +288,9 @@ TEST_CASE("checkpoint file: a whole file in memory is checked as on disk") {
   // element float32 ((1 << 8) | 4), payload size, CRC-32.
   temp_dir dir;
   const auto path = (dir.path / "p.bin").string();
-  parallax::io::write_atomically(path, 1, (1 << 8) | 4,
-                                 [](std::ostream& out) { out.write(reinterpret_cast<const char*>(golden.data()), golden.size()); });
+  parallax::io::write_atomically(path, 1, (1 << 8) | 4, [](std::ostream& out) {
+    out.write(reinterpret_cast<const char*>(golden.data()), golden.size());
+  });
   std::ifstream in(path, std::ios::binary);
   bytes file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(parse_part<float>(file, path).trainer == "DP");
@@ -296,7 +326,8 @@ TEST_CASE("checkpoint manifest: parse takes what text() writes, and nothing else
       {"PLX 1\n", "line 1 (byte offset 28), field 'parallax-checkpoint': not a parallax checkpoint manifest"},
       {"parallax-checkpoint 1\ntrainer A\nelement float64 264\nlayers -1\n",
        "line 4 (byte offset 80), field 'layers': '-1' is not a number that fits"},
-      {"parallax-checkpoint 1\nlayers 18446744073709551616\n", "field 'layers': '18446744073709551616' is not a number that fits"},
+      {"parallax-checkpoint 1\nlayers 18446744073709551616\n",
+       "field 'layers': '18446744073709551616' is not a number that fits"},
       {"parallax-checkpoint 1\nstep 1\nstep 2\n", "line 3 (byte offset 57), field 'step': the entry is there twice"},
       {"parallax-checkpoint 1\nelement float32 264\n", "field 'element': name 'float32' does not match code 264"},
       {"parallax-checkpoint 1\npart ../state.bin 0 5\n",
@@ -306,7 +337,8 @@ TEST_CASE("checkpoint manifest: parse takes what text() writes, and nothing else
       {"parallax-checkpoint 1\npart a.bin 0\n", "field 'part': 2 values, expected 3"},
       {"parallax-checkpoint 1\ntrainer  A\n", "field 'trainer': 2 values, expected 1"},
       {"parallax-checkpoint 1\nlayers 5\n", "field 'trainer': no such entry (incomplete manifest)"},
-      {"parallax-checkpoint 1\ntrainer A\nelement float64 264\nlayers 5\nstep 3\n", "field 'end': missing (incomplete manifest)"},
+      {"parallax-checkpoint 1\ntrainer A\nelement float64 264\nlayers 5\nstep 3\n",
+       "field 'end': missing (incomplete manifest)"},
       {"parallax-checkpoint 1\ntrainer A\nelement float64 264\nlayers 5\nstep 3\nend", "the last line does not end"},
       {good + "\n", "line 9 (byte offset 156), field 'end': trailing bytes after 'end'"},
       {"parallax-checkpoint 1\nhello\n", "field 'hello': unexpected entry 'hello'"},

@@ -6,6 +6,7 @@
 #include <parallax/data/idx.hpp>
 
 #include "error_of.hpp"
+#include "idx_files.hpp"
 
 #include <doctest/doctest.h>
 
@@ -21,6 +22,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -67,17 +69,8 @@ void gzip_file(const std::string& source, const std::string& target, const std::
   REQUIRE(std::system(command.c_str()) == 0);
 }
 
-void put_be32(bytes& out, std::uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
-}
-
-/// An IDX file: magic (0, 0, type, dimensions), big-endian extents, payload.
-bytes make_idx(std::uint8_t type, const std::vector<std::uint32_t>& shape, const bytes& payload) {
-  bytes out = {0, 0, type, static_cast<std::uint8_t>(shape.size())};
-  for (const auto extent : shape) put_be32(out, extent);
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
-}
+using parallax::test::make_idx;
+using parallax::test::put_be32;
 
 /// An unsigned-byte IDX file of the given shape filled by `value(i)`.
 template <class F>
@@ -280,6 +273,60 @@ TEST_CASE("idx: missing, unreadable and oversized files") {
   write_file(big, make_u8_idx({1000}, [](std::size_t i) { return i; }));
   check_error([&] { read_idx<float>(big, idx_limits{.max_bytes = 100}); },
               {"'" + big + "': the file is 1008 bytes, more than limits.max_bytes allows"});
+}
+
+TEST_CASE("idx: each failure has its kind: io, damaged_file with the byte offset, incompatible") {
+  temp_dir dir;
+  auto kind_and_message = [](auto&& f) -> std::pair<parallax::error_kind, std::string> {
+    try {
+      f();
+    } catch (const parallax::error& e) {
+      return {e.kind(), e.what()};
+    }
+    return {parallax::error_kind::user_exception, "no error"};
+  };
+  using parallax::error_kind;
+  const std::string missing = dir / "no-such-file";
+  CHECK(kind_and_message([&] { read_idx<float>(missing); }).first == error_kind::io);
+  CHECK(kind_and_message([&] { read_idx<float>(dir.path.string()); }).first == error_kind::io);
+  // 0, 0, type, dimensions at offsets 0-3; extents from offset 4; data after them.
+  const std::vector<std::pair<bytes, std::string>> damaged = {
+      {{1, 0, 8, 1}, "at byte offset 0: bad magic number"},
+      {{0, 0, 0x0A, 1}, "at byte offset 2: bad magic number: unknown element type code 0x0A"},
+      {{0, 0, 8, 9}, "at byte offset 3: bad magic number: 9 dimensions"},
+      {make_idx(8, {2, 0, 3}, {}), "at byte offset 8: dimension 1 has extent 0"},
+      {make_idx(8, {2, 3}, bytes(5)), "at byte offset 12: truncated: shape (2, 3)"},
+      {make_idx(8, {2}, bytes(3)), "at byte offset 8: trailing garbage"},
+  };
+  for (const auto& [file, part] : damaged) {
+    const auto [kind, message] = kind_and_message([&] { parallax::data::decode_idx<float>(file, "m"); });
+    INFO(message);
+    CHECK(kind == error_kind::damaged_file);
+    CHECK(contains(message, "decode_idx(): 'm': " + part));
+  }
+  // Intact files holding what the caller cannot take.
+  const auto too_big = kind_and_message(
+      [&] { parallax::data::decode_idx<std::uint8_t>(make_idx(0x0B, {2}, {0, 1, 0x01, 0x2c}), "m"); });
+  CHECK(too_big.first == error_kind::incompatible);
+  CHECK(contains(too_big.second, "at byte offset 10: element 1 (300) does not fit in uint8"));
+  const std::string images = dir / "images";
+  const std::string labels = dir / "labels";
+  write_file(images, make_u8_idx({2, 1, 1}, [](std::size_t i) { return i; }));
+  write_file(labels, make_u8_idx({2}, [](std::size_t i) { return 9 + i; }));
+  const auto label = kind_and_message([&] { parallax::data::read_image_set(images, labels); });
+  CHECK(label.first == error_kind::incompatible);
+  CHECK(contains(label.second, "at byte offset 9: label 1 is 10, outside the classes 0..9"));
+  // Damage inside a gzip stream: damaged_file near the offset of the fault.
+  const std::string plain = dir / "plain";
+  const std::string gz = dir / "plain.gz";
+  write_file(plain, make_u8_idx({64}, [](std::size_t i) { return i; }));
+  gzip_file(plain, gz);
+  bytes compressed = read_file(gz);
+  compressed[compressed.size() - 8] ^= 1;  // the trailer's CRC-32
+  const auto crc = kind_and_message([&] { parallax::data::decode_idx<float>(compressed, "z"); });
+  CHECK(crc.first == error_kind::damaged_file);
+  CHECK(contains(crc.second, "decode_idx(): 'z': gzip: CRC-32 mismatch"));
+  CHECK(contains(crc.second, "(near byte offset " + std::to_string(compressed.size()) + ")"));
 }
 
 TEST_CASE("idx: gzip errors are reported with the path") {

@@ -119,7 +119,8 @@ inline void archive_reader::fail(const std::string& field, std::size_t at, const
 
 inline const std::uint8_t* archive_reader::take(const std::string& field, std::size_t n) {
   if (n > remaining())
-    fail(field, offset(), "truncated: needs " + std::to_string(n) + " bytes, " + std::to_string(remaining()) + " remain");
+    fail(field, offset(),
+         "truncated: needs " + std::to_string(n) + " bytes, " + std::to_string(remaining()) + " remain");
   const auto* at = p_;
   p_ += n;
   return at;
@@ -147,10 +148,12 @@ inline std::uint64_t archive_reader::size_field(const std::string& field, std::u
                                                 std::uint64_t max_items) {
   const std::size_t at = offset();
   const std::uint64_t n = u64(field);
-  if (n > max_items) fail(field, at, "size " + std::to_string(n) + " is more than the most allowed, " + std::to_string(max_items));
+  if (n > max_items)
+    fail(field, at, "size " + std::to_string(n) + " is more than the most allowed, " + std::to_string(max_items));
   if (unit_bytes > 0 && n > remaining() / unit_bytes)
-    fail(field, at, "size " + std::to_string(n) + " needs at least " + std::to_string(unit_bytes) + " bytes each, " +
-                        std::to_string(remaining()) + " bytes remain");
+    fail(field, at,
+         "size " + std::to_string(n) + " needs at least " + std::to_string(unit_bytes) + " bytes each, " +
+             std::to_string(remaining()) + " bytes remain");
   return n;
 }
 
@@ -169,8 +172,9 @@ inline std::uint64_t archive_reader::items(const std::string& field, std::uint64
   if (item_version != 0)
     fail(field + " item version", version_at, "item version " + std::to_string(item_version) + ", expected 0");
   if (n > remaining() / std::max<std::uint64_t>(min_item_bytes, 1))
-    fail(field, at, "size " + std::to_string(n) + " needs at least " + std::to_string(min_item_bytes) +
-                        " bytes each, " + std::to_string(remaining()) + " bytes remain");
+    fail(field, at,
+         "size " + std::to_string(n) + " needs at least " + std::to_string(min_item_bytes) + " bytes each, " +
+             std::to_string(remaining()) + " bytes remain");
   return n;
 }
 
@@ -187,8 +191,9 @@ template <class T>
 std::vector<T> archive_reader::values(const std::string& field, std::uint64_t expected, std::string_view what) {
   const std::size_t at = offset();
   if (remaining() >= 8 && parallax::detail::load_le64(p_) != expected)
-    fail(field, at, "size " + std::to_string(parallax::detail::load_le64(p_)) + ", expected " +
-                        std::to_string(expected) + " (" + std::string(what) + ")");
+    fail(field, at,
+         "size " + std::to_string(parallax::detail::load_le64(p_)) + ", expected " + std::to_string(expected) + " (" +
+             std::string(what) + ")");
   return values<T>(field);
 }
 
@@ -221,7 +226,8 @@ inline void archive_reader::header() {
   for (std::size_t i = 0; i < 4; ++i) {
     const std::size_t size_at = offset();
     const std::uint8_t size = *take(names[i], 1);
-    if (size != sizes[i]) fail(names[i], size_at, std::to_string(size) + " bytes, this reader reads " + std::to_string(sizes[i]));
+    if (size != sizes[i])
+      fail(names[i], size_at, std::to_string(size) + " bytes, this reader reads " + std::to_string(sizes[i]));
   }
   const std::size_t order_at = offset();
   if (parallax::detail::load_le32(take("byte order", 4)) != 1)
@@ -229,7 +235,8 @@ inline void archive_reader::header() {
 }
 
 inline void archive_reader::finish() {
-  if (remaining() != 0) fail("end of payload", offset(), std::to_string(remaining()) + " trailing bytes after the last field");
+  if (remaining() != 0)
+    fail("end of payload", offset(), std::to_string(remaining()) + " trailing bytes after the last field");
 }
 
 }  // namespace parallax::io::detail

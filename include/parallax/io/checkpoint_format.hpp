@@ -231,7 +231,8 @@ inline manifest manifest::parse(const std::string& text, const std::string& wher
       if (w.empty()) fail(words[0], "empty value (two spaces, or a space at the end of the line)");
   };
   auto number = [&](std::size_t i, auto& out) {
-    if (!manifest_text::number(words[i], out)) fail(words[0], "'" + std::string(words[i]) + "' is not a number that fits");
+    if (!manifest_text::number(words[i], out))
+      fail(words[0], "'" + std::string(words[i]) + "' is not a number that fits");
   };
   if (!next_line() || words[0] != "parallax-checkpoint") {
     line_number = std::max<std::size_t>(line_number, 1);
@@ -241,7 +242,8 @@ inline manifest manifest::parse(const std::string& text, const std::string& wher
   std::uint32_t version = 0;
   number(1, version);
   if (version < 1 || version > checkpoint_format_version)
-    fail("parallax-checkpoint", "format version " + std::to_string(version) + " is unknown (this parallax reads up to " +
+    fail("parallax-checkpoint", "format version " + std::to_string(version) +
+                                    " is unknown (this parallax reads up to " +
                                     std::to_string(checkpoint_format_version) + ")");
   // Each entry once (text() writes them in this order), parts, then "end".
   static constexpr std::string_view keys[] = {"trainer", "element", "layers", "step"};
@@ -366,22 +368,24 @@ part_payload<T> decode_part(std::span<const char> bytes, const std::string& path
     r.layer = in.u64(f + "layer");
     r.index = in.u64(f + "index");
     if (r.layer < p.layer_begin || r.layer >= p.layer_end)
-      in.fail(f + "layer", key_at, "layer " + std::to_string(r.layer) + " is not in the part's layers " +
-                                        std::to_string(p.layer_begin) + " to " + std::to_string(p.layer_end));
+      in.fail(f + "layer", key_at,
+              "layer " + std::to_string(r.layer) + " is not in the part's layers " + std::to_string(p.layer_begin) +
+                  " to " + std::to_string(p.layer_end));
     if (!keys.insert({r.layer, r.index}).second)
-      in.fail(f + "layer", key_at, "tensor " + std::to_string(r.index) + " of layer " + std::to_string(r.layer) +
-                                        " is there twice");
+      in.fail(f + "layer", key_at,
+              "tensor " + std::to_string(r.index) + " of layer " + std::to_string(r.layer) + " is there twice");
     const std::size_t shape_at = in.offset();
     r.shape = in.values<std::uint64_t>(f + "shape");
     if (r.shape.size() > limits.max_rank)
-      in.fail(f + "shape", shape_at, std::to_string(r.shape.size()) + " dimensions, more than " + std::to_string(limits.max_rank));
+      in.fail(f + "shape", shape_at,
+              std::to_string(r.shape.size()) + " dimensions, more than " + std::to_string(limits.max_rank));
     // The product, without overflow: the values must fit in what remains.
     std::uint64_t n = 1;
     for (const auto e : r.shape) {
       if (e != 0 && n > (in.remaining() / sizeof(T)) / e)
-        in.fail(f + "shape", shape_at, "shape " + parallax::detail::shape_string(r.shape) +
-                                           " holds more values than the " + std::to_string(in.remaining()) +
-                                           " bytes that remain");
+        in.fail(f + "shape", shape_at,
+                "shape " + parallax::detail::shape_string(r.shape) + " holds more values than the " +
+                    std::to_string(in.remaining()) + " bytes that remain");
       n *= e;
     }
     r.values = in.values<T>(f + "values", n, "the values of shape " + parallax::detail::shape_string(r.shape));
@@ -389,15 +393,16 @@ part_payload<T> decode_part(std::span<const char> bytes, const std::string& path
     const std::size_t slots_at = in.offset();
     const auto slot_count = in.items(f + "slots", 8, limits.max_slots);
     if (slot_count != p.slot_names.size())
-      in.fail(f + "slots", slots_at, std::to_string(slot_count) + " optimizer slots, the optimizer names " +
-                                         std::to_string(p.slot_names.size()));
+      in.fail(
+          f + "slots", slots_at,
+          std::to_string(slot_count) + " optimizer slots, the optimizer names " + std::to_string(p.slot_names.size()));
     // The writer saves each slot with the tensor's size once the optimizer
     // has stepped, empty before.
     const bool stepped = p.optimizer_steps > 0;
     for (std::uint64_t k = 0; k < slot_count; ++k)
-      r.slots.push_back(in.values<T>(f + "slots[" + std::to_string(k) + "]", stepped ? n : 0,
-                                     stepped ? "one value per value of the tensor"
-                                             : "none before the optimizer's first step"));
+      r.slots.push_back(
+          in.values<T>(f + "slots[" + std::to_string(k) + "]", stepped ? n : 0,
+                       stepped ? "one value per value of the tensor" : "none before the optimizer's first step"));
     p.tensors.push_back(std::move(r));
   }
   in.finish();
