@@ -3,11 +3,6 @@
 // header and size error), the MNIST image/label loader on synthetic files,
 // and, when installed, the real Fashion-MNIST splits.
 
-#include <parallax/data/idx.hpp>
-
-#include "error_of.hpp"
-#include "idx_files.hpp"
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -19,11 +14,15 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <parallax/data/idx.hpp>
 #include <random>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include "error_of.hpp"
+#include "idx_files.hpp"
 
 namespace {
 
@@ -247,9 +246,9 @@ TEST_CASE("idx: header errors name the file and the cause") {
 
   // The same checks through parse_idx_header, on bytes in memory.
   check_error([&] { parallax::data::parse_idx_header(short_data, "in-memory"); },
-              {"parse_idx_header(): 'in-memory': truncated"});
+              {"parse_idx_header(): 'in-memory': at byte offset 12: truncated"});
   check_error([&] { parallax::data::decode_idx<int>(long_data, "buffer"); },
-              {"decode_idx(): 'buffer': trailing garbage"});
+              {"decode_idx(): 'buffer': at byte offset 12: trailing garbage"});
 }
 
 TEST_CASE("idx: missing, unreadable and oversized files") {
@@ -305,8 +304,9 @@ TEST_CASE("idx: each failure has its kind: io, damaged_file with the byte offset
     CHECK(contains(message, "decode_idx(): 'm': " + part));
   }
   // Intact files holding what the caller cannot take.
-  const auto too_big = kind_and_message(
-      [&] { parallax::data::decode_idx<std::uint8_t>(make_idx(0x0B, {2}, {0, 1, 0x01, 0x2c}), "m"); });
+  const auto too_big = kind_and_message([&] {
+    parallax::data::decode_idx<std::uint8_t>(make_idx(0x0B, {2}, {0, 1, 0x01, 0x2c}), "m");
+  });
   CHECK(too_big.first == error_kind::incompatible);
   CHECK(contains(too_big.second, "at byte offset 10: element 1 (300) does not fit in uint8"));
   const std::string images = dir / "images";
@@ -399,11 +399,11 @@ TEST_CASE("idx: a gzip file is never inflated past the limits") {
   // A small gzip file whose header claims a huge array: refused by the header check.
   write_file(plain, make_idx(8, {60000, 60000, 60000}, bytes(100)));
   gzip_file(plain, gz);
-  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': dimension 1 has extent 60000", "limits.max_bytes"});
+  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': at byte offset 8: dimension 1 has extent 60000", "limits.max_bytes"});
   // ... and one whose header claims more than the stream holds.
   write_file(plain, make_idx(8, {1000, 28, 28}, bytes(100)));
   gzip_file(plain, gz);
-  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': truncated: shape (1000, 28, 28)"});
+  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': at byte offset 16: truncated: shape (1000, 28, 28)"});
 }
 
 TEST_CASE("idx: read_image_set scales pixels to [0, 1] and checks its two files") {
@@ -432,7 +432,7 @@ TEST_CASE("idx: read_image_set scales pixels to [0, 1] and checks its two files"
               {"read_image_set(): '" + images + "' holds 5 images but '" + other + "' holds 4 labels"});
   write_file(other, make_u8_idx({5}, [](std::size_t i) { return i == 3 ? 10 : 0; }));
   check_error([&] { parallax::data::read_image_set(images, other); },
-              {"read_image_set(): '" + other + "': label 3 is 10, outside the classes 0..9"});
+              {"read_image_set(): '" + other + "': at byte offset 11: label 3 is 10, outside the classes 0..9"});
   write_file(other, make_u8_idx({5, 1}, [](std::size_t) { return 0; }));
   check_error([&] { parallax::data::read_image_set(images, other); },
               {"'" + other + "': labels have 2 dimensions, expected 1"});

@@ -161,10 +161,12 @@ inline std::string idx_where(std::string_view function, const std::string& name)
 inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, const std::string& where,
                                          const data::idx_limits& limits) {
   using data::idx_type;
-  PARALLAX_CHECK_KIND(bytes.size() >= 4, error_kind::damaged_file, where + ": only " + std::to_string(bytes.size()) +
-                                        " bytes, too short for an IDX header (not an IDX file?)");
-  PARALLAX_CHECK_KIND(bytes[0] == 0 && bytes[1] == 0, error_kind::damaged_file,
-                      where + ": at byte offset 0: bad magic number: the first two bytes are not zero (not an IDX file?)");
+  PARALLAX_CHECK_KIND(
+      bytes.size() >= 4, error_kind::damaged_file,
+      where + ": only " + std::to_string(bytes.size()) + " bytes, too short for an IDX header (not an IDX file?)");
+  PARALLAX_CHECK_KIND(
+      bytes[0] == 0 && bytes[1] == 0, error_kind::damaged_file,
+      where + ": at byte offset 0: bad magic number: the first two bytes are not zero (not an IDX file?)");
   data::idx_header h;
   const std::uint8_t code = bytes[2];
   switch (code) {
@@ -174,8 +176,8 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
     default: {
       static constexpr char hex[] = "0123456789ABCDEF";
       const std::string text{'0', 'x', hex[code >> 4], hex[code & 15]};
-      throw_error(error_kind::damaged_file, where + ": at byte offset 2: bad magic number: unknown element type code " + text +
-                  " (expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)");
+      throw_error(error_kind::damaged_file, where + ": at byte offset 2: bad magic number: unknown element type code " +
+                                                text + " (expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)");
     }
   }
   const std::size_t dims = bytes[3];
@@ -183,9 +185,9 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
                       where + ": at byte offset 3: bad magic number: " + std::to_string(dims) +
                           " dimensions, expected 1 to " + std::to_string(limits.max_dimensions));
   h.data_offset = 4 + 4 * dims;
-  PARALLAX_CHECK_KIND(bytes.size() >= h.data_offset, error_kind::damaged_file, where + ": truncated header: " + std::to_string(dims) +
-                                                    " dimensions need " + std::to_string(h.data_offset) +
-                                                    " bytes, the file has " + std::to_string(bytes.size()));
+  PARALLAX_CHECK_KIND(bytes.size() >= h.data_offset, error_kind::damaged_file,
+                      where + ": truncated header: " + std::to_string(dims) + " dimensions need " +
+                          std::to_string(h.data_offset) + " bytes, the file has " + std::to_string(bytes.size()));
   // Multiply in bytes, checking against max_bytes at every step: no overflow,
   // and nothing is allocated for a size the limits refuse.
   std::size_t total = data::idx_element_size(h.type);
@@ -196,8 +198,8 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
     PARALLAX_CHECK_KIND(extent != 0, error_kind::damaged_file, dimension + " has extent 0");
     PARALLAX_CHECK_KIND(total <= limits.max_bytes / extent, error_kind::damaged_file,
                         dimension + " has extent " + std::to_string(extent) +
-                            ", which makes the data larger than limits.max_bytes (" +
-                            std::to_string(limits.max_bytes) + " bytes)");
+                            ", which makes the data larger than limits.max_bytes (" + std::to_string(limits.max_bytes) +
+                            " bytes)");
     total *= extent;
     h.shape.push_back(extent);
   }
@@ -227,18 +229,18 @@ inline std::vector<std::uint8_t> idx_read_file(const std::string& path, const st
   PARALLAX_CHECK_KIND(!ec, error_kind::io, where + ": cannot read the file size: " + ec.message());
   const std::size_t raw_cap = idx_max_file_bytes(limits);
   const std::size_t file_cap = idx_saturating_add(raw_cap, idx_saturating_add(raw_cap / 64, std::size_t{1} << 20));
-  PARALLAX_CHECK_KIND(size <= file_cap, error_kind::damaged_file, where + ": the file is " + std::to_string(size) +
-                                       " bytes, more than limits.max_bytes allows");
+  PARALLAX_CHECK_KIND(size <= file_cap, error_kind::damaged_file,
+                      where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
   std::ifstream in(path, std::ios::binary);
   PARALLAX_CHECK_KIND(in.is_open(), error_kind::io, where + ": cannot open the file for reading");
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  PARALLAX_CHECK_KIND(in.gcount() == static_cast<std::streamsize>(bytes.size()), error_kind::io,
-                      where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) +
-                     " bytes");
+  PARALLAX_CHECK_KIND(
+      in.gcount() == static_cast<std::streamsize>(bytes.size()), error_kind::io,
+      where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
   if (is_gzip(bytes)) return gunzip(bytes, raw_cap, where + ": gzip");
-  PARALLAX_CHECK_KIND(bytes.size() <= raw_cap, error_kind::damaged_file, where + ": the file is " + std::to_string(size) +
-                                              " bytes, more than limits.max_bytes allows");
+  PARALLAX_CHECK_KIND(bytes.size() <= raw_cap, error_kind::damaged_file,
+                      where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
   return bytes;
 }
 
@@ -256,11 +258,12 @@ inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::st
   idx_bytes_file file{idx_read_file(path, where, limits), {}};
   file.header = idx_parse_header(file.bytes, where, limits);
   const data::idx_header& h = file.header;
-  PARALLAX_CHECK_KIND(h.type == data::idx_type::u8, error_kind::incompatible, where + ": " + std::string(what) + " hold " + data::idx_type_name(h.type) +
-                                                   " elements, expected unsigned byte (0x08)");
-  PARALLAX_CHECK_KIND(h.shape.size() == dims, error_kind::incompatible, where + ": " + std::string(what) + " have " + std::to_string(h.shape.size()) +
-                                             " dimensions, expected " + std::to_string(dims) + " (" +
-                                             std::string(dims_text) + ")");
+  PARALLAX_CHECK_KIND(h.type == data::idx_type::u8, error_kind::incompatible,
+                      where + ": " + std::string(what) + " hold " + data::idx_type_name(h.type) +
+                          " elements, expected unsigned byte (0x08)");
+  PARALLAX_CHECK_KIND(h.shape.size() == dims, error_kind::incompatible,
+                      where + ": " + std::string(what) + " have " + std::to_string(h.shape.size()) +
+                          " dimensions, expected " + std::to_string(dims) + " (" + std::string(dims_text) + ")");
   return file;
 }
 
@@ -396,9 +399,9 @@ inline image_set read_image_set(const std::string& images_path, const std::strin
   const auto [label_bytes, lh] = detail::idx_read_bytes_file(labels_path, at_labels, limits, "labels", 1, "count");
 
   const std::size_t n = ih.shape[0];
-  PARALLAX_CHECK_KIND(n == lh.shape[0], error_kind::incompatible, "read_image_set(): '" + images_path + "' holds " + std::to_string(n) +
-                                       " images but '" + labels_path + "' holds " + std::to_string(lh.shape[0]) +
-                                       " labels");
+  PARALLAX_CHECK_KIND(n == lh.shape[0], error_kind::incompatible,
+                      "read_image_set(): '" + images_path + "' holds " + std::to_string(n) + " images but '" +
+                          labels_path + "' holds " + std::to_string(lh.shape[0]) + " labels");
   image_set set;
   set.rows = ih.shape[1];
   set.cols = ih.shape[2];
@@ -408,8 +411,7 @@ inline image_set read_image_set(const std::string& images_path, const std::strin
   for (std::size_t i = 0; i < n; ++i) {
     PARALLAX_CHECK_KIND(labels[i] <= 9, error_kind::incompatible,
                         at_labels + ": at byte offset " + std::to_string(lh.data_offset + i) + ": label " +
-                            std::to_string(i) + " is " + std::to_string(labels[i]) +
-                                       ", outside the classes 0..9");
+                            std::to_string(i) + " is " + std::to_string(labels[i]) + ", outside the classes 0..9");
     set.labels(i) = labels[i];
   }
 
@@ -434,7 +436,7 @@ inline image_set load_mnist_split(const std::string& dir, const std::string& spl
     std::error_code ec;
     if (std::filesystem::exists(plain, ec)) return plain.string();
     PARALLAX_CHECK_KIND(std::filesystem::exists(gz, ec), error_kind::io,
-                   "load_mnist_split(): neither '" + plain.string() + "' nor '" + gz.string() + "' exists");
+                        "load_mnist_split(): neither '" + plain.string() + "' nor '" + gz.string() + "' exists");
     return gz.string();
   };
   const std::string images = find(prefix + "-images-idx3-ubyte");
