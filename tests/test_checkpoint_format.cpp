@@ -85,6 +85,24 @@ failure decode_failure(const bytes& payload) {
   return {error_kind::user_exception, "no error"};
 }
 
+/// A payload that must fail as damaged_file with a message holding
+/// "field <message>" (message: "'<field>' at byte offset <n>: <cause>").
+struct damaged_case {
+  const char* what;
+  bytes payload;
+  std::string message;
+};
+
+void check_damaged(const std::vector<damaged_case>& cases) {
+  for (const auto& c : cases) {
+    CAPTURE(std::string(c.what));
+    const auto f = decode_failure(c.payload);
+    CAPTURE(f.message);
+    CHECK(f.kind == error_kind::damaged_file);
+    CHECK(contains(f.message, "checkpoint file 'p.bin': field " + c.message));
+  }
+}
+
 struct temp_dir {
   fs::path path;
   temp_dir() {
@@ -167,64 +185,45 @@ TEST_CASE(
   // bytes; the first 8 bytes alone asked for 2^45 + ...), load a bool that is
   // not 0 or 1 (undefined behaviour), or accept trailing bytes. Offsets in the
   // messages are in the file: 28 header bytes plus the payload offset.
-  struct regression {
-    const char* what;
-    bytes payload;
-    std::string field_at;
-    std::string cause;
-  };
-  const std::vector<regression> cases = {
-      {"signature size", bytes{0x00, 0x35, 0x23, 0x00, 0x00, 0x20, 0x00, 0x00}, "'archive signature' at byte offset 28",
-       "not a Boost.Serialization binary archive"},
-      {"trainer name size", with_u64(45, std::uint64_t{1} << 46), "'trainer' at byte offset 73",
-       "size 70368744177664 is more than the most allowed, 256"},
-      {"optimizer name size", with_u64(125, std::uint64_t{1} << 40), "'optimizer_kind' at byte offset 153",
-       "is more than the most allowed"},
-      {"slot count", with_u64(157, std::uint64_t{1} << 25), "'slot_names' at byte offset 185",
-       "size 33554432 is more than the most allowed, 16"},
-      {"tensor count", with_u64(190, std::uint64_t{1} << 40), "'tensors' at byte offset 218",
-       "needs at least 40 bytes each, 86 bytes remain"},
-      {"shape size", with_u64(223, std::uint64_t{1} << 40), "'tensors[0].shape' at byte offset 251",
-       "needs at least 8 bytes each, 57 bytes remain"},
-      {"slot size", with_u64(272, std::uint64_t{1} << 40), "'tensors[0].slots[0]' at byte offset 300",
-       "size 1099511627776, expected 2"},
+  check_damaged({
+      {"signature size", bytes{0x00, 0x35, 0x23, 0x00, 0x00, 0x20, 0x00, 0x00},
+       "'archive signature' at byte offset 28: not a Boost.Serialization binary archive"},
+      {"trainer name size", with_u64(45, std::uint64_t{1} << 46),
+       "'trainer' at byte offset 73: size 70368744177664 is more than the most allowed, 256"},
+      {"optimizer name size", with_u64(125, std::uint64_t{1} << 40),
+       "'optimizer_kind' at byte offset 153: size 1099511627776 is more than the most allowed, 256"},
+      {"slot count", with_u64(157, std::uint64_t{1} << 25),
+       "'slot_names' at byte offset 185: size 33554432 is more than the most allowed, 16"},
+      {"tensor count", with_u64(190, std::uint64_t{1} << 40),
+       "'tensors' at byte offset 218: size 1099511627776 needs at least 40 bytes each, 86 bytes remain"},
+      {"shape size", with_u64(223, std::uint64_t{1} << 40),
+       "'tensors[0].shape' at byte offset 251: size 1099511627776 needs at least 8 bytes each, 57 bytes remain"},
+      {"slot size", with_u64(272, std::uint64_t{1} << 40),
+       "'tensors[0].slots[0]' at byte offset 300: size 1099511627776, expected 2"},
       {"bool",
        [] {
          auto b = golden_bytes();
          b[84] = 2;
          return b;
        }(),
-       "'where.has_sampler' at byte offset 112", "a bool holds 2, not 0 or 1"},
+       "'where.has_sampler' at byte offset 112: a bool holds 2, not 0 or 1"},
       {"trailing byte",
        [] {
          auto b = golden_bytes();
          b.push_back(0);
          return b;
        }(),
-       "'end of payload' at byte offset 316", "1 trailing bytes after the last field"},
-  };
-  for (const auto& c : cases) {
-    CAPTURE(std::string(c.what));
-    const auto f = decode_failure(c.payload);
-    CAPTURE(f.message);
-    CHECK(f.kind == error_kind::damaged_file);
-    CHECK(contains(f.message, "checkpoint file 'p.bin': field " + c.field_at + ": "));
-    CHECK(contains(f.message, c.cause));
-  }
+       "'end of payload' at byte offset 316: 1 trailing bytes after the last field"},
+  });
 }
 
 TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
-  struct damaged {
-    const char* what;
-    bytes payload;
-    std::string message;
-  };
   const auto patched = [](std::size_t offset, std::initializer_list<unsigned char> b) {
     auto out = golden_bytes();
     for (const auto v : b) out[offset++] = static_cast<char>(v);
     return out;
   };
-  const std::vector<damaged> cases = {
+  check_damaged({
       {"library version 7", patched(30, {7}), "'archive library version' at byte offset 58: library version 7"},
       {"size of long 4", patched(33, {4}), "'size of long' at byte offset 61: 4 bytes, this reader reads 8"},
       {"big-endian", patched(36, {0, 0, 0, 1}), "'byte order' at byte offset 64: not a little-endian archive"},
@@ -259,14 +258,7 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
          return b;
        }(),
        "'tensors[0].slots[0]' at byte offset 300: size 2 needs at least 4 bytes each, 5 bytes remain"},
-  };
-  for (const auto& c : cases) {
-    CAPTURE(std::string(c.what));
-    const auto f = decode_failure(c.payload);
-    CAPTURE(f.message);
-    CHECK(f.kind == error_kind::damaged_file);
-    CHECK(contains(f.message, "checkpoint file 'p.bin': field " + c.message));
-  }
+  });
   SUBCASE("the same tensor twice") {
     // Two records of (layer 0, tensor 0): the tensors size says 2 and the record repeats.
     auto b = with_u64(190, 2);
