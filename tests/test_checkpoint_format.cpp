@@ -195,7 +195,7 @@ TEST_CASE(
       {"slot count", with_u64(157, std::uint64_t{1} << 25),
        "'slot_names' at byte offset 185: size 33554432 is more than the most allowed, 16"},
       {"tensor count", with_u64(190, std::uint64_t{1} << 40),
-       "'tensors' at byte offset 218: size 1099511627776 needs at least 40 bytes each, 86 bytes remain"},
+       "'tensors' at byte offset 218: size 1099511627776 needs at least 52 bytes each, 86 bytes remain"},
       {"shape size", with_u64(223, std::uint64_t{1} << 40),
        "'tensors[0].shape' at byte offset 251: size 1099511627776 needs at least 8 bytes each, 57 bytes remain"},
       {"slot size", with_u64(272, std::uint64_t{1} << 40),

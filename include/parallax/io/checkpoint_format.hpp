@@ -355,9 +355,12 @@ part_payload<T> decode_part(std::span<const char> bytes, const std::string& path
   const auto slots = in.items("slot_names", 8, limits.max_slots);  // a name: its length, then its bytes
   for (std::uint64_t k = 0; k < slots; ++k)
     p.slot_names.push_back(in.text("slot_names[" + std::to_string(k) + "]", limits.max_name_bytes));
-  // A tensor is at least its layer, index, shape size, value count and slot count.
+  // A tensor is at least its layer, index, shape size, value count, slot
+  // count and item version (44 bytes) and the size of each slot: so what is
+  // reserved here is at most sizeof(tensor_record) / 44 (about 2.4) times
+  // the bytes that remain.
   in.class_info("vector<tensor_record>", "tensors");
-  const auto count = in.items("tensors", 40, ~std::uint64_t{0});
+  const auto count = in.items("tensors", 44 + 8 * p.slot_names.size(), ~std::uint64_t{0});
   p.tensors.reserve(static_cast<std::size_t>(count));
   std::set<std::pair<std::uint64_t, std::uint64_t>> keys;
   for (std::uint64_t i = 0; i < count; ++i) {
