@@ -159,7 +159,7 @@ inline file_header decode(const std::array<std::uint8_t, file_header_bytes>& raw
 inline file_header check_header(const std::array<std::uint8_t, file_header_bytes>& raw, std::uint64_t file_size,
                                 const std::string& where, std::uint32_t newest_version) {
   PARALLAX_CHECK_KIND(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0, error_kind::damaged_file,
-                      where + ": not a parallax checkpoint (wrong magic number)");
+                      where + ": field 'magic' at byte offset 0: not a parallax checkpoint (wrong magic number)");
   const file_header h = decode(raw);
   PARALLAX_CHECK_KIND(h.version >= 1 && h.version <= newest_version, error_kind::damaged_file,
                       where + ": field 'version' at byte offset 8: format version " + std::to_string(h.version) +
@@ -174,7 +174,8 @@ inline file_header check_header(const std::array<std::uint8_t, file_header_bytes
 /// Checks the payload against the header's CRC-32.
 inline void check_crc(std::span<const char> payload, const file_header& h, const std::string& where) {
   PARALLAX_CHECK_KIND(parallax::detail::crc32(byte_span(payload.data(), payload.size())) == h.crc32,
-                      error_kind::damaged_file, where + ": corrupted: CRC-32 mismatch");
+                      error_kind::damaged_file,
+                      where + ": field 'crc32' at byte offset 24: corrupted: CRC-32 mismatch");
 }
 
 /// "checkpoint file '<path>'": the start of every message about one file.
