@@ -10,6 +10,7 @@ PARALLAX_PACKAGES=(
   libboost-mpi-dev libboost-serialization-dev libopenmpi-dev openmpi-bin
   libxtensor-dev libxtensor-blas-dev libopenblas-dev
   doctest-dev libcli11-dev nlohmann-json3-dev
+  clang libclang-rt-14-dev gzip
   dataset-fashion-mnist
   iproute2
 )

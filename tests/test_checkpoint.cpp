@@ -408,6 +408,31 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(f.message.find("incomplete manifest") != std::string::npos);
     CHECK(f.kind == parallax::error_kind::damaged_file);
   }
+  SUBCASE("a damaged payload behind an intact header (checksum fixed): the field and offset, the trainer untouched") {
+    // What a file crafted on purpose looks like: the header and CRC-32 agree
+    // with the payload, the payload holds one byte more than its fields.
+    const auto end_of_fields = fs::file_size(part0);  // where the extra byte lands
+    damage([&] {
+      parallax::io::file_header header{};
+      auto payload = parallax::io::read_checked(part0, 1, &header);
+      payload.push_back('\0');
+      parallax::io::write_atomically(part0, 1, header.element, [&](std::ostream& out) {
+        out.write(payload.data(), static_cast<std::streamsize>(payload.size()));
+      });
+    });
+    std::vector<std::vector<double>> before;
+    other.for_each_keyed_tensor(
+        [&](std::uint64_t, std::uint64_t, auto& t) { before.emplace_back(t.begin(), t.end()); });
+    const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
+    CHECK(f.message.find("field 'end of payload' at byte offset " + std::to_string(end_of_fields)) !=
+          std::string::npos);
+    CHECK(f.message.find("1 trailing bytes after the last field") != std::string::npos);
+    CHECK(f.kind == parallax::error_kind::damaged_file);
+    CHECK_FALSE(f.mismatch);
+    std::vector<std::vector<double>> after;
+    other.for_each_keyed_tensor([&](std::uint64_t, std::uint64_t, auto& t) { after.emplace_back(t.begin(), t.end()); });
+    CHECK(after == before);
+  }
   SUBCASE("unknown format version") {
     damage([&] {
       std::fstream f(part0, std::ios::binary | std::ios::in | std::ios::out);

@@ -3,10 +3,6 @@
 // header and size error), the MNIST image/label loader on synthetic files,
 // and, when installed, the real Fashion-MNIST splits.
 
-#include <parallax/data/idx.hpp>
-
-#include "error_of.hpp"
-
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -18,10 +14,15 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <parallax/data/idx.hpp>
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
+
+#include "error_of.hpp"
+#include "idx_files.hpp"
 
 namespace {
 
@@ -67,17 +68,8 @@ void gzip_file(const std::string& source, const std::string& target, const std::
   REQUIRE(std::system(command.c_str()) == 0);
 }
 
-void put_be32(bytes& out, std::uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<std::uint8_t>(v >> shift));
-}
-
-/// An IDX file: magic (0, 0, type, dimensions), big-endian extents, payload.
-bytes make_idx(std::uint8_t type, const std::vector<std::uint32_t>& shape, const bytes& payload) {
-  bytes out = {0, 0, type, static_cast<std::uint8_t>(shape.size())};
-  for (const auto extent : shape) put_be32(out, extent);
-  out.insert(out.end(), payload.begin(), payload.end());
-  return out;
-}
+using parallax::test::make_idx;
+using parallax::test::put_be32;
 
 /// An unsigned-byte IDX file of the given shape filled by `value(i)`.
 template <class F>
@@ -254,9 +246,9 @@ TEST_CASE("idx: header errors name the file and the cause") {
 
   // The same checks through parse_idx_header, on bytes in memory.
   check_error([&] { parallax::data::parse_idx_header(short_data, "in-memory"); },
-              {"parse_idx_header(): 'in-memory': truncated"});
+              {"parse_idx_header(): 'in-memory': at byte offset 12: truncated"});
   check_error([&] { parallax::data::decode_idx<int>(long_data, "buffer"); },
-              {"decode_idx(): 'buffer': trailing garbage"});
+              {"decode_idx(): 'buffer': at byte offset 12: trailing garbage"});
 }
 
 TEST_CASE("idx: missing, unreadable and oversized files") {
@@ -280,6 +272,61 @@ TEST_CASE("idx: missing, unreadable and oversized files") {
   write_file(big, make_u8_idx({1000}, [](std::size_t i) { return i; }));
   check_error([&] { read_idx<float>(big, idx_limits{.max_bytes = 100}); },
               {"'" + big + "': the file is 1008 bytes, more than limits.max_bytes allows"});
+}
+
+TEST_CASE("idx: each failure has its kind: io, damaged_file with the byte offset, incompatible") {
+  temp_dir dir;
+  auto kind_and_message = [](auto&& f) -> std::pair<parallax::error_kind, std::string> {
+    try {
+      f();
+    } catch (const parallax::error& e) {
+      return {e.kind(), e.what()};
+    }
+    return {parallax::error_kind::user_exception, "no error"};
+  };
+  using parallax::error_kind;
+  const std::string missing = dir / "no-such-file";
+  CHECK(kind_and_message([&] { read_idx<float>(missing); }).first == error_kind::io);
+  CHECK(kind_and_message([&] { read_idx<float>(dir.path.string()); }).first == error_kind::io);
+  // 0, 0, type, dimensions at offsets 0-3; extents from offset 4; data after them.
+  const std::vector<std::pair<bytes, std::string>> damaged = {
+      {{1, 0, 8, 1}, "at byte offset 0: bad magic number"},
+      {{0, 0, 0x0A, 1}, "at byte offset 2: bad magic number: unknown element type code 0x0A"},
+      {{0, 0, 8, 9}, "at byte offset 3: bad magic number: 9 dimensions"},
+      {make_idx(8, {2, 0, 3}, {}), "at byte offset 8: dimension 1 has extent 0"},
+      {make_idx(8, {2, 3}, bytes(5)), "at byte offset 12: truncated: shape (2, 3)"},
+      {make_idx(8, {2}, bytes(3)), "at byte offset 8: trailing garbage"},
+  };
+  for (const auto& [file, part] : damaged) {
+    const auto [kind, message] = kind_and_message([&] { parallax::data::decode_idx<float>(file, "m"); });
+    INFO(message);
+    CHECK(kind == error_kind::damaged_file);
+    CHECK(contains(message, "decode_idx(): 'm': " + part));
+  }
+  // Intact files holding what the caller cannot take.
+  const auto too_big = kind_and_message([&] {
+    parallax::data::decode_idx<std::uint8_t>(make_idx(0x0B, {2}, {0, 1, 0x01, 0x2c}), "m");
+  });
+  CHECK(too_big.first == error_kind::incompatible);
+  CHECK(contains(too_big.second, "at byte offset 10: element 1 (300) does not fit in uint8"));
+  const std::string images = dir / "images";
+  const std::string labels = dir / "labels";
+  write_file(images, make_u8_idx({2, 1, 1}, [](std::size_t i) { return i; }));
+  write_file(labels, make_u8_idx({2}, [](std::size_t i) { return 9 + i; }));
+  const auto label = kind_and_message([&] { parallax::data::read_image_set(images, labels); });
+  CHECK(label.first == error_kind::incompatible);
+  CHECK(contains(label.second, "at byte offset 9: label 1 is 10, outside the classes 0..9"));
+  // Damage inside a gzip stream: damaged_file near the offset of the fault.
+  const std::string plain = dir / "plain";
+  const std::string gz = dir / "plain.gz";
+  write_file(plain, make_u8_idx({64}, [](std::size_t i) { return i; }));
+  gzip_file(plain, gz);
+  bytes compressed = read_file(gz);
+  compressed[compressed.size() - 8] ^= 1;  // the trailer's CRC-32
+  const auto crc = kind_and_message([&] { parallax::data::decode_idx<float>(compressed, "z"); });
+  CHECK(crc.first == error_kind::damaged_file);
+  CHECK(contains(crc.second, "decode_idx(): 'z': gzip: CRC-32 mismatch"));
+  CHECK(contains(crc.second, "(near byte offset " + std::to_string(compressed.size()) + ")"));
 }
 
 TEST_CASE("idx: gzip errors are reported with the path") {
@@ -352,11 +399,11 @@ TEST_CASE("idx: a gzip file is never inflated past the limits") {
   // A small gzip file whose header claims a huge array: refused by the header check.
   write_file(plain, make_idx(8, {60000, 60000, 60000}, bytes(100)));
   gzip_file(plain, gz);
-  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': dimension 1 has extent 60000", "limits.max_bytes"});
+  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': at byte offset 8: dimension 1 has extent 60000", "limits.max_bytes"});
   // ... and one whose header claims more than the stream holds.
   write_file(plain, make_idx(8, {1000, 28, 28}, bytes(100)));
   gzip_file(plain, gz);
-  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': truncated: shape (1000, 28, 28)"});
+  check_error([&] { read_idx<std::uint8_t>(gz); }, {"'" + gz + "': at byte offset 16: truncated: shape (1000, 28, 28)"});
 }
 
 TEST_CASE("idx: read_image_set scales pixels to [0, 1] and checks its two files") {
@@ -385,7 +432,7 @@ TEST_CASE("idx: read_image_set scales pixels to [0, 1] and checks its two files"
               {"read_image_set(): '" + images + "' holds 5 images but '" + other + "' holds 4 labels"});
   write_file(other, make_u8_idx({5}, [](std::size_t i) { return i == 3 ? 10 : 0; }));
   check_error([&] { parallax::data::read_image_set(images, other); },
-              {"read_image_set(): '" + other + "': label 3 is 10, outside the classes 0..9"});
+              {"read_image_set(): '" + other + "': at byte offset 11: label 3 is 10, outside the classes 0..9"});
   write_file(other, make_u8_idx({5, 1}, [](std::size_t) { return 0; }));
   check_error([&] { parallax::data::read_image_set(images, other); },
               {"'" + other + "': labels have 2 dimensions, expected 1"});

@@ -4,6 +4,12 @@
 /// gzip-compressed, told apart by their first bytes), and the loader of an
 /// MNIST-style split of images and labels.
 ///
+/// Files are untrusted input: every size is checked before it is allocated.
+/// A file that cannot be read is error_kind::io; a malformed one
+/// damaged_file (the message names the byte offset); an intact one holding
+/// what the caller cannot take (a value T cannot hold, images that are not
+/// unsigned bytes, a label outside 0..9) incompatible.
+///
 /// Every reader here is local: it throws parallax::error on this rank only.
 /// In an MPI program, read through parallax::agree (core/comm.hpp) so that a
 /// file missing on one host fails every rank together:
@@ -155,10 +161,12 @@ inline std::string idx_where(std::string_view function, const std::string& name)
 inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, const std::string& where,
                                          const data::idx_limits& limits) {
   using data::idx_type;
-  PARALLAX_CHECK(bytes.size() >= 4, where + ": only " + std::to_string(bytes.size()) +
-                                        " bytes, too short for an IDX header (not an IDX file?)");
-  PARALLAX_CHECK(bytes[0] == 0 && bytes[1] == 0,
-                 where + ": bad magic number: the first two bytes are not zero (not an IDX file?)");
+  PARALLAX_CHECK_KIND(
+      bytes.size() >= 4, error_kind::damaged_file,
+      where + ": only " + std::to_string(bytes.size()) + " bytes, too short for an IDX header (not an IDX file?)");
+  PARALLAX_CHECK_KIND(
+      bytes[0] == 0 && bytes[1] == 0, error_kind::damaged_file,
+      where + ": at byte offset 0: bad magic number: the first two bytes are not zero (not an IDX file?)");
   data::idx_header h;
   const std::uint8_t code = bytes[2];
   switch (code) {
@@ -168,36 +176,39 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
     default: {
       static constexpr char hex[] = "0123456789ABCDEF";
       const std::string text{'0', 'x', hex[code >> 4], hex[code & 15]};
-      throw_error(where + ": bad magic number: unknown element type code " + text +
-                  " (expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)");
+      throw_error(error_kind::damaged_file, where + ": at byte offset 2: bad magic number: unknown element type code " +
+                                                text + " (expected 0x08, 0x09, 0x0B, 0x0C, 0x0D or 0x0E)");
     }
   }
   const std::size_t dims = bytes[3];
-  PARALLAX_CHECK(dims >= 1 && dims <= limits.max_dimensions,
-                 where + ": bad magic number: " + std::to_string(dims) + " dimensions, expected 1 to " +
-                     std::to_string(limits.max_dimensions));
+  PARALLAX_CHECK_KIND(dims >= 1 && dims <= limits.max_dimensions, error_kind::damaged_file,
+                      where + ": at byte offset 3: bad magic number: " + std::to_string(dims) +
+                          " dimensions, expected 1 to " + std::to_string(limits.max_dimensions));
   h.data_offset = 4 + 4 * dims;
-  PARALLAX_CHECK(bytes.size() >= h.data_offset, where + ": truncated header: " + std::to_string(dims) +
-                                                    " dimensions need " + std::to_string(h.data_offset) +
-                                                    " bytes, the file has " + std::to_string(bytes.size()));
+  PARALLAX_CHECK_KIND(bytes.size() >= h.data_offset, error_kind::damaged_file,
+                      where + ": truncated header: " + std::to_string(dims) + " dimensions need " +
+                          std::to_string(h.data_offset) + " bytes, the file has " + std::to_string(bytes.size()));
   // Multiply in bytes, checking against max_bytes at every step: no overflow,
   // and nothing is allocated for a size the limits refuse.
   std::size_t total = data::idx_element_size(h.type);
   for (std::size_t i = 0; i < dims; ++i) {
     const std::size_t extent = load_be32(bytes.data() + 4 + 4 * i);
-    PARALLAX_CHECK(extent != 0, where + ": dimension " + std::to_string(i) + " has extent 0");
-    PARALLAX_CHECK(total <= limits.max_bytes / extent,
-                   where + ": dimension " + std::to_string(i) + " has extent " + std::to_string(extent) +
-                       ", which makes the data larger than limits.max_bytes (" + std::to_string(limits.max_bytes) +
-                       " bytes)");
+    const std::string dimension =
+        where + ": at byte offset " + std::to_string(4 + 4 * i) + ": dimension " + std::to_string(i);
+    PARALLAX_CHECK_KIND(extent != 0, error_kind::damaged_file, dimension + " has extent 0");
+    PARALLAX_CHECK_KIND(total <= limits.max_bytes / extent, error_kind::damaged_file,
+                        dimension + " has extent " + std::to_string(extent) +
+                            ", which makes the data larger than limits.max_bytes (" + std::to_string(limits.max_bytes) +
+                            " bytes)");
     total *= extent;
     h.shape.push_back(extent);
   }
   const std::size_t actual = bytes.size() - h.data_offset;
   const std::string declared = "shape " + shape_string(h.shape) + " of " + data::idx_type_name(h.type) + " needs " +
                                std::to_string(total) + " bytes of data, the file holds " + std::to_string(actual);
-  PARALLAX_CHECK(actual >= total, where + ": truncated: " + declared);
-  PARALLAX_CHECK(actual <= total, where + ": trailing garbage: " + declared);
+  const std::string at_data = where + ": at byte offset " + std::to_string(h.data_offset);
+  PARALLAX_CHECK_KIND(actual >= total, error_kind::damaged_file, at_data + ": truncated: " + declared);
+  PARALLAX_CHECK_KIND(actual <= total, error_kind::damaged_file, at_data + ": trailing garbage: " + declared);
   return h;
 }
 
@@ -211,25 +222,25 @@ inline std::vector<std::uint8_t> idx_read_file(const std::string& path, const st
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
-  PARALLAX_CHECK(status.type() != fs::file_type::not_found, where + ": no such file");
-  PARALLAX_CHECK(!ec, where + ": cannot access the file: " + ec.message());
-  PARALLAX_CHECK(fs::is_regular_file(status), where + ": not a regular file");
+  PARALLAX_CHECK_KIND(status.type() != fs::file_type::not_found, error_kind::io, where + ": no such file");
+  PARALLAX_CHECK_KIND(!ec, error_kind::io, where + ": cannot access the file: " + ec.message());
+  PARALLAX_CHECK_KIND(fs::is_regular_file(status), error_kind::io, where + ": not a regular file");
   const std::uintmax_t size = fs::file_size(path, ec);
-  PARALLAX_CHECK(!ec, where + ": cannot read the file size: " + ec.message());
+  PARALLAX_CHECK_KIND(!ec, error_kind::io, where + ": cannot read the file size: " + ec.message());
   const std::size_t raw_cap = idx_max_file_bytes(limits);
   const std::size_t file_cap = idx_saturating_add(raw_cap, idx_saturating_add(raw_cap / 64, std::size_t{1} << 20));
-  PARALLAX_CHECK(size <= file_cap, where + ": the file is " + std::to_string(size) +
-                                       " bytes, more than limits.max_bytes allows");
+  PARALLAX_CHECK_KIND(size <= file_cap, error_kind::damaged_file,
+                      where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
   std::ifstream in(path, std::ios::binary);
-  PARALLAX_CHECK(in.is_open(), where + ": cannot open the file for reading");
+  PARALLAX_CHECK_KIND(in.is_open(), error_kind::io, where + ": cannot open the file for reading");
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
   in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  PARALLAX_CHECK(in.gcount() == static_cast<std::streamsize>(bytes.size()),
-                 where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) +
-                     " bytes");
+  PARALLAX_CHECK_KIND(
+      in.gcount() == static_cast<std::streamsize>(bytes.size()), error_kind::io,
+      where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
   if (is_gzip(bytes)) return gunzip(bytes, raw_cap, where + ": gzip");
-  PARALLAX_CHECK(bytes.size() <= raw_cap, where + ": the file is " + std::to_string(size) +
-                                              " bytes, more than limits.max_bytes allows");
+  PARALLAX_CHECK_KIND(bytes.size() <= raw_cap, error_kind::damaged_file,
+                      where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
   return bytes;
 }
 
@@ -247,11 +258,12 @@ inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::st
   idx_bytes_file file{idx_read_file(path, where, limits), {}};
   file.header = idx_parse_header(file.bytes, where, limits);
   const data::idx_header& h = file.header;
-  PARALLAX_CHECK(h.type == data::idx_type::u8, where + ": " + std::string(what) + " hold " + data::idx_type_name(h.type) +
-                                                   " elements, expected unsigned byte (0x08)");
-  PARALLAX_CHECK(h.shape.size() == dims, where + ": " + std::string(what) + " have " + std::to_string(h.shape.size()) +
-                                             " dimensions, expected " + std::to_string(dims) + " (" +
-                                             std::string(dims_text) + ")");
+  PARALLAX_CHECK_KIND(h.type == data::idx_type::u8, error_kind::incompatible,
+                      where + ": " + std::string(what) + " hold " + data::idx_type_name(h.type) +
+                          " elements, expected unsigned byte (0x08)");
+  PARALLAX_CHECK_KIND(h.shape.size() == dims, error_kind::incompatible,
+                      where + ": " + std::string(what) + " have " + std::to_string(h.shape.size()) +
+                          " dimensions, expected " + std::to_string(dims) + " (" + std::string(dims_text) + ")");
   return file;
 }
 
@@ -289,15 +301,16 @@ bool idx_fits(S value) {
 
 /// Decodes big-endian elements of type S at `values` into `out`.
 template <class S, class T>
-void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where) {
+void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where, std::size_t data_offset) {
   using bits_type = std::conditional_t<sizeof(S) == 1, std::uint8_t,
                     std::conditional_t<sizeof(S) == 2, std::uint16_t,
                     std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
     if (!idx_fits<T>(value)) {
-      throw_error(where + ": element " + std::to_string(i) + " (" + number_text(value) + ") does not fit in " +
-                  type_name<T>());
+      throw_error(error_kind::incompatible, where + ": at byte offset " + std::to_string(data_offset + i * sizeof(S)) +
+                                                ": element " + std::to_string(i) + " (" + number_text(value) +
+                                                ") does not fit in " + type_name<T>());
     }
     out[i] = static_cast<T>(value);
   }
@@ -315,12 +328,12 @@ xt::xarray<T> idx_decode(std::span<const std::uint8_t> decoded, const std::strin
   const std::uint8_t* values = decoded.data() + h.data_offset;
   const std::span<T> flat(out.data(), out.size());
   switch (h.type) {
-    case idx_type::u8: idx_convert<std::uint8_t>(values, flat, where); break;
-    case idx_type::i8: idx_convert<std::int8_t>(values, flat, where); break;
-    case idx_type::i16: idx_convert<std::int16_t>(values, flat, where); break;
-    case idx_type::i32: idx_convert<std::int32_t>(values, flat, where); break;
-    case idx_type::f32: idx_convert<float>(values, flat, where); break;
-    case idx_type::f64: idx_convert<double>(values, flat, where); break;
+    case idx_type::u8: idx_convert<std::uint8_t>(values, flat, where, h.data_offset); break;
+    case idx_type::i8: idx_convert<std::int8_t>(values, flat, where, h.data_offset); break;
+    case idx_type::i16: idx_convert<std::int16_t>(values, flat, where, h.data_offset); break;
+    case idx_type::i32: idx_convert<std::int32_t>(values, flat, where, h.data_offset); break;
+    case idx_type::f32: idx_convert<float>(values, flat, where, h.data_offset); break;
+    case idx_type::f64: idx_convert<double>(values, flat, where, h.data_offset); break;
   }
   return out;
 }
@@ -386,9 +399,9 @@ inline image_set read_image_set(const std::string& images_path, const std::strin
   const auto [label_bytes, lh] = detail::idx_read_bytes_file(labels_path, at_labels, limits, "labels", 1, "count");
 
   const std::size_t n = ih.shape[0];
-  PARALLAX_CHECK(n == lh.shape[0], "read_image_set(): '" + images_path + "' holds " + std::to_string(n) +
-                                       " images but '" + labels_path + "' holds " + std::to_string(lh.shape[0]) +
-                                       " labels");
+  PARALLAX_CHECK_KIND(n == lh.shape[0], error_kind::incompatible,
+                      "read_image_set(): '" + images_path + "' holds " + std::to_string(n) + " images but '" +
+                          labels_path + "' holds " + std::to_string(lh.shape[0]) + " labels");
   image_set set;
   set.rows = ih.shape[1];
   set.cols = ih.shape[2];
@@ -396,8 +409,9 @@ inline image_set read_image_set(const std::string& images_path, const std::strin
   set.labels = xt::xtensor<std::int32_t, 1>(std::array<std::size_t, 1>{n});
   const std::uint8_t* labels = label_bytes.data() + lh.data_offset;
   for (std::size_t i = 0; i < n; ++i) {
-    PARALLAX_CHECK(labels[i] <= 9, at_labels + ": label " + std::to_string(i) + " is " + std::to_string(labels[i]) +
-                                       ", outside the classes 0..9");
+    PARALLAX_CHECK_KIND(labels[i] <= 9, error_kind::incompatible,
+                        at_labels + ": at byte offset " + std::to_string(lh.data_offset + i) + ": label " +
+                            std::to_string(i) + " is " + std::to_string(labels[i]) + ", outside the classes 0..9");
     set.labels(i) = labels[i];
   }
 
@@ -421,8 +435,8 @@ inline image_set load_mnist_split(const std::string& dir, const std::string& spl
     const std::filesystem::path gz = std::filesystem::path(dir) / (base + ".gz");
     std::error_code ec;
     if (std::filesystem::exists(plain, ec)) return plain.string();
-    PARALLAX_CHECK(std::filesystem::exists(gz, ec),
-                   "load_mnist_split(): neither '" + plain.string() + "' nor '" + gz.string() + "' exists");
+    PARALLAX_CHECK_KIND(std::filesystem::exists(gz, ec), error_kind::io,
+                        "load_mnist_split(): neither '" + plain.string() + "' nor '" + gz.string() + "' exists");
     return gz.string();
   };
   const std::string images = find(prefix + "-images-idx3-ubyte");

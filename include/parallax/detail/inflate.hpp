@@ -32,7 +32,8 @@ bool is_gzip(std::span<const std::uint8_t> bytes) noexcept;
 /// a member must start another complete member, so trailing garbage (zero
 /// padding included) is rejected. Each member's CRC-32 and ISIZE are checked.
 ///
-/// Throws parallax::error "<context>: <cause>" on any malformed input: bad
+/// Throws parallax::error of kind damaged_file "<context>: <cause> (near byte
+/// offset N)" on any malformed input: bad
 /// magic, a compression method other than 8 (deflate), reserved flags, a
 /// truncated header, stream or trailer, a bad stored-block length, an invalid
 /// Huffman code or code-length table, a distance reaching before the start of
@@ -165,7 +166,12 @@ class inflater {
   std::vector<std::uint8_t> run();
 
  private:
-  [[noreturn]] void fail(const std::string& cause) const { throw_error(std::string(context_) + ": " + cause); }
+  // The offset is the input cursor's: the bit buffer may have read up to 8
+  // bytes past the bit at fault.
+  [[noreturn]] void fail(const std::string& cause) const {
+    throw_error(error_kind::damaged_file,
+                std::string(context_) + ": " + cause + " (near byte offset " + std::to_string(offset()) + ")");
+  }
   std::size_t offset() const { return static_cast<std::size_t>(p_ - begin_); }
   std::size_t remaining() const { return static_cast<std::size_t>(end_ - p_); }
 

@@ -24,7 +24,6 @@
 #include <parallax/io/file.hpp>
 #include <parallax/optim/optimizer.hpp>
 
-#include <boost/archive/binary_oarchive.hpp>
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/operations.hpp>
@@ -240,10 +239,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     const std::string file = trainer.checkpoint_replicated()
                                  ? std::string("state.bin")
                                  : "part-" + std::to_string(begin) + "-" + std::to_string(end) + ".bin";
-    write_atomically((folder / file).string(), checkpoint_format_version, detail::type_code<T>(), [&](std::ostream& out) {
-      boost::archive::binary_oarchive archive(out);
-      archive << payload;
-    });
+    detail::write_part((folder / file).string(), payload);
     written.push_back({file, begin, end});
   });
   // Rank 0 writes the manifest once every part is on disk, then prunes.
@@ -257,9 +253,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     m.layers = trainer.checkpoint_layers();
     m.step = step;
     for (const auto& rank_parts : parts) m.parts.insert(m.parts.end(), rank_parts.begin(), rank_parts.end());
-    const auto text = m.text();
-    write_atomically(manifest_path.string(), checkpoint_format_version, 0,
-                     [&](std::ostream& out) { out.write(text.data(), static_cast<std::streamsize>(text.size())); });
+    detail::write_manifest(manifest_path.string(), m);
     // Keep the newest `keep` complete checkpoints; drop older ones and
     // leftovers of interrupted saves older than this one.
     std::size_t complete = 0;

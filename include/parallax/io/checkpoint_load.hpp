@@ -68,7 +68,7 @@ checkpoint_contents<T> read_checkpoint(const std::string& path, std::pair<std::u
                         "checkpoint '" + path + "' is incomplete: part '" + p.file + "' is missing");
     auto payload = read_part<T>(file);
     PARALLAX_CHECK_KIND(payload.layer_begin == p.layer_begin && payload.layer_end == p.layer_end &&
-                            payload.where.step == c.m.step,
+                            payload.where.step == c.m.step && payload.trainer == c.m.trainer,
                         error_kind::damaged_file,
                         "checkpoint file '" + file + "' does not belong to this checkpoint's manifest");
     if (first) {

@@ -54,6 +54,11 @@ file_header write_atomically(const std::string& path, std::uint32_t version, std
 /// or foreign file, or one of a newer format, kind damaged_file.
 std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header = nullptr);
 
+/// The checks of read_checked on a whole file held in memory (`path` names
+/// it in messages). Returns the payload, a view into `file`.
+std::span<const char> check_file(std::span<const char> file, const std::string& path, std::uint32_t newest_version,
+                                 file_header* header = nullptr);
+
 /// Syncs a folder so that renames inside it are durable.
 void sync_directory(const std::string& dir);
 
@@ -148,6 +153,40 @@ inline file_header decode(const std::array<std::uint8_t, file_header_bytes>& raw
   return h;
 }
 
+/// Checks the header of a file of `file_size` bytes: magic, version (at
+/// most `newest_version`) and payload size, before anything is allocated
+/// for the payload. `where` starts every message.
+inline file_header check_header(const std::array<std::uint8_t, file_header_bytes>& raw, std::uint64_t file_size,
+                                const std::string& where, std::uint32_t newest_version) {
+  PARALLAX_CHECK_KIND(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0, error_kind::damaged_file,
+                      where + ": field 'magic' at byte offset 0: not a parallax checkpoint (wrong magic number)");
+  const file_header h = decode(raw);
+  PARALLAX_CHECK_KIND(h.version >= 1 && h.version <= newest_version, error_kind::damaged_file,
+                      where + ": field 'version' at byte offset 8: format version " + std::to_string(h.version) +
+                          " is unknown (this parallax reads up to " + std::to_string(newest_version) + ")");
+  PARALLAX_CHECK_KIND(file_size - file_header_bytes == h.payload_bytes, error_kind::damaged_file,
+                      where + ": field 'payload size' at byte offset 16: truncated or padded: the header announces " +
+                          std::to_string(h.payload_bytes) + " payload bytes, the file has " +
+                          std::to_string(file_size - file_header_bytes));
+  return h;
+}
+
+/// Checks the payload against the header's CRC-32.
+inline void check_crc(std::span<const char> payload, const file_header& h, const std::string& where) {
+  PARALLAX_CHECK_KIND(parallax::detail::crc32(byte_span(payload.data(), payload.size())) == h.crc32,
+                      error_kind::damaged_file,
+                      where + ": field 'crc32' at byte offset 24: corrupted: CRC-32 mismatch");
+}
+
+/// "checkpoint file '<path>'": the start of every message about one file.
+inline std::string file_where(const std::string& path) { return "checkpoint file '" + path + "'"; }
+
+/// A file of `size` bytes holds at least the header: otherwise damaged_file.
+inline void check_size(std::uint64_t size, const std::string& where) {
+  PARALLAX_CHECK_KIND(size >= file_header_bytes, error_kind::damaged_file,
+                      where + ": truncated (" + std::to_string(size) + " bytes, shorter than the header)");
+}
+
 }  // namespace detail
 
 inline void sync_directory(const std::string& dir) {
@@ -214,7 +253,7 @@ inline file_header write_atomically(const std::string& path, std::uint32_t versi
 }
 
 inline std::vector<char> read_checked(const std::string& path, std::uint32_t newest_version, file_header* header) {
-  const std::string where = "checkpoint file '" + path + "'";
+  const std::string where = detail::file_where(path);
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   PARALLAX_CHECK_KIND(fd >= 0, error_kind::io, where + ": cannot open: " + detail::errno_text());
   struct closer {
@@ -234,26 +273,29 @@ inline std::vector<char> read_checked(const std::string& path, std::uint32_t new
   struct stat st {};
   PARALLAX_CHECK_KIND(::fstat(fd, &st) == 0, error_kind::io, where + ": cannot stat: " + detail::errno_text());
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  PARALLAX_CHECK_KIND(size >= file_header_bytes, error_kind::damaged_file,
-                      where + ": truncated (" + std::to_string(size) + " bytes, shorter than the header)");
+  detail::check_size(size, where);
   std::array<std::uint8_t, file_header_bytes> raw{};
   PARALLAX_CHECK_KIND(read_all(reinterpret_cast<char*>(raw.data()), raw.size()) == raw.size(), error_kind::io,
                       where + ": cannot read the header");
-  PARALLAX_CHECK_KIND(std::memcmp(raw.data(), file_header::magic.data(), 8) == 0, error_kind::damaged_file,
-                      where + ": not a parallax checkpoint (wrong magic number)");
-  const file_header h = detail::decode(raw);
-  PARALLAX_CHECK_KIND(h.version >= 1 && h.version <= newest_version, error_kind::damaged_file,
-                      where + ": format version " + std::to_string(h.version) +
-                          " is unknown (this parallax reads up to " + std::to_string(newest_version) + ")");
   // The size is checked against the file before anything is allocated.
-  PARALLAX_CHECK_KIND(size - file_header_bytes == h.payload_bytes, error_kind::damaged_file,
-                      where + ": truncated or padded: the header announces " + std::to_string(h.payload_bytes) +
-                          " payload bytes, the file has " + std::to_string(size - file_header_bytes));
+  const file_header h = detail::check_header(raw, size, where, newest_version);
   std::vector<char> payload(h.payload_bytes);
   PARALLAX_CHECK_KIND(read_all(payload.data(), payload.size()) == payload.size(), error_kind::io,
                       where + ": short read");
-  PARALLAX_CHECK_KIND(parallax::detail::crc32(detail::byte_span(payload.data(), payload.size())) == h.crc32,
-                      error_kind::damaged_file, where + ": corrupted: CRC-32 mismatch");
+  detail::check_crc(payload, h, where);
+  if (header) *header = h;
+  return payload;
+}
+
+inline std::span<const char> check_file(std::span<const char> file, const std::string& path,
+                                        std::uint32_t newest_version, file_header* header) {
+  const std::string where = detail::file_where(path);
+  detail::check_size(file.size(), where);
+  std::array<std::uint8_t, file_header_bytes> raw{};
+  std::memcpy(raw.data(), file.data(), raw.size());
+  const file_header h = detail::check_header(raw, file.size(), where, newest_version);
+  const auto payload = file.subspan(file_header_bytes);
+  detail::check_crc(payload, h, where);
   if (header) *header = h;
   return payload;
 }

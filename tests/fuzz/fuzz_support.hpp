@@ -1,0 +1,75 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// What every fuzz target shares: a bound on the memory one input may make a
+/// reader allocate (counted through the sanitizer's allocation hooks), and
+/// the rule that a reader fails only with parallax::error of the expected
+/// kind; anything else aborts, which libFuzzer reports as a finding.
+
+#include <parallax/core/error.hpp>
+
+#include <sanitizer/allocator_interface.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <initializer_list>
+#include <utility>
+
+namespace parallax::fuzz {
+
+/// Bytes allocated and not yet freed, and the most of them since reset().
+struct memory_meter {
+  static inline std::atomic<std::size_t> live{0};
+  static inline std::atomic<std::size_t> peak{0};
+  static void reset() { peak = live.load(); }
+};
+
+inline void on_malloc(const volatile void*, std::size_t size) {
+  const std::size_t now = memory_meter::live += size;
+  std::size_t seen = memory_meter::peak.load();
+  while (now > seen && !memory_meter::peak.compare_exchange_weak(seen, now)) {
+  }
+}
+
+inline void on_free(const volatile void* p) {
+  if (p) memory_meter::live -= __sanitizer_get_allocated_size(const_cast<const void*>(p));
+}
+
+[[noreturn]] inline void finding(const char* what) {
+  std::fprintf(stderr, "parallax fuzz finding: %s\n", what);
+  std::abort();
+}
+
+/// Runs `read()` on one input: it may return or throw parallax::error of a
+/// kind in `expected`; any other exception, or more than `bound` bytes
+/// allocated at once on top of what was live before, is a finding.
+template <class F>
+void check_reader(F&& read, std::initializer_list<error_kind> expected, std::size_t bound) {
+  static const bool hooked = [] { return __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free) != 0; }();
+  if (!hooked) finding("cannot install the allocation hooks");
+  const std::size_t before = memory_meter::live.load();
+  memory_meter::reset();
+  try {
+    std::forward<F>(read)();
+  } catch (const error& e) {
+    if (std::find(expected.begin(), expected.end(), e.kind()) == expected.end()) {
+      std::fprintf(stderr, "%s\n", e.what());
+      finding("an error of another kind");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    finding("an exception that is not parallax::error");
+  } catch (...) {
+    finding("an exception that is not a std::exception");
+  }
+  if (memory_meter::peak.load() - before > bound) {
+    std::fprintf(stderr, "%zu bytes allocated at the peak, the bound is %zu\n", memory_meter::peak.load() - before,
+                 bound);
+    finding("more memory than the bound");
+  }
+}
+
+}  // namespace parallax::fuzz
