@@ -411,26 +411,11 @@ double DataParallel<M>::local_step() {
   // This rank's own mean gradient; no communication until the averaging.
   const double loss_sum = meta_.loss_sum;
   const double count = meta_.samples;
-  bool stepped = !failure_ && count > 0;
-  if (stepped) {
-    const T inv = T(1) / static_cast<T>(count);
-    for (auto g : reducer_.views())
-      for (auto& x : g) x *= inv;
-    // This rank's own verdict: under the error policy it becomes the rank's
-    // failure, agreed with the others at the next averaging.
-    const std::size_t bad = training::first_nonfinite(reducer_.const_views());
-    const bool nonfinite = bad < params_.size() || !std::isfinite(loss_sum);
-    if (nonfinite && updater_.options().on_nonfinite == nonfinite_policy::error) {
-      failure_ = error(error_kind::nonfinite, nonfinite_message(bad, ""), detail::this_rank());
-      stepped = false;
-    } else {
-      updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite, std::nullopt,
-                     [] { return std::string(); });
-    }
-  }
   micro_ = 0;
   meta_ = {};
-  if (local_sgd_.step_done(stepped ? count : 0.0)) average_parameters();
+  if (local_sgd_.step(updater_, *optimizer_, params_, reducer_, loss_sum, count, failure_,
+                      [&](std::size_t bad) { return nonfinite_message(bad, ""); }))
+    average_parameters();
   return count > 0 ? loss_sum / count : 0.0;
 }
 

@@ -18,7 +18,6 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/chain.hpp>
-#include <parallax/detail/random.hpp>
 #include <parallax/evaluation.hpp>
 #include <parallax/io/checkpointable.hpp>
 #include <parallax/optim/clip.hpp>
@@ -265,15 +264,9 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   });
   // Every rank must use the same cut and settings (a difference would hang
   // or silently diverge).
-  std::string cut;
-  for (auto b : boundaries_) cut += (cut.empty() ? "" : ", ") + std::to_string(b);
-  auto settings = training::update_settings(updater_.options(), *optimizer_);
-  settings.insert(settings.begin(),
-                  {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + cut + "}"},
-                   {"micro_batches", static_cast<double>(options_.micro_batches)},
-                   {"schedule", 0, options_.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
-                   {"recompute", options_.recompute ? 1.0 : 0.0},
-                   {"seed", 0, std::to_string(options_.seed)}});
+  auto settings = pipeline_settings(options_, boundaries_);
+  const auto update = training::update_settings(updater_.options(), *optimizer_);
+  settings.insert(settings.end(), update.begin(), update.end());
   agree_settings(comm_, settings, "ModelParallel");
   const std::size_t begin = boundaries_[static_cast<std::size_t>(stage_)];
   const std::size_t end = boundaries_[static_cast<std::size_t>(stage_) + 1];

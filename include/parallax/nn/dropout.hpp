@@ -5,6 +5,7 @@
 /// forward and backward.
 
 #include <parallax/core/error.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
@@ -100,7 +101,7 @@ class Dropout {
 
 template <class T, std::size_t N>
 Dropout<T, N>::Dropout(double p) : p_(p) {
-  PARALLAX_CHECK(p >= 0.0 && p < 1.0, "Dropout: p must be in [0, 1), got " + std::to_string(p));
+  PARALLAX_CHECK(p >= 0.0 && p < 1.0, "Dropout: p must be in [0, 1), got " + parallax::detail::number_text(p));
 }
 
 template <class T, std::size_t N>

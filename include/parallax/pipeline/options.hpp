@@ -3,6 +3,7 @@
 /// What ModelParallel is told (pipeline_options) and what it reports
 /// (pipeline_stats): plain data, kept apart from the trainer's class.
 
+#include <parallax/core/agree.hpp>
 #include <parallax/optim/schedule.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/schedule.hpp>
@@ -12,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace parallax {
@@ -55,5 +57,18 @@ struct pipeline_stats {
   std::size_t local_parameters = 0;    ///< parameters (elements) this rank holds
   double last_step_seconds = 0;
 };
+
+/// The pipeline's settings that every rank must share, for agree_settings:
+/// the partition `cut`, micro-batches, schedule, recompute and seed (the
+/// update path's are training::update_settings).
+inline std::vector<setting> pipeline_settings(const pipeline_options& o, const pipeline::boundaries& cut) {
+  std::string text;
+  for (auto b : cut) text += (text.empty() ? "" : ", ") + std::to_string(b);
+  return {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + text + "}"},
+          {"micro_batches", static_cast<double>(o.micro_batches)},
+          {"schedule", 0, o.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
+          {"recompute", o.recompute ? 1.0 : 0.0},
+          {"seed", 0, std::to_string(o.seed)}};
+}
 
 }  // namespace parallax

@@ -9,10 +9,13 @@
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/core/reducer.hpp>
+#include <parallax/optim/optimizer.hpp>
+#include <parallax/training/update.hpp>
 
 #include <boost/mpi/collectives.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -39,6 +42,18 @@ class local_sgd {
     return ++steps_ % every_ == 0;
   }
 
+  /// This rank's own step, no communication: the gradient summed over
+  /// `samples` in the reducer's buckets becomes their mean and goes through
+  /// `up`, unless `failure` is pending or there were no samples. A
+  /// non-finite gradient or loss skips the step under skip_step; under the
+  /// error policy it becomes this rank's `failure` (error(nonfinite,
+  /// describe(first non-finite tensor, or params.size() for the loss))),
+  /// agreed at the next averaging. Returns whether the averaging is due.
+  template <class T, class Describe>
+  bool step(updater<T>& up, optim::Optimizer<T>& optimizer, const std::vector<std::span<T>>& params,
+            gradient_reducer<T>& reducer, double loss_sum, double samples, std::optional<error>& failure,
+            Describe&& describe);
+
   /// Collective over the reducer's communicator: the parameters become
   /// sum_r n_r theta_r / sum_r n_r (n_r: samples since the last average), so
   /// unequal shards average like one process would. A failure pending on
@@ -57,6 +72,28 @@ class local_sgd {
 // ===========================================================================
 // Implementation
 // ===========================================================================
+
+template <class T, class Describe>
+bool local_sgd::step(updater<T>& up, optim::Optimizer<T>& optimizer, const std::vector<std::span<T>>& params,
+                     gradient_reducer<T>& reducer, double loss_sum, double samples, std::optional<error>& failure,
+                     Describe&& describe) {
+  bool stepped = !failure && samples > 0;
+  if (stepped) {
+    const T inv = T(1) / static_cast<T>(samples);
+    for (auto g : reducer.views())
+      for (auto& x : g) x *= inv;
+    const std::size_t bad = first_nonfinite(reducer.const_views());
+    const bool nonfinite = bad < params.size() || !std::isfinite(loss_sum);
+    if (nonfinite && up.options().on_nonfinite == nonfinite_policy::error) {
+      failure = error(error_kind::nonfinite, describe(bad), parallax::detail::this_rank());
+      stepped = false;
+    } else {
+      up.apply(optimizer, params, reducer.views(), reducer.const_views(), nonfinite, std::nullopt,
+               [] { return std::string(); });
+    }
+  }
+  return step_done(stepped ? samples : 0.0);
+}
 
 template <class T>
 void local_sgd::average(gradient_reducer<T>& reducer, const std::vector<std::span<T>>& params,
