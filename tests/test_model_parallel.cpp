@@ -567,3 +567,34 @@ TEST_CASE("ModelParallel: a batch that fails to load on one rank is one error on
         "train_epoch(): the dataset holds 32 samples but the sampler was made for 40 [rank " + std::to_string(last) +
             "]");
 }
+
+namespace {
+/// The identity, whose forward throws at its `throw_at`-th call (0-based).
+struct Tripwire {
+  using input_type = xt::xtensor<double, 2>;
+  using output_type = xt::xtensor<double, 2>;
+  int calls = 0;
+  int throw_at = -1;
+  void initialize(std::uint64_t, std::size_t) {}
+  std::vector<std::size_t> output_shape(const std::vector<std::size_t>& in) const { return in; }
+  void forward(const input_type& x, output_type& y) {
+    if (calls++ == throw_at) throw std::runtime_error("Tripwire: deliberate failure");
+    y = x;
+  }
+  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) { dx = dy; }
+  static std::size_t parameter_count() { return 0; }
+};
+}  // namespace
+
+TEST_CASE("ModelParallel: evaluate reports a layer that throws in any batch, not only the last") {
+  communicator world;
+  if (world.size() > 3) return;  // three layers: at most three stages
+  using Tripped = parallax::ModelParallel<Linear<double>, Tripwire, Linear<double>, SoftmaxCrossEntropy<double>>;
+  Tripped net(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 3}, std::tuple{}}, parallax::optim::SGD<double>(),
+              {.micro_batches = 2}, world);
+  const auto data = make_dataset(20, 2);  // three batches of at most 8
+  if (auto* wire = net.layer<1>()) wire->throw_at = 0;  // the first micro-batch of the first batch
+  const auto message = agreed_error(world, [&] { net.evaluate(data, 8); });
+  CHECK(message.find("Tripwire: deliberate failure") != std::string::npos);
+  CHECK(net.evaluate(data, 8).samples == 20);
+}

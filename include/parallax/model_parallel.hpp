@@ -143,17 +143,19 @@ class ModelParallel {
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
     const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "ModelParallel::evaluate()");
     training::eval_sums sums{static_cast<double>(n), 0, 0};
+    std::optional<error> first;  // this rank's first failure in any batch's run
     {
       training::eval_mode guard([&](bool training) { layers_.set_training(training); });
       batch_type batch{};
       training::for_each_batch(dataset, 0, n, batch_size, batch, [&](const batch_type& b, std::size_t, auto failed) {
         prepare(b, false, std::move(failed));
         run(b, forward_schedule(), false);
+        if (failure_ && !first) first = failure_;
         sums.loss += runner_.head().loss_sum();
         sums.correct += runner_.head().correct_sum();
       });
     }
-    const auto total = sum_and_agree(comm_, std::array{sums.loss, sums.correct}, failure_);
+    const auto total = sum_and_agree(comm_, std::array{sums.loss, sums.correct}, first);
     return training::make_evaluation({sums.samples, total[0], total[1]}, HasCorrectCount<loss_type>);
   }
 

@@ -28,9 +28,9 @@ namespace parallax {
 enum class error_kind : std::uint8_t {
   invalid_argument,  ///< a bad input or option: a precondition the caller can fix
   rank_mismatch,     ///< something that must be equal on every rank is not
-  nonfinite,         ///< a NaN or an infinity in the averaged gradient
+  nonfinite,         ///< a NaN or an infinity in a gradient or the loss
   damaged_file,      ///< a file that is truncated, corrupt or incomplete
-  incompatible,      ///< an intact file that belongs to another model, optimizer or plan
+  incompatible,      ///< an intact file of another model, optimizer, plan or element type
   io,                ///< the file system refused (missing file, no permission, disk full)
   user_exception,    ///< an exception that is not a parallax::error, from code the library called
   communication,     ///< an MPI call failed

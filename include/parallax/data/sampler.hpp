@@ -116,7 +116,7 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
                                   std::to_string(p) + " ranks: some rank would get an empty shard");
   // Padding allows a batch larger than the dataset (tail_policy::drop refuses
   // it below); it repeats samples within a step, which is rarely meant.
-  if (batch_ > n_ && rank_ == 0 && options_.tail == tail_policy::pad)
+  if (batch_ > n_ && detail::world_rank() == 0 && options_.tail == tail_policy::pad)
     std::cerr << "parallax: warning: " << where << "the global batch of " << batch_ << " is larger than the " << n_
               << " samples of the dataset: each step repeats samples (tail_policy::pad)\n";
   // The plan holds one index per sample of the epoch (twice while it is built).
