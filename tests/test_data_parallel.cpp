@@ -356,7 +356,8 @@ TEST_CASE("DataParallel: bad sampler plans are one error on every rank") {
     CHECK(weighted.find("gives it no sample") != std::string::npos);
     // Ranks asking for different plans.
     const auto differ = agreed_error(world, [&] { dp.make_sampler(100 + static_cast<std::size_t>(world.rank()), 8); });
-    CHECK(differ.find("the dataset size differs between ranks") != std::string::npos);
+    CHECK(differ.find("settings differ between ranks: the dataset size: rank 0 has 100, rank 1 has 101") !=
+          std::string::npos);
   }
   CHECK(agreed_error(world, [&] { dp.make_sampler(5, 8, {.tail = parallax::data::tail_policy::drop}); })
             .find("no full global batch") != std::string::npos);

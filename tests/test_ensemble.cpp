@@ -138,3 +138,30 @@ TEST_CASE("Ensemble: a failure in one replica is one error on every rank") {
   // Every replica trains on afterwards.
   CHECK(ensemble.train_epoch(data, sampler).steps > 0);
 }
+
+TEST_CASE("Ensemble: options and a replica's trainer are agreed over every rank") {
+  communicator world;
+  const int p = world.size();
+  if (p > 1) {
+    // Replicas of one rank agree nothing among themselves: the world does.
+    const auto seed = agreed_error(world, [&] {
+      parallax::Ensemble<toy::TinyMLP<double>> e(make, parallax::optim::SGD<double>(),
+                                                 {.seed = world.rank() == 0 ? 1u : 2u});
+    });
+    CHECK(seed.find("Ensemble: settings differ between ranks: seed: rank 0 has 1, rank 1 has 2") != std::string::npos);
+    const auto lr = agreed_error(world, [&] {
+      parallax::Ensemble<toy::TinyMLP<double>> e(make, parallax::optim::SGD<double>({.lr = world.rank() == 0 ? 0.1 : 0.2}));
+    });
+    CHECK(lr.find("lr: rank 0 has 0.1, rank 1 has 0.2") != std::string::npos);
+  }
+  if (p == 4) {
+    // Replica 1 (ranks 2 and 3) cannot build its trainer: its two models
+    // differ. Replica 0 learns it in the same constructor.
+    const auto differ = agreed_error(world, [&] {
+      parallax::Ensemble<toy::TinyMLP<double>> e(
+          [&](std::uint64_t seed) { return toy::TinyMLP<double>(features, world.rank() == 3 ? hidden + 1 : hidden, seed); },
+          parallax::optim::SGD<double>(), {.ranks_per_replica = 2});
+    });
+    CHECK(differ.find("parameter 0 has shape (5, 4) on rank 2 but (5, 5) on rank 3") != std::string::npos);
+  }
+}

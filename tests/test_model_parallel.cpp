@@ -407,19 +407,38 @@ std::vector<double> local_parameters(MP& mp) {
   return out;
 }
 
-/// The identity, whose backward writes a NaN into the input gradient when asked.
+/// The identity, whose backward (or, with poison_forward, forward) writes a
+/// NaN when asked.
 struct Poison {
   using input_type = xt::xtensor<double, 2>;
   using output_type = xt::xtensor<double, 2>;
   bool poison = false;
+  bool poison_forward = false;
   void initialize(std::uint64_t, std::size_t) {}
-  void forward(const input_type& x, output_type& y) { y = x; }
+  void forward(const input_type& x, output_type& y) {
+    y = x;
+    if (poison_forward) y(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  }
   void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) {
     dx = dy;
     if (poison) dx(0, 0) = std::numeric_limits<double>::quiet_NaN();
   }
   static std::size_t parameter_count() { return 0; }
 };
+
+using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Poison, Linear<double>,
+                                           SoftmaxCrossEntropy<double>>;
+
+/// Stage s holds layer s and the last stage the rest, so layer 3 (Poison)
+/// is on stage min(3, p - 1); `o`'s boundaries are set here.
+WithPoison poisoned_chain(const communicator& world, parallax::pipeline_options o) {
+  o.boundaries = {0};
+  for (int s = 1; s < world.size(); ++s) o.boundaries.push_back(static_cast<std::size_t>(s));
+  o.boundaries.push_back(5);
+  return WithPoison(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3},
+                               std::tuple{}},
+                    parallax::optim::SGD<double>({.lr = 0.1}), std::move(o), world);
+}
 
 /// A dataset whose batch() throws on rank `rank` (every rank: -1) for any
 /// batch that holds a sample past the first `readable`.
@@ -485,22 +504,16 @@ TEST_CASE("ModelParallel: train_epoch equals the hand-written pipeline loop it r
 TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank, or a skipped step") {
   communicator world;
   const int p = world.size();
-  using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Poison, Linear<double>,
-                                             SoftmaxCrossEntropy<double>>;
-  parallax::pipeline::boundaries cut = {0};
-  for (int s = 1; s < p; ++s) cut.push_back(static_cast<std::size_t>(s));
-  cut.push_back(5);
-  const auto args = std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3},
-                               std::tuple{}};
   const auto batch = make_batch<double>(8, 1);
   for (auto policy : {parallax::nonfinite_policy::error, parallax::nonfinite_policy::skip_step}) {
-    WithPoison net(args, parallax::optim::SGD<double>({.lr = 0.1}),
-                   {.micro_batches = 2, .boundaries = cut, .on_nonfinite = policy}, world);
+    auto net = poisoned_chain(world, {.micro_batches = 2, .on_nonfinite = policy});
     if (auto* poison = net.layer<3>()) poison->poison = true;
     const auto before = local_parameters(net);
     if (policy == parallax::nonfinite_policy::error) {
+      // Every stage before layer 3 sees a NaN too; the message names where it began.
       const auto message = agreed_error(world, [&] { net.train_step(batch); });
-      CHECK(message.find("is not finite at optimizer step 0") != std::string::npos);
+      CHECK(message.find("the input gradient of layer 3 on stage " + std::to_string(std::min(3, p - 1)) +
+                         " is not finite at optimizer step 0") != std::string::npos);
       try {
         net.train_step(batch);
         FAIL("a second poisoned step did not throw");
@@ -515,6 +528,31 @@ TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank,
     CHECK(local_parameters(net) == before);  // untouched
     if (auto* poison = net.layer<3>()) poison->poison = false;
     net.train_step(batch);
+    CHECK(net.optimizer().steps() == 1);
+  }
+}
+
+TEST_CASE("ModelParallel: a non-finite step names the layer output or input where the NaN appeared") {
+  communicator world;
+  const int p = world.size();
+  for (auto recompute : {false, true}) {
+    auto net = poisoned_chain(world, {.micro_batches = 2, .recompute = recompute});
+    const auto before = local_parameters(net);
+    // A layer whose output is NaN: every later layer and every gradient is NaN too.
+    if (auto* poison = net.layer<3>()) poison->poison_forward = true;
+    auto message = agreed_error(world, [&] { net.train_step(make_batch<double>(8, 1)); });
+    CHECK(message.find("ModelParallel::train_step(): the output of layer 3 on stage " +
+                       std::to_string(std::min(3, p - 1)) + " is not finite at optimizer step 0") !=
+          std::string::npos);
+    if (auto* poison = net.layer<3>()) poison->poison_forward = false;
+    // A NaN in the data: the input batch on stage 0.
+    auto batch = make_batch<double>(8, 1);
+    batch.inputs(5, 2) = std::numeric_limits<double>::quiet_NaN();
+    message = agreed_error(world, [&] { net.train_step(batch); });
+    CHECK(message.find("the input batch on stage 0 is not finite") != std::string::npos);
+    CHECK(local_parameters(net) == before);
+    CHECK(net.optimizer().steps() == 0);
+    net.train_step(make_batch<double>(8, 1));  // the trainer is still usable
     CHECK(net.optimizer().steps() == 1);
   }
 }

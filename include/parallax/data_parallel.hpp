@@ -36,6 +36,7 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -85,6 +86,19 @@ struct data_parallel_options {
   /// rank stops the epoch after this step on every rank (training::hooks).
   std::function<bool(const step_report&)> stop_when{};
 };
+
+/// DataParallel's settings that every rank must share, for agree_settings:
+/// accumulation, local SGD, buckets, then the update path's
+/// (training::update_settings, with `optimizer`).
+template <std::floating_point T>
+std::vector<setting> data_parallel_settings(const data_parallel_options& o, const optim::Optimizer<T>& optimizer) {
+  std::vector<setting> out = {{"accumulation_steps", static_cast<double>(o.accumulation_steps)},
+                              {"average_every", static_cast<double>(o.average_every)},
+                              {"bucket_bytes", static_cast<double>(o.bucket_bytes)}};
+  const auto update = training::update_settings({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer);
+  out.insert(out.end(), update.begin(), update.end());
+  return out;
+}
 
 /// Data-parallel training of a Model over a communicator.
 /// @code
@@ -177,7 +191,7 @@ class DataParallel {
   }
   /// Collective: the sampler must be this rank's shard of a plan for comm's size.
   void check_sampler(const data::DistributedSampler& sampler) const {
-    training::check_sampler(comm_, sampler, comm_.size(), comm_.rank(), "DataParallel::train_epoch()");
+    training::check_sampler(sampler, comm_.size(), comm_.rank(), "DataParallel::train_epoch()");
   }
   /// Accumulation and local SGD return this rank's loss on some steps.
   bool step_losses_are_global() const { return options_.average_every == 0 && options_.accumulation_steps == 1; }
@@ -224,9 +238,9 @@ class DataParallel {
   double micro_step(const batch_type* batch, std::optional<error> cause);
   double local_step();
   void reset_accumulation();
-  /// "... the [averaged ]gradient of parameter i (or the loss, i past the
-  /// end) is not finite at optimizer step n ...".
-  std::string nonfinite_message(std::size_t parameter, const char* averaged) const;
+  /// The non-finite step's message: the (averaged) gradient of `parameter`,
+  /// or the loss when there is none.
+  std::string nonfinite_message(std::optional<std::size_t> parameter, const char* averaged) const;
 
   mpi::communicator comm_;
   M model_;
@@ -272,11 +286,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
       local_sgd_(options_.average_every) {
   warn_if_slow_blas(comm_);
   // Settings that differ between ranks would hang or silently diverge.
-  auto settings = training::update_settings(updater_.options(), *optimizer_);
-  settings.insert(settings.begin(), {{"accumulation_steps", static_cast<double>(options_.accumulation_steps)},
-                                     {"average_every", static_cast<double>(options_.average_every)},
-                                     {"bucket_bytes", static_cast<double>(options_.bucket_bytes)}});
-  agree_settings(comm_, settings, "DataParallel");
+  agree_settings(comm_, data_parallel_settings(options_, *optimizer_), "DataParallel");
   // Everything that can differ between ranks is agreed before any rank throws.
   agree(comm_, [&] {
     refresh_views();
@@ -396,7 +406,7 @@ double DataParallel<M>::synchronize_gradients() {
         mpi::all_gather(comm_, std::isfinite(mine.loss_sum) ? -1 : detail::world_rank(), all);
         std::vector<int> ranks;
         std::copy_if(all.begin(), all.end(), std::back_inserter(ranks), [](int r) { return r >= 0; });
-        return error(error_kind::nonfinite, nonfinite_message(params_.size(), ""), std::move(ranks));
+        return error(error_kind::nonfinite, nonfinite_message(std::nullopt, ""), std::move(ranks));
       });
   if (applied) {
     timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
@@ -414,18 +424,16 @@ double DataParallel<M>::local_step() {
   micro_ = 0;
   meta_ = {};
   if (local_sgd_.step(updater_, *optimizer_, params_, reducer_, loss_sum, count, failure_,
-                      [&](std::size_t bad) { return nonfinite_message(bad, ""); }))
+                      [&](std::optional<std::size_t> bad) { return nonfinite_message(bad, ""); }))
     average_parameters();
   return count > 0 ? loss_sum / count : 0.0;
 }
 
 template <class M>
-std::string DataParallel<M>::nonfinite_message(std::size_t parameter, const char* averaged) const {
-  const std::string what = parameter < params_.size()
-                               ? std::string("the ") + averaged + "gradient of parameter " + std::to_string(parameter)
-                               : std::string("the loss");
-  return "DataParallel::train_step(): " + what + " is not finite at optimizer step " +
-         std::to_string(optimizer_->steps()) + " (use nonfinite_policy::skip_step to skip such steps)";
+std::string DataParallel<M>::nonfinite_message(std::optional<std::size_t> parameter, const char* averaged) const {
+  const std::string what =
+      parameter ? std::string("the ") + averaged + "gradient of parameter " + std::to_string(*parameter) : "the loss";
+  return training::nonfinite_message("DataParallel::train_step()", what, optimizer_->steps());
 }
 
 template <class M>

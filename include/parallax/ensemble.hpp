@@ -130,12 +130,24 @@ Ensemble<M>::Ensemble(const std::function<M(std::uint64_t seed)>& make_model,
     PARALLAX_CHECK(k >= 1 && p % k == 0, "Ensemble: " + std::to_string(p) + " ranks do not split into replicas of " +
                                              std::to_string(k) + " ranks");
   });
+  // Every rank of the world shares the ensemble's options and the replicas'
+  // trainer settings (a replica of one rank would agree nothing itself).
+  auto settings = data_parallel_settings(trainer_options, optimizer);
+  settings.insert(settings.begin(), {{"ranks_per_replica", static_cast<double>(k)},
+                                     {"seed", 0, std::to_string(options_.seed)},
+                                     {"bootstrap", 0, options_.bootstrap ? "true" : "false"}});
+  agree_settings(world_, settings, "Ensemble");
   replicas_ = p / k;
   replica_ = world_.rank() / k;
   group_ = world_.split(replica_, world_.rank());
   weights_.assign(static_cast<std::size_t>(replicas_), 1.0 / replicas_);
   auto model = agree(world_, [&] { return std::make_unique<M>(make_model(replica_seed())); });
-  trainer_ = std::make_unique<DataParallel<M>>(std::move(*model), optimizer, std::move(trainer_options), group_);
+  // A replica's trainer agrees its failures within the replica; the other
+  // replicas learn them here.
+  agree(world_, detail::capture([&] {
+          trainer_ =
+              std::make_unique<DataParallel<M>>(std::move(*model), optimizer, std::move(trainer_options), group_);
+        }));
 }
 
 template <class M>

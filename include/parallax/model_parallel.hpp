@@ -7,10 +7,11 @@
 /// it owns. The result equals training the unsplit chain on one rank
 /// (docs/design.md invariant 2). Its pieces are in pipeline/: the options,
 /// the partition, the stage's layers, the shape pass, the runner of one
-/// stage's operations and the executor that orders them. This class holds
-/// what every rank does together: the partition, the verdicts of a step,
-/// its reductions; the update, the epoch loop and evaluation are the
-/// training core's (training/).
+/// stage's operations, the executor that orders them and the engine that
+/// runs a batch through every stage together. This class is the trainer:
+/// the partition and settings agreed at construction, a step's one
+/// reduction and its update; the update path, the epoch loop and evaluation
+/// are the training core's (training/).
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
@@ -22,25 +23,22 @@
 #include <parallax/io/checkpointable.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
+#include <parallax/pipeline/engine.hpp>
 #include <parallax/pipeline/options.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/profile.hpp>
-#include <parallax/pipeline/runner.hpp>
 #include <parallax/pipeline/schedule.hpp>
-#include <parallax/pipeline/shape_pass.hpp>
 #include <parallax/pipeline/stage.hpp>
 #include <parallax/training/evaluate.hpp>
 #include <parallax/training/loop.hpp>
 #include <parallax/training/sampler.hpp>
 #include <parallax/training/update.hpp>
 
-#include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
-#include <boost/serialization/vector.hpp>
 
-#include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -94,7 +92,7 @@ class ModelParallel {
   /// Collective, in place of train_step() on a rank that cannot take part
   /// (its batch failed to load): every rank throws `cause` (training::Trainer).
   double fail_step(error cause) {
-    prepare(batch_type{}, true, std::move(cause));  // throws on every rank
+    engine_.prepare(batch_type{}, true, std::move(cause));  // throws on every rank
     return 0;
   }
 
@@ -122,7 +120,7 @@ class ModelParallel {
     return sampler.global_indices(step);
   }
   void check_sampler(const data::DistributedSampler& sampler) const {
-    training::check_sampler(comm_, sampler, 1, 0, "ModelParallel::train_epoch()");
+    training::check_sampler(sampler, 1, 0, "ModelParallel::train_epoch()");
   }
   bool step_losses_are_global() const { return true; }
   /// Nothing accumulates between steps.
@@ -134,7 +132,7 @@ class ModelParallel {
 
   /// Collective. The chain's output for x (any number of rows; every rank
   /// passes the same x), on every rank.
-  output_type predict(const input_type& x);
+  output_type predict(const input_type& x) { return engine_.predict(batch_type{x, target_type{}}); }
 
   /// Collective. Mean loss and accuracy (when the loss has correct()) over a
   /// dataset, through the pipeline; the same on every rank.
@@ -145,14 +143,13 @@ class ModelParallel {
     training::eval_sums sums{static_cast<double>(n), 0, 0};
     std::optional<error> first;  // this rank's first failure in any batch's run
     {
-      training::eval_mode guard([&](bool training) { layers_.set_training(training); });
+      training::eval_mode guard([&](bool training) { engine_.layers().set_training(training); });
       batch_type batch{};
       training::for_each_batch(dataset, 0, n, batch_size, batch, [&](const batch_type& b, std::size_t, auto failed) {
-        prepare(b, false, std::move(failed));
-        run(b, forward_schedule(), false);
-        if (failure_ && !first) first = failure_;
-        sums.loss += runner_.head().loss_sum();
-        sums.correct += runner_.head().correct_sum();
+        engine_.forward(b, std::move(failed));
+        if (engine_.failure() && !first) first = engine_.failure();
+        sums.loss += engine_.runner().head().loss_sum();
+        sums.correct += engine_.runner().head().correct_sum();
       });
     }
     const auto total = sum_and_agree(comm_, std::array{sums.loss, sums.correct}, first);
@@ -170,19 +167,19 @@ class ModelParallel {
     return pipeline::profile_boundaries<pipeline::stage<Parts...>>(part_args, sample, stage_speeds, comm, repeats);
   }
 
-  int stage() const { return stage_; }
-  int stages() const { return stages_; }
+  int stage() const { return engine_.stage(); }
+  int stages() const { return engine_.stages(); }
   /// This stage's layers: [first_layer(), end_layer()).
-  std::size_t first_layer() const { return layers_.begin(); }
-  std::size_t end_layer() const { return layers_.end(); }
+  std::size_t first_layer() const { return engine_.layers().begin(); }
+  std::size_t end_layer() const { return engine_.layers().end(); }
   const pipeline::boundaries& boundaries() const { return boundaries_; }
   /// Layer I if this rank holds it, else nullptr.
   template <std::size_t I>
-  part_t<I>* layer() { return layers_.template part<I>(); }
+  part_t<I>* layer() { return engine_.layers().template part<I>(); }
   /// Calls f(index, layer) for each layer of this stage, in order.
   template <class F>
   void for_each_local_layer(F&& f) {
-    layers_.for_each_layer(std::forward<F>(f));
+    engine_.layers().for_each_layer(std::forward<F>(f));
   }
   const pipeline_stats& stats() const { return stats_; }
   optim::Optimizer<value_type>& optimizer() { return *optimizer_; }
@@ -204,30 +201,17 @@ class ModelParallel {
   using T = value_type;
   using stage_type = pipeline::stage<Parts...>;
 
-  /// Shape pass and its verdict, agreed by every rank (with the check that
-  /// every rank passed the same batch; `failed`: this rank's failure before
-  /// the run, which wins), then a fresh run on the runner.
-  void prepare(const batch_type& batch, bool training, std::optional<error> failed = std::nullopt);
-  void run(const batch_type& batch, const pipeline::schedule& ops, bool training);
-  pipeline::schedule forward_schedule() const {
-    return pipeline::forward_only(static_cast<std::size_t>(stages_), runner_.micro_batches());
-  }
   void refresh_views() {
     params_.clear();
     grads_.clear();
-    layers_.parameter_spans(params_, grads_);
+    engine_.layers().parameter_spans(params_, grads_);
     grads_const_.assign(grads_.begin(), grads_.end());
   }
-  /// Keeps this rank's first failure of the step, for the step's agreement.
-  void note(error what);
 
   pipeline_options options_;
   mpi::communicator comm_;
-  int stage_ = 0;
-  int stages_ = 1;
   pipeline::boundaries boundaries_;
-  stage_type layers_;
-  pipeline::runner<stage_type, batch_type> runner_;  // on a private duplicate of comm_
+  pipeline::engine<stage_type, batch_type> engine_;
   std::unique_ptr<optim::Optimizer<T>> optimizer_;
   training::updater<T> updater_;
   std::vector<std::span<T>> params_;
@@ -235,7 +219,6 @@ class ModelParallel {
   std::vector<std::span<T>> grads_;
   pipeline::schedule train_schedule_;
   pipeline_stats stats_;
-  std::optional<error> failure_;  // this rank's first failure of the step
 };
 
 // ===========================================================================
@@ -255,97 +238,51 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
                 "parallax: ModelParallel needs one tuple of constructor arguments per layer (and optionally one "
                 "for the loss)");
   warn_if_slow_blas(comm_);
-  mpi::communicator pipe(detail::private_comm(MPI_Comm(comm_)), mpi::comm_attach);
-  stages_ = comm_.size();
-  stage_ = comm_.rank();
+  const auto stages = static_cast<std::size_t>(comm_.size());
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.micro_batches >= 1, "ModelParallel: micro_batches must be at least 1");
     training::check(updater_.options(), "ModelParallel");
-    boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries,
-                                                       static_cast<std::size_t>(stages_), options_.stage_speeds);
+    boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries, stages, options_.stage_speeds);
   });
   // Every rank must use the same cut and settings (a difference would hang
   // or silently diverge).
-  auto settings = pipeline_settings(options_, boundaries_);
-  const auto update = training::update_settings(updater_.options(), *optimizer_);
-  settings.insert(settings.end(), update.begin(), update.end());
-  agree_settings(comm_, settings, "ModelParallel");
-  const std::size_t begin = boundaries_[static_cast<std::size_t>(stage_)];
-  const std::size_t end = boundaries_[static_cast<std::size_t>(stage_) + 1];
+  agree_settings(comm_, pipeline_settings(options_, boundaries_, *optimizer_), "ModelParallel");
   // Build and initialise this stage's layers only; the loss on the last stage.
-  agree(comm_, [&] { layers_.build(begin, end, part_args, options_.seed, stage_ + 1 == stages_); });
-  runner_ = pipeline::runner<stage_type, batch_type>(std::move(pipe), stage_, stages_, begin, end);
+  engine_ = pipeline::engine<stage_type, batch_type>(comm_, boundaries_, part_args, options_.seed,
+                                                      options_.micro_batches, options_.recompute);
   refresh_views();
   for (auto p : params_) stats_.local_parameters += p.size();
-  train_schedule_ = pipeline::make_schedule(options_.schedule, static_cast<std::size_t>(stages_), options_.micro_batches);
-}
-
-template <class... Parts>
-void ModelParallel<Parts...>::note(error what) {
-  if (!failure_) failure_ = std::move(what);
-}
-
-template <class... Parts>
-void ModelParallel<Parts...>::prepare(const batch_type& batch, bool training, std::optional<error> failed) {
-  failure_.reset();
-  auto shapes = pipeline::shape_pass(runner_.communicator(), stage_, stages_, layers_, batch, training,
-                                     options_.micro_batches);
-  if (failed) shapes.failure = std::move(failed);
-  pipeline::agree_shape_pass(comm_, shapes, batch);
-  // Forward-only runs (predict, evaluate) take batches of any size: fewer
-  // rows than micro-batches simply means fewer micro-batches.
-  runner_.start(shapes, training ? options_.micro_batches : std::min(shapes.in[0], options_.micro_batches));
-}
-
-template <class... Parts>
-void ModelParallel<Parts...>::run(const batch_type& batch, const pipeline::schedule& ops, bool training) {
-  runner_.run(layers_, ops[static_cast<std::size_t>(stage_)], batch, training, options_.recompute,
-              [this](error what) { note(std::move(what)); });
+  train_schedule_ = pipeline::make_schedule(options_.schedule, stages, options_.micro_batches);
 }
 
 template <class... Parts>
 double ModelParallel<Parts...>::train_step(const batch_type& batch) {
   const auto start = std::chrono::steady_clock::now();
-  prepare(batch, true);
-  layers_.zero_gradients();
+  engine_.prepare(batch, true);
+  engine_.layers().zero_gradients();
   refresh_views();
-  run(batch, train_schedule_, true);
-  stats_.peak_micro_batches = runner_.peak_micro_batches();
-  stats_.peak_saved_bytes = runner_.peak_saved_bytes();
+  engine_.run(batch, train_schedule_, true);
+  auto& runner = engine_.runner();
+  stats_.peak_micro_batches = runner.peak_micro_batches();
+  stats_.peak_saved_bytes = runner.peak_saved_bytes();
   // One collective: the loss (from the last stage), the squared gradient
-  // norm and the stages with a non-finite gradient (summed over stages),
-  // and whether any stage failed.
-  const bool local_nonfinite = training::first_nonfinite(grads_const_) < grads_const_.size();
+  // norm, the stages with a non-finite gradient or loss (summed over
+  // stages), and whether any stage failed.
+  const double loss = runner.head().loss_sum();
+  const bool local_nonfinite = training::first_nonfinite(grads_const_) < grads_const_.size() || !std::isfinite(loss);
   const double sq_norm = updater_.needs_norm() ? optim::squared_norm<T>(grads_const_) : 0.0;
-  const auto total =
-      sum_and_agree(comm_, std::array{runner_.head().loss_sum(), sq_norm, local_nonfinite ? 1.0 : 0.0}, failure_);
+  const auto total = sum_and_agree(comm_, std::array{loss, sq_norm, local_nonfinite ? 1.0 : 0.0}, engine_.failure());
+  const char* who = "ModelParallel::train_step()";
+  if (total[2] > 0 && options_.on_nonfinite == nonfinite_policy::error)
+    engine_.locate_nonfinite(batch, train_schedule_, who, optimizer_->steps());
   updater_.apply(*optimizer_, params_, grads_, grads_const_, total[2] > 0, total[1], [&] {
-    return "ModelParallel::train_step(): the gradient of " + std::to_string(static_cast<int>(total[2])) + " of " +
-           std::to_string(stages_) + " stages is not finite at optimizer step " +
-           std::to_string(optimizer_->steps()) + " (use nonfinite_policy::skip_step to skip such steps)";
+    return training::nonfinite_message(who,
+                                       "the gradient of " + std::to_string(static_cast<int>(total[2])) + " of " +
+                                           std::to_string(engine_.stages()) + " stages",
+                                       optimizer_->steps());
   });
   stats_.last_step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return total[0] / static_cast<double>(runner_.batch_rows());
-}
-
-template <class... Parts>
-auto ModelParallel<Parts...>::predict(const input_type& x) -> output_type {
-  batch_type batch{x, target_type{}};
-  output_type out;
-  prepare(batch, false);
-  if (stage_ + 1 == stages_) {
-    out.resize(runner_.output_shape());
-    runner_.head().collect_into(&out);
-  }
-  run(batch, forward_schedule(), false);
-  runner_.head().collect_into(nullptr);
-  sum_and_agree(comm_, std::array<double, 0>{}, failure_);
-  // The last stage has the output; everyone gets it.
-  std::vector<std::size_t> shape = runner_.output_shape();
-  mpi::broadcast(comm_, shape, stages_ - 1);
-  if (stage_ + 1 != stages_) out.resize(shape);
-  broadcast(comm_, std::span<T>(out.data(), out.size()), stages_ - 1);
-  return out;
+  return total[0] / static_cast<double>(runner.batch_rows());
 }
 
 }  // namespace parallax

@@ -36,9 +36,11 @@
 #include <parallax/nn/maxpool2d.hpp>
 #include <parallax/nn/sequential.hpp>
 
+#include <parallax/pipeline/engine.hpp>
 #include <parallax/pipeline/executor.hpp>
 #include <parallax/pipeline/links.hpp>
 #include <parallax/pipeline/loss_head.hpp>
+#include <parallax/pipeline/nonfinite.hpp>
 #include <parallax/pipeline/options.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/profile.hpp>

@@ -95,4 +95,13 @@ class TensorDataset {
   Y targets_;
 };
 
+/// Loads the samples `indices` of `dataset` into `batch`: through the
+/// dataset's batch_into() when it has one (reusing the buffers), else its
+/// batch(). The one place the trainers' loops read a dataset.
+template <class D, class B>
+void load_batch(const D& dataset, std::span<const std::size_t> indices, B& batch) {
+  if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
+  else batch = dataset.batch(indices);
+}
+
 }  // namespace parallax::data

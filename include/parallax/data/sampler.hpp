@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <iostream>
 #include <limits>
-#include <new>
+#include <exception>
 #include <numeric>
 #include <span>
 #include <string>
@@ -181,7 +181,7 @@ inline void DistributedSampler::plan() {
   try {
     epoch_order.resize(n_);
     order_.reserve(steps_ * batch_);
-  } catch (const std::bad_alloc&) {
+  } catch (const std::exception&) {  // bad_alloc, or length_error past what a vector can hold
     detail::throw_error("DistributedSampler: cannot allocate the plan of an epoch of " + std::to_string(n_) +
                         " samples (" + std::to_string((n_ + steps_ * batch_) * sizeof(std::size_t)) + " bytes)");
   }

@@ -4,12 +4,14 @@
 /// (pipeline_stats): plain data, kept apart from the trainer's class.
 
 #include <parallax/core/agree.hpp>
+#include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
 #include <parallax/pipeline/partition.hpp>
 #include <parallax/pipeline/schedule.hpp>
 #include <parallax/training/loop.hpp>
 #include <parallax/training/update.hpp>
 
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -59,16 +61,21 @@ struct pipeline_stats {
 };
 
 /// The pipeline's settings that every rank must share, for agree_settings:
-/// the partition `cut`, micro-batches, schedule, recompute and seed (the
-/// update path's are training::update_settings).
-inline std::vector<setting> pipeline_settings(const pipeline_options& o, const pipeline::boundaries& cut) {
+/// the partition `cut`, micro-batches, schedule, recompute and seed, then
+/// the update path's (training::update_settings, with `optimizer`).
+template <std::floating_point T>
+std::vector<setting> pipeline_settings(const pipeline_options& o, const pipeline::boundaries& cut,
+                                       const optim::Optimizer<T>& optimizer) {
   std::string text;
   for (auto b : cut) text += (text.empty() ? "" : ", ") + std::to_string(b);
-  return {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + text + "}"},
-          {"micro_batches", static_cast<double>(o.micro_batches)},
-          {"schedule", 0, o.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
-          {"recompute", o.recompute ? 1.0 : 0.0},
-          {"seed", 0, std::to_string(o.seed)}};
+  std::vector<setting> out = {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + text + "}"},
+                              {"micro_batches", static_cast<double>(o.micro_batches)},
+                              {"schedule", 0, o.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
+                              {"recompute", o.recompute ? 1.0 : 0.0},
+                              {"seed", 0, std::to_string(o.seed)}};
+  const auto update = training::update_settings({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer);
+  out.insert(out.end(), update.begin(), update.end());
+  return out;
 }
 
 }  // namespace parallax

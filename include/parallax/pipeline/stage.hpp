@@ -9,6 +9,7 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/detail/tensor_list.hpp>
+#include <parallax/pipeline/nonfinite.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -106,6 +107,9 @@ class stage {
   void parameter_spans(std::vector<std::span<value_type>>& parameters, std::vector<std::span<value_type>>& gradients);
   /// Forwards set_training(training) to the layers that have it (Dropout).
   void set_training(bool training);
+  /// While set, forward() and backward() show `watch` every tensor they
+  /// compute or receive, in order (nonfinite.hpp; nullptr: off, free).
+  void watch(nonfinite_watch* watch) { watch_ = watch; }
 
   /// a.in at begin() through the layers into a.out. With `recompute`, only
   /// the stage output lands in a; the inner outputs go to scratch that
@@ -131,13 +135,14 @@ class stage {
   /// or in scratch when recomputing.
   template <std::size_t I>
   out_t<I>& output_of(activations& a, bool recompute);
-  /// Forward of layers [begin(), hi).
-  void forward_to(activations& a, std::size_t hi, bool recompute);
+  /// Forward of layers [begin(), hi), each output shown to `watch` if set.
+  void forward_to(activations& a, std::size_t hi, bool recompute, nonfinite_watch* watch);
 
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
   std::tuple<std::optional<Parts>...> parts_;
   outputs_tuple recomputed_;  // inner outputs when recomputing, shared by the micro-batches
+  nonfinite_watch* watch_ = nullptr;
   inputs_tuple dx_scratch_;   // gradients between the stage's layers
 };
 
@@ -248,20 +253,24 @@ auto stage<Parts...>::output_of(activations& a, bool recompute) -> out_t<I>& {
 }
 
 template <class... Parts>
-void stage<Parts...>::forward_to(activations& a, std::size_t hi, bool recompute) {
+void stage<Parts...>::forward_to(activations& a, std::size_t hi, bool recompute, nonfinite_watch* watch) {
   for_range<layer_count>(begin_, hi, [&](auto I) {
-    std::get<I()>(parts_)->forward(input_of<I()>(a, recompute), output_of<I()>(a, recompute));
+    auto& y = output_of<I()>(a, recompute);
+    std::get<I()>(parts_)->forward(input_of<I()>(a, recompute), y);
+    if (watch) watch->output(I(), y);
   });
 }
 
 template <class... Parts>
 void stage<Parts...>::forward(activations& a, bool recompute) {
-  forward_to(a, end_, recompute);
+  if (watch_) for_range<layer_count>(begin_, begin_ + 1, [&](auto I) { watch_->input(std::get<I()>(a.in)); });
+  forward_to(a, end_, recompute, watch_);
 }
 
 template <class... Parts>
 void stage<Parts...>::backward(activations& a, bool recompute) {
-  if (recompute) forward_to(a, end_ - 1, true);  // the inner outputs, from the saved stage input
+  if (watch_) for_range<layer_count>(end_ - 1, end_, [&](auto I) { watch_->output_gradient(std::get<I()>(a.dy)); });
+  if (recompute) forward_to(a, end_ - 1, true, nullptr);  // the inner outputs, from the saved stage input
   for_range_reverse<layer_count>(begin_, end_, [&](auto I) {
     auto& layer = *std::get<I()>(parts_);
     const auto& y = output_of<I()>(a, recompute);
@@ -272,10 +281,13 @@ void stage<Parts...>::backward(activations& a, bool recompute) {
       return std::get<I()>(a.dy);
     }();
     auto& dx = I() == begin_ ? std::get<I()>(a.dx) : std::get<I()>(dx_scratch_);
-    if constexpr (I() == 0 && HasParameterBackward<part_t<0>>)
+    if constexpr (I() == 0 && HasParameterBackward<part_t<0>>) {
       layer.backward_parameters(input_of<0>(a, recompute), y, dy);
-    else
+      if (watch_) watch_->backward(I(), layer, static_cast<const in_t<0>*>(nullptr));
+    } else {
       layer.backward(input_of<I()>(a, recompute), y, dy, dx);
+      if (watch_) watch_->backward(I(), layer, &dx);
+    }
   });
 }
 

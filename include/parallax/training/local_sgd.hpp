@@ -47,8 +47,8 @@ class local_sgd {
   /// `up`, unless `failure` is pending or there were no samples. A
   /// non-finite gradient or loss skips the step under skip_step; under the
   /// error policy it becomes this rank's `failure` (error(nonfinite,
-  /// describe(first non-finite tensor, or params.size() for the loss))),
-  /// agreed at the next averaging. Returns whether the averaging is due.
+  /// describe(index of the first non-finite gradient tensor, or
+  /// std::nullopt for the loss))), agreed at the next averaging. Returns whether the averaging is due.
   template <class T, class Describe>
   bool step(updater<T>& up, optim::Optimizer<T>& optimizer, const std::vector<std::span<T>>& params,
             gradient_reducer<T>& reducer, double loss_sum, double samples, std::optional<error>& failure,
@@ -82,8 +82,9 @@ bool local_sgd::step(updater<T>& up, optim::Optimizer<T>& optimizer, const std::
     const T inv = T(1) / static_cast<T>(samples);
     for (auto g : reducer.views())
       for (auto& x : g) x *= inv;
-    const std::size_t bad = first_nonfinite(reducer.const_views());
-    const bool nonfinite = bad < params.size() || !std::isfinite(loss_sum);
+    const std::size_t first = first_nonfinite(reducer.const_views());
+    const std::optional<std::size_t> bad = first < params.size() ? std::optional(first) : std::nullopt;
+    const bool nonfinite = bad || !std::isfinite(loss_sum);
     if (nonfinite && up.options().on_nonfinite == nonfinite_policy::error) {
       failure = error(error_kind::nonfinite, describe(bad), parallax::detail::this_rank());
       stepped = false;

@@ -7,6 +7,7 @@
 #include <parallax/core/agree.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/data/batch.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/training/trainer.hpp>
 
@@ -83,12 +84,12 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
 template <Trainer T, class D>
 epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& sampler, const hooks& h) {
   using clock = std::chrono::steady_clock;
-  trainer.check_sampler(sampler);
   const auto& comm = trainer.communicator();
-  // One agreement before the first step: the dataset fits the sampler, and
-  // whether any rank set a hook (on_step is often set on rank 0 only): then
-  // every rank agrees the hooks after every step.
+  // One agreement before the first step: the sampler fits the trainer and
+  // the dataset, and whether any rank set a hook (on_step is often set on
+  // rank 0 only): then every rank agrees the hooks after every step.
   const auto unfit = detail::capture([&] {
+    trainer.check_sampler(sampler);
     const std::size_t n = dataset.size();
     PARALLAX_CHECK(n >= sampler.dataset_size(), "train_epoch(): the dataset holds " + std::to_string(n) +
                                                     " samples but the sampler was made for " +
@@ -103,12 +104,7 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   for (std::size_t s = sampler.position(); s < steps && !report.stopped; ++s) {
     const auto t0 = clock::now();
     const auto indices = trainer.step_indices(sampler, s);
-    auto load_failure = detail::capture(
-        [&] {
-          if constexpr (requires { dataset.batch_into(indices, batch); }) dataset.batch_into(indices, batch);
-          else batch = dataset.batch(indices);
-        },
-        "the dataset's batch(): ");
+    auto load_failure = detail::capture([&] { data::load_batch(dataset, indices, batch); }, "the dataset's batch(): ");
     const std::uint64_t skipped_before = trainer.skipped_steps();
     const double loss = load_failure ? trainer.fail_step(std::move(*load_failure)) : trainer.train_step(batch);
     const std::size_t step_samples = sampler.global_batch();

@@ -98,10 +98,12 @@ void check_replicas(const mpi::communicator& comm, const std::vector<detail::ten
   if (most[0] == h && most[1] == ~h) return;  // max == min: all equal
   std::vector<std::vector<std::uint64_t>> all;
   mpi::all_gather(comm, sig, all);
-  for (int r = 1; r < comm.size(); ++r)
-    if (all[static_cast<std::size_t>(r)] != all[0])
+  std::vector<int> world;  // the message names world ranks, also on a sub-communicator
+  mpi::all_gather(comm, detail::world_rank(), world);
+  for (std::size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0])
       throw error(error_kind::rank_mismatch, who + ": models differ between ranks: " +
-                                                 detail::signature_difference(all[0], 0, all[static_cast<std::size_t>(r)], r));
+                                                 detail::signature_difference(all[0], world[0], all[r], world[r]));
 }
 
 }  // namespace parallax::training

@@ -8,9 +8,8 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/mpi.hpp>
-#include <parallax/detail/random.hpp>
+#include <parallax/detail/number_text.hpp>
 
-#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -26,10 +25,10 @@ data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t
                                       std::size_t global_batch, data::sampler_options options, int shards, int shard,
                                       const std::string& who);
 
-/// Collective. Throws on every rank when some rank's sampler was not made
-/// for shard `shard` of `shards`.
-void check_sampler(const mpi::communicator& comm, const data::DistributedSampler& sampler, int shards, int shard,
-                   const std::string& who);
+/// Throws (on this rank only: Trainer::check_sampler is agreed by the
+/// epoch loop's first agreement) when `sampler` was not made for shard
+/// `shard` of `shards`.
+void check_sampler(const data::DistributedSampler& sampler, int shards, int shard, const std::string& who);
 
 // ===========================================================================
 // Implementation
@@ -38,25 +37,25 @@ void check_sampler(const mpi::communicator& comm, const data::DistributedSampler
 inline data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t dataset_size,
                                              std::size_t global_batch, data::sampler_options options, int shards,
                                              int shard, const std::string& who) {
-  agree_equal(comm, static_cast<std::uint64_t>(dataset_size), who + ": the dataset size");
-  agree_equal(comm, static_cast<std::uint64_t>(global_batch), who + ": the global batch");
-  agree_equal(comm, options.seed, who + ": the seed");
-  std::vector<std::uint64_t> plan = {static_cast<std::uint64_t>(options.tail), options.shuffle, options.bootstrap,
-                                     options.weights.size()};
-  for (double w : options.weights) plan.push_back(std::bit_cast<std::uint64_t>(w));
-  agree_equal(comm, detail::words_hash(plan),
-              who + ": the sampler options (tail, shuffle, weights)");
+  std::string weights;
+  for (double w : options.weights) weights += (weights.empty() ? "" : ", ") + detail::number_text(w);
+  agree_settings(comm,
+                 {{"the dataset size", 0, std::to_string(dataset_size)},
+                  {"the global batch", 0, std::to_string(global_batch)},
+                  {"seed", 0, std::to_string(options.seed)},
+                  {"shuffle", 0, options.shuffle ? "true" : "false"},
+                  {"tail", 0, options.tail == data::tail_policy::pad ? "pad" : "drop"},
+                  {"weights", 0, "{" + weights + "}"},
+                  {"bootstrap", 0, options.bootstrap ? "true" : "false"}},
+                 who);
   return agree(comm, [&] { return data::DistributedSampler(dataset_size, global_batch, shards, shard, std::move(options)); });
 }
 
-inline void check_sampler(const mpi::communicator& comm, const data::DistributedSampler& sampler, int shards,
-                          int shard, const std::string& who) {
-  agree(comm, [&] {
-    PARALLAX_CHECK(sampler.world_size() == shards && sampler.rank() == shard,
-                   who + ": the sampler was made for rank " + std::to_string(sampler.rank()) + " of " +
-                       std::to_string(sampler.world_size()) + ", this trainer reads shard " + std::to_string(shard) +
-                       " of " + std::to_string(shards));
-  });
+inline void check_sampler(const data::DistributedSampler& sampler, int shards, int shard, const std::string& who) {
+  PARALLAX_CHECK(sampler.world_size() == shards && sampler.rank() == shard,
+                 who + ": the sampler was made for rank " + std::to_string(sampler.rank()) + " of " +
+                     std::to_string(sampler.world_size()) + ", this trainer reads shard " + std::to_string(shard) +
+                     " of " + std::to_string(shards));
 }
 
 }  // namespace parallax::training

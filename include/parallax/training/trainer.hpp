@@ -40,7 +40,8 @@ concept Trainer = requires(T& t, const T& ct, const typename T::batch_type& batc
   t.flush();
   /// The samples this rank loads for `step` of the sampler's epoch.
   { ct.step_indices(sampler, step) } -> std::convertible_to<std::span<const std::size_t>>;
-  /// Throws (the same on every rank) when the sampler does not fit the trainer.
+  /// Throws, on this rank, when the sampler does not fit the trainer (the
+  /// loop agrees it in its first agreement, so it is one error on every rank).
   ct.check_sampler(sampler);
   /// Whether train_step() returns the global loss of every step (else the
   /// loop reduces the epoch's loss itself).

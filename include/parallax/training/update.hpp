@@ -19,6 +19,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -87,6 +88,16 @@ class updater {
 template <class T>
 std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors);
 
+/// Whether every value of `values` is finite (the pass of first_nonfinite).
+template <class T>
+bool all_finite(std::span<const T> values);
+
+/// The message of a non-finite step, alike in every trainer: "<who>: <what>
+/// is not finite at optimizer step <step> (use nonfinite_policy::skip_step
+/// to skip such steps)"; `what` says where, e.g. "the loss" or "the gradient
+/// of parameter 3".
+std::string nonfinite_message(std::string_view who, std::string_view what, std::uint64_t step);
+
 // ===========================================================================
 // Implementation
 // ===========================================================================
@@ -108,17 +119,29 @@ inline void check(const update_options& options, const std::string& trainer) {
 }
 
 template <class T>
+bool all_finite(std::span<const T> values) {
+  unsigned bad = 0;
+  for (T x : values) {
+    const T z = x - x;
+    bad |= z != z ? 1u : 0u;
+  }
+  return bad == 0;
+}
+
+template <class T>
 std::size_t first_nonfinite(const std::vector<std::span<const T>>& tensors) {
   std::size_t i = 0;
-  for (; i < tensors.size(); ++i) {
-    unsigned bad = 0;
-    for (T x : tensors[i]) {
-      const T z = x - x;
-      bad |= z != z ? 1u : 0u;
-    }
-    if (bad) return i;
-  }
+  while (i < tensors.size() && all_finite(tensors[i])) ++i;
   return i;
+}
+
+inline std::string nonfinite_message(std::string_view who, std::string_view what, std::uint64_t step) {
+  std::string out(who);
+  out += ": ";
+  out += what;
+  out += " is not finite at optimizer step " + std::to_string(step) +
+         " (use nonfinite_policy::skip_step to skip such steps)";
+  return out;
 }
 
 template <class T>
