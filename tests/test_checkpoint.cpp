@@ -821,6 +821,11 @@ TEST_CASE("checkpoint: options that differ between ranks are a rank_mismatch nam
   const auto mine = dir.path + "/rank" + std::to_string(world.rank());
   CHECK(has(mismatch(mine, {}), "directory: rank 0 has " + dir.path + "/rank0, rank 1 has " + dir.path + "/rank1"));
   CHECK_FALSE(fs::exists(mine));  // compared before anything is created
+  // An invalid option on one rank is that rank's error, found before the comparison.
+  const auto negative = agreed_failure(
+      world, [&] { parallax::io::Checkpointer ck(dir.path, {.every_seconds = world.rank() == 1 ? -1.0 : 0.0}, world); });
+  CHECK(negative.kind == parallax::error_kind::invalid_argument);
+  CHECK(has(negative.message, "Checkpointer: every_seconds = -1 must be finite and >= 0 [rank 1]"));
   // Only rank 0 prints: quiet may differ.
   CHECK_NOTHROW(parallax::io::Checkpointer(dir.path, {.quiet = world.rank() == 0}, world));
 }
