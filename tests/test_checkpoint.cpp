@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
 // Suite reliability: checkpoints of DataParallel and ModelParallel — exact
 // resume, resharding to other rank counts and partitions, Sequential <->
-// ModelParallel, retention, and every kind of damaged checkpoint detected
-// with its message on every rank.
+// ModelParallel, retention, every kind of damaged checkpoint detected with
+// its message on every rank, folders that never lose a checkpoint (all
+// damaged, start fresh, a step saved twice), the learning-rate notice on
+// resume, and options compared between ranks.
 
 #include "agreed.hpp"
 #include "toy_model.hpp"
@@ -704,8 +706,8 @@ TEST_CASE("checkpoint: every checkpoint damaged is an agreed error naming each; 
   std::string said;
   {
     captured_cerr err;
-    parallax::io::Checkpointer lenient(dir.path, {.keep = 1, .on_all_damaged = parallax::io::damaged_policy::start_fresh},
-                                       world);
+    const auto start_fresh = parallax::io::damaged_policy::start_fresh;
+    parallax::io::Checkpointer lenient(dir.path, {.keep = 1, .on_all_damaged = start_fresh}, world);
     CHECK_FALSE(lenient.resume_latest(fresh).has_value());
     CHECK(lenient.skipped().size() == 2);
     CHECK(lenient.list().empty());
@@ -790,8 +792,9 @@ TEST_CASE("checkpoint: resuming with another learning rate: the checkpoint's is 
   };
   const auto differs = resume(0.5, {});
   if (world.rank() == 0)
-    CHECK(differs == "parallax: resume: lr is 0.1 in the checkpoint, 0.5 in the code; the checkpoint's value is used (" +
-                         folder + ")\n");
+    CHECK(differs ==
+          "parallax: resume: lr is 0.1 in the checkpoint, 0.5 in the code; the checkpoint's value is used (" + folder +
+              ")\n");
   else
     CHECK(differs.empty());
   CHECK(resume(0.1, {}).empty());                // the same: nothing to say
@@ -822,8 +825,9 @@ TEST_CASE("checkpoint: options that differ between ranks are a rank_mismatch nam
   CHECK(has(mismatch(mine, {}), "directory: rank 0 has " + dir.path + "/rank0, rank 1 has " + dir.path + "/rank1"));
   CHECK_FALSE(fs::exists(mine));  // compared before anything is created
   // An invalid option on one rank is that rank's error, found before the comparison.
-  const auto negative = agreed_failure(
-      world, [&] { parallax::io::Checkpointer ck(dir.path, {.every_seconds = world.rank() == 1 ? -1.0 : 0.0}, world); });
+  const auto negative = agreed_failure(world, [&] {
+    parallax::io::Checkpointer ck(dir.path, {.every_seconds = world.rank() == 1 ? -1.0 : 0.0}, world);
+  });
   CHECK(negative.kind == parallax::error_kind::invalid_argument);
   CHECK(has(negative.message, "Checkpointer: every_seconds = -1 must be finite and >= 0 [rank 1]"));
   // Only rank 0 prints: quiet may differ.
