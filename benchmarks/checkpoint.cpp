@@ -134,12 +134,22 @@ int main(int argc, char** argv) {
                 << bench::count_text(world.size(), "rank") << " (one writer); folder " << dir << "\n";
 
     std::string saved;
+    // A checkpoint is never overwritten: each save of the same step first
+    // removes the last one (untimed).
+    auto remove_saved = [&] {
+      if (root && !saved.empty()) fs::remove_all(saved);
+      world.barrier();
+    };
     for (long i = 0; i < warmup; ++i) {
+      remove_saved();
       saved = checkpoints.save(trainer, &sampler);
       checkpoints.load(trainer, &sampler, saved);
     }
     std::vector<double> write_s, load_s, disk_write_s, disk_read_s;
-    for (long i = 0; i < repeats; ++i) write_s.push_back(bench::timed(world, [&] { saved = checkpoints.save(trainer, &sampler); }));
+    for (long i = 0; i < repeats; ++i) {
+      remove_saved();
+      write_s.push_back(bench::timed(world, [&] { saved = checkpoints.save(trainer, &sampler); }));
+    }
     for (long i = 0; i < repeats; ++i) load_s.push_back(bench::timed(world, [&] { checkpoints.load(trainer, &sampler, saved); }));
     const auto file_bytes = static_cast<double>(folder_bytes(saved));
 

@@ -325,7 +325,8 @@ run_result train_data_parallel(Net net, const parallax::data::TensorDataset<X, L
 
   for (auto epoch = sampler.epoch(); epoch < static_cast<std::uint64_t>(cfg.epochs); ++epoch) {
     const auto report = trainer.train_epoch(train, sampler);
-    if (checkpoints) checkpoints->save(trainer, &sampler);
+    // maybe_save() may have saved this step already; a checkpoint is never overwritten.
+    if (checkpoints && checkpoints->last_step() != trainer.optimizer().steps()) checkpoints->save(trainer, &sampler);
     finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds, trainer.evaluate(test, 500), world,
                  progress);
   }
@@ -364,7 +365,8 @@ run_result train_pipeline(const Parts& parts, const parallax::data::TensorDatase
   }
   for (auto epoch = sampler.epoch(); epoch < static_cast<std::uint64_t>(cfg.epochs); ++epoch) {
     const auto report = pipeline.train_epoch(train, sampler);
-    if (checkpoints) checkpoints->save(pipeline, &sampler);
+    // maybe_save() may have saved this step already; a checkpoint is never overwritten.
+    if (checkpoints && checkpoints->last_step() != pipeline.optimizer().steps()) checkpoints->save(pipeline, &sampler);
     finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds, pipeline.evaluate(test, 500), world,
                  progress);
   }

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: BSL-1.0
 // Suite reliability: checkpoints of DataParallel and ModelParallel — exact
 // resume, resharding to other rank counts and partitions, Sequential <->
-// ModelParallel, retention, and every kind of damaged checkpoint detected
-// with its message on every rank.
+// ModelParallel, retention, every kind of damaged checkpoint detected with
+// its message on every rank, folders that never lose a checkpoint (all
+// damaged, start fresh, a step saved twice), the learning-rate notice on
+// resume, and options compared between ranks.
 
 #include "agreed.hpp"
 #include "toy_model.hpp"
@@ -29,6 +31,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -89,6 +94,22 @@ failure agreed_failure(const communicator& world, F&& f) {
         }) == r.message);  // the same text on every rank
   return r;
 }
+
+/// What this rank writes to std::cerr while it lives (the checkpointer's notices).
+struct captured_cerr {
+  std::ostringstream text;
+  std::streambuf* saved = std::cerr.rdbuf(text.rdbuf());
+  ~captured_cerr() { std::cerr.rdbuf(saved); }
+  std::string str() const { return text.str(); }
+};
+
+/// A file's bytes.
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 constexpr std::size_t features = 5, hidden = 4;
 
@@ -514,6 +535,8 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       f.put('\x00');
       f.put('\x11');
     });
+    std::string damaged_bytes;
+    if (world.rank() == 0) damaged_bytes = file_bytes(part0);
     const auto loaded = checkpoints.resume_latest(other);
     REQUIRE(loaded.has_value());
     CHECK(*loaded == good);
@@ -521,6 +544,14 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(checkpoints.skipped()[0].first == newest);
     CHECK(checkpoints.skipped()[0].second.find("CRC-32 mismatch") != std::string::npos);
     CHECK(other.optimizer().steps() == 1);
+    // The damaged one is kept aside, bytes and all, where the next save of its step cannot meet it.
+    CHECK(checkpoints.list() == std::vector<std::string>{good});
+    damage([&] {
+      const auto aside = fs::path(newest + ".damaged");
+      CHECK(file_bytes(aside / fs::path(part0).filename()) == damaged_bytes);
+      CHECK(fs::exists(aside / "MANIFEST"));
+      fs::rename(aside, newest);  // back, for the checks below
+    });
   }
   restore();
   // The intact checkpoint still loads after all that.
@@ -618,4 +649,187 @@ TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints writt
   if (world.rank() == 0)
     CHECK(manifest_text(dp_folder) ==
           "parallax-checkpoint 1\ntrainer DataParallel\nelement float64 264\nlayers 5\nstep 2\npart state.bin 0 5\nend\n");
+}
+
+TEST_CASE("checkpoint: every checkpoint damaged is an agreed error naming each; start_fresh sets them aside") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::optim::SGD<double> sgd({.lr = 0.1});
+  std::vector<std::string> folders;  // steps 1 and 2
+  {
+    parallax::DataParallel dp(make_net(3), sgd, {}, world);
+    parallax::io::Checkpointer ck(dir.path, {.quiet = true}, world);
+    for (std::size_t s = 0; s < 2; ++s) {
+      dp.train_step(chain_batch(4, s));
+      folders.push_back(ck.save(dp));
+    }
+  }
+  std::vector<std::string> damaged_bytes;
+  world.barrier();
+  if (world.rank() == 0) {
+    fs::resize_file(fs::path(folders[0]) / "state.bin", 30);
+    std::fstream f(fs::path(folders[1]) / "state.bin", std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(100);
+    f.put('\x5a');
+    f.close();
+    for (const auto& folder : folders) damaged_bytes.push_back(file_bytes(fs::path(folder) / "state.bin"));
+  }
+  world.barrier();
+
+  parallax::DataParallel dp(make_net(9), sgd, {}, world);
+  const auto before = flat_parameters<double>(dp.model().parameters());
+  parallax::io::Checkpointer strict(dir.path, {.quiet = true}, world);
+  const auto f = agreed_failure(world, [&] { strict.resume_latest(dp); });
+  CHECK(f.kind == parallax::error_kind::damaged_file);
+  CHECK_FALSE(f.mismatch);
+  // Newest first, each with its cause.
+  const auto second = f.message.find("every checkpoint in '" + dir.path + "' is damaged: step-000000000002: ");
+  const auto crc = f.message.find("CRC-32 mismatch");
+  const auto first = f.message.find("; step-000000000001: ");
+  const auto truncated = f.message.find("truncated");
+  CHECK(second != std::string::npos);
+  CHECK(crc != std::string::npos);
+  CHECK(first != std::string::npos);
+  CHECK(truncated != std::string::npos);
+  CHECK((second < crc && crc < first && first < truncated));
+  CHECK(has(f.message, "on_all_damaged = damaged_policy::start_fresh"));
+  CHECK(strict.skipped().size() == 2);
+  // Nothing changed: the trainer, the folders; and the run may not write there.
+  CHECK(flat_parameters<double>(dp.model().parameters()) == before);
+  CHECK(dp.optimizer().steps() == 0);
+  CHECK(strict.list() == std::vector<std::string>{folders[1], folders[0]});
+  dp.train_step(chain_batch(4, 0));
+  CHECK(has(agreed_error(world, [&] { strict.save(dp); }), "already holds checkpoints of another run"));
+
+  // Asked to start fresh: rank 0 says so, the damaged ones are kept aside, saves of their steps work.
+  parallax::DataParallel fresh(make_net(9), sgd, {}, world);
+  std::string said;
+  {
+    captured_cerr err;
+    const auto start_fresh = parallax::io::damaged_policy::start_fresh;
+    parallax::io::Checkpointer lenient(dir.path, {.keep = 1, .on_all_damaged = start_fresh}, world);
+    CHECK_FALSE(lenient.resume_latest(fresh).has_value());
+    CHECK(lenient.skipped().size() == 2);
+    CHECK(lenient.list().empty());
+    for (std::size_t s = 0; s < 3; ++s) {
+      fresh.train_step(chain_batch(4, s));
+      CHECK(lenient.save(fresh) == (fs::path(dir.path) / ("step-00000000000" + std::to_string(s + 1))).string());
+    }
+    CHECK(lenient.list() == std::vector<std::string>{folders[0].substr(0, folders[0].size() - 1) + "3"});  // keep = 1
+    said = err.str();
+  }
+  if (world.rank() == 0) {
+    CHECK(has(said, "parallax: every checkpoint in '" + dir.path + "' is damaged: step-000000000002: "));
+    CHECK(has(said, "Starting fresh"));
+    CHECK(has(said, "kept as step-000000000002.damaged, step-000000000001.damaged"));
+    // Pruning left them alone, bytes and all.
+    for (std::size_t k = 0; k < folders.size(); ++k) {
+      CHECK(file_bytes(fs::path(folders[k] + ".damaged") / "state.bin") == damaged_bytes[k]);
+      CHECK(fs::exists(fs::path(folders[k] + ".damaged") / "MANIFEST"));
+    }
+  } else {
+    CHECK(said.empty());
+  }
+}
+
+TEST_CASE("checkpoint: a step saved twice is an error on every rank; the first checkpoint keeps its bytes") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::DataParallel dp(make_net(3), parallax::optim::SGD<double>({.lr = 0.1}), {}, world);
+  parallax::io::Checkpointer ck(dir.path, {.quiet = true}, world);
+  CHECK_FALSE(ck.last_step().has_value());
+  dp.train_step(chain_batch(4, 1));
+  const auto first = ck.save(dp);
+  CHECK(ck.last_step() == std::optional<std::uint64_t>(1));
+  std::string bytes;
+  if (world.rank() == 0) bytes = file_bytes(fs::path(first) / "MANIFEST") + file_bytes(fs::path(first) / "state.bin");
+  // Other parameters at the same step: an overwrite would change the file.
+  dp.for_each_keyed_tensor([](std::uint64_t, std::uint64_t, auto& t) { t.data()[0] += 1; });
+  const auto f = agreed_failure(world, [&] { ck.save(dp); });
+  CHECK(f.kind == parallax::error_kind::invalid_argument);
+  CHECK(has(f.message, "Checkpointer::save(): '" + first + "' already holds a checkpoint of step 1"));
+  CHECK(has(f.message, "never overwritten"));
+  // Another checkpointer of the same run (resumed from it) may not either.
+  parallax::DataParallel resumed(make_net(4), parallax::optim::SGD<double>({.lr = 0.1}), {}, world);
+  parallax::io::Checkpointer again(dir.path, {.quiet = true}, world);
+  REQUIRE(again.resume_latest(resumed) == first);
+  CHECK(agreed_failure(world, [&] { again.save(resumed); }).kind == parallax::error_kind::invalid_argument);
+  if (world.rank() == 0)
+    CHECK(file_bytes(fs::path(first) / "MANIFEST") + file_bytes(fs::path(first) / "state.bin") == bytes);
+  // Leftovers of an interrupted save (a folder without MANIFEST) are no checkpoint: replaced.
+  const auto second = (fs::path(dir.path) / "step-000000000002").string();
+  world.barrier();
+  if (world.rank() == 0) {
+    fs::create_directories(second);
+    std::ofstream(fs::path(second) / "part-0-9.bin") << "half a part";
+    std::ofstream(fs::path(second) / ".state.bin.tmp.123") << "half a file";
+  }
+  world.barrier();
+  resumed.train_step(chain_batch(4, 2));
+  CHECK(again.save(resumed) == second);
+  if (world.rank() == 0) CHECK_FALSE(fs::exists(fs::path(second) / "part-0-9.bin"));
+  parallax::DataParallel check(make_net(5), parallax::optim::SGD<double>({.lr = 0.1}), {}, world);
+  CHECK_NOTHROW(again.load(check, nullptr, second));
+  CHECK(flat_parameters<double>(check.model().parameters()) == flat_parameters<double>(resumed.model().parameters()));
+}
+
+TEST_CASE("checkpoint: resuming with another learning rate: the checkpoint's is used, rank 0 says so") {
+  communicator world;
+  scratch_dir dir(world);
+  std::string folder;
+  {
+    parallax::DataParallel dp(make_net(3), parallax::optim::SGD<double>({.lr = 0.1}), {}, world);
+    dp.train_step(chain_batch(4, 1));
+    folder = parallax::io::Checkpointer(dir.path, {}, world).save(dp);
+  }
+  auto resume = [&](double lr, parallax::io::checkpoint_options options) {
+    parallax::DataParallel dp(make_net(3), parallax::optim::SGD<double>({.lr = lr}), {}, world);
+    captured_cerr err;
+    parallax::io::Checkpointer ck(dir.path, options, world);
+    REQUIRE(ck.resume_latest(dp) == folder);
+    CHECK(dp.optimizer().learning_rate() == 0.1);
+    return err.str();
+  };
+  const auto differs = resume(0.5, {});
+  if (world.rank() == 0)
+    CHECK(differs ==
+          "parallax: resume: lr is 0.1 in the checkpoint, 0.5 in the code; the checkpoint's value is used (" + folder +
+              ")\n");
+  else
+    CHECK(differs.empty());
+  CHECK(resume(0.1, {}).empty());                // the same: nothing to say
+  CHECK(resume(0.5, {.quiet = true}).empty());  // quiet
+}
+
+TEST_CASE("checkpoint: options that differ between ranks are a rank_mismatch naming the option and the values") {
+  communicator world;
+  if (world.size() < 2) return;
+  scratch_dir dir(world);
+  const int last = world.size() - 1;
+  using parallax::io::checkpoint_options;
+  auto mismatch = [&](const std::string& path, checkpoint_options options) {
+    const auto f = agreed_failure(world, [&] { parallax::io::Checkpointer ck(path, options, world); });
+    CHECK(f.kind == parallax::error_kind::rank_mismatch);
+    return f.message;
+  };
+  CHECK(has(mismatch(dir.path, {.every_steps = world.rank() == 1 ? 5u : 10u}),
+            "Checkpointer: settings differ between ranks: every_steps: rank 0 has 10, rank 1 has 5"));
+  CHECK(has(mismatch(dir.path, {.keep = world.rank() == last ? 2u : 3u}),
+            "keep: rank 0 has 3, rank " + std::to_string(last) + " has 2"));
+  CHECK(has(mismatch(dir.path, {.every_seconds = world.rank() == 0 ? 0.5 : 0.0}),
+            "every_seconds: rank 0 has 0.5, rank 1 has 0"));
+  CHECK(has(mismatch(dir.path, {.on_all_damaged = world.rank() == 1 ? parallax::io::damaged_policy::start_fresh
+                                                                    : parallax::io::damaged_policy::error}),
+            "on_all_damaged: rank 0 has error, rank 1 has start_fresh"));
+  const auto mine = dir.path + "/rank" + std::to_string(world.rank());
+  CHECK(has(mismatch(mine, {}), "directory: rank 0 has " + dir.path + "/rank0, rank 1 has " + dir.path + "/rank1"));
+  CHECK_FALSE(fs::exists(mine));  // compared before anything is created
+  // An invalid option on one rank is that rank's error, found before the comparison.
+  const auto negative = agreed_failure(world, [&] {
+    parallax::io::Checkpointer ck(dir.path, {.every_seconds = world.rank() == 1 ? -1.0 : 0.0}, world);
+  });
+  CHECK(negative.kind == parallax::error_kind::invalid_argument);
+  CHECK(has(negative.message, "Checkpointer: every_seconds = -1 must be finite and >= 0 [rank 1]"));
+  // Only rank 0 prints: quiet may differ.
+  CHECK_NOTHROW(parallax::io::Checkpointer(dir.path, {.quiet = world.rank() == 0}, world));
 }

@@ -39,8 +39,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <functional>
 #include <iostream>
 #include <limits>
@@ -94,6 +96,10 @@ void print(const report& r, int rank) {
   line << "],\"cause\":" << json_string(r.cause) << ",\"what\":" << json_string(r.what)
        << ",\"after\":" << json_string(r.after) << ",\"hash\":" << json_string(r.hash)
        << ",\"note\":" << json_string(r.note) << "}\n";
+  // mpiexec forwards long lines in pieces that can interleave between ranks:
+  // run_faults.py reads each rank's line from its own file.
+  if (const char* dir = std::getenv("PARALLAX_FAULT_REPORTS"))
+    std::ofstream(std::string(dir) + "/rank-" + std::to_string(rank) + ".json") << line.str();
   std::cout << line.str() << std::flush;
 }
 
@@ -372,6 +378,26 @@ void two_checkpoints(context& c, const std::string& dir) {
     dp.train_step(b);
     ck.save(dp);
   }
+}
+
+/// A file's bytes ("" when it cannot be read).
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// The step folders' names and the damaged ones set aside, in `dir`, as one
+/// sorted line (rank 0's view, broadcast).
+std::string folder_names(context& c, const std::string& dir) {
+  std::string text;
+  if (c.rank == 0) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    for (const auto& n : names) text += (text.empty() ? "" : " ") + n;
+  }
+  boost::mpi::broadcast(c.world, text, 0);
+  return text;
 }
 
 /// A hook that throws on its first call only.
@@ -685,6 +711,12 @@ std::map<std::string, input_fn> inputs() {
       c.r.hash = fingerprint(e.model());
     });
   };
+  in["checkpoint_directory_differs"] = [](context& c) {
+    const auto dir = shared_dir(c, "dir") + "-rank" + std::to_string(c.rank);
+    attempt(c.r, [&] { parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world); });
+    c.r.note = fs::exists(dir) ? "created" : "not created";
+    fs::remove_all(dir);
+  };
   in["checkpoint_every_steps_differs"] = [](context& c) {
     const auto dir = shared_dir(c, "every");
     attempt(c.r, [&] {
@@ -804,6 +836,67 @@ std::map<std::string, input_fn> inputs() {
       const auto got = ck.resume_latest(dp);
       c.r.note = got ? "resumed " + *got : "resumed nothing, " + std::to_string(ck.skipped().size()) + " skipped";
     });
+    c.r.note += (c.r.note.empty() ? "" : ", ") + folder_names(c, dir);
+    remove_dir(c, dir);
+  };
+  in["checkpoint_all_damaged_start_fresh"] = [](context& c) {
+    const auto dir = shared_dir(c, "fresh");
+    two_checkpoints(c, dir);
+    c.world.barrier();
+    if (c.rank == 0)
+      for (const auto& step : fs::directory_iterator(dir)) fs::resize_file(step.path() / "state.bin", 10);
+    c.world.barrier();
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      parallax::io::Checkpointer ck(dir, {.on_all_damaged = parallax::io::damaged_policy::start_fresh}, c.world);
+      const auto got = ck.resume_latest(dp);
+      c.r.note = got ? "resumed " + *got : "resumed nothing, " + std::to_string(ck.skipped().size()) + " skipped";
+      dp.train_step(dp_data().batch(std::vector<std::size_t>{0, 1, 2, 3}));
+      const auto saved = fs::path(ck.save(dp)).filename().string();
+      c.r.note += ", saved " + saved + ", " + folder_names(c, dir);
+    });
+    remove_dir(c, dir);
+  };
+  in["checkpoint_all_damaged_one_stage"] = [](context& c) {
+    const auto dir = shared_dir(c, "damaged-stage");
+    std::vector<std::string> folders;
+    {
+      Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
+      parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world);
+      ck.resume_latest(net);
+      for (int i = 0; i < 2; ++i) {
+        mp_step(net);
+        folders.push_back(ck.save(net));
+      }
+    }
+    c.world.barrier();
+    const auto b = cut(c.size);  // the last stage's part, in both: only the last rank reads it
+    const auto part = "part-" + std::to_string(b[b.size() - 2]) + "-" + std::to_string(b.back()) + ".bin";
+    if (c.rank == 0)
+      for (const auto& f : folders) fs::resize_file(fs::path(f) / part, 20);
+    c.world.barrier();
+    Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
+    parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world);
+    attempt(c.r, [&] { ck.resume_latest(net); });
+    follow_up(c.r, [&] { return mp_step(net); });
+    remove_dir(c, dir);
+  };
+  in["checkpoint_newest_damaged"] = [](context& c) {
+    const auto dir = shared_dir(c, "newest");
+    two_checkpoints(c, dir);
+    c.world.barrier();
+    if (c.rank == 0) fs::resize_file(fs::path(dir) / "step-000000000002" / "state.bin", 10);
+    c.world.barrier();
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      parallax::io::Checkpointer ck(dir, {}, c.world);
+      const auto got = ck.resume_latest(dp);
+      c.r.note = (got ? "resumed " + fs::path(*got).filename().string() : std::string("resumed nothing")) + ", " +
+                 std::to_string(ck.skipped().size()) + " skipped";
+      dp.train_step(dp_data().batch(std::vector<std::size_t>{0, 1, 2, 3}));  // step 2 again
+      const auto saved = fs::path(ck.save(dp)).filename().string();
+      c.r.note += ", saved " + saved + ", " + folder_names(c, dir);
+    });
     remove_dir(c, dir);
   };
   in["checkpoint_same_step_saved_twice"] = [](context& c) {
@@ -813,8 +906,20 @@ std::map<std::string, input_fn> inputs() {
       parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world);
       ck.resume_latest(dp);
       dp.train_step(dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)}));
-      ck.save(dp);
-      ck.save(dp);  // the same optimizer step again
+      const auto first = fs::path(ck.save(dp));
+      std::string before;
+      if (c.rank == 0) before = file_bytes(first / "MANIFEST") + file_bytes(first / "state.bin");
+      attempt(c.r, [&] { ck.save(dp); });  // the same optimizer step again
+      if (c.rank == 0)
+        c.r.note = file_bytes(first / "MANIFEST") + file_bytes(first / "state.bin") == before && !before.empty()
+                       ? "first checkpoint unchanged"
+                       : "first checkpoint changed";
+      boost::mpi::broadcast(c.world, c.r.note, 0);
+      follow_up(c.r, [&] {
+        dp.train_step(dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)}));
+        ck.save(dp);
+        return fingerprint(dp.model());
+      });
     });
     remove_dir(c, dir);
   };
@@ -823,7 +928,7 @@ std::map<std::string, input_fn> inputs() {
     two_checkpoints(c, dir);  // written with lr 0.1
     attempt(c.r, [&] {
       DP dp(FaultNet(), sgd(0.5), {}, c.world);
-      parallax::io::Checkpointer ck(dir, {.quiet = true}, c.world);
+      parallax::io::Checkpointer ck(dir, {}, c.world);
       ck.resume_latest(dp);
       c.r.note = "lr after resume=" + std::to_string(dp.optimizer().learning_rate());
     });

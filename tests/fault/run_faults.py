@@ -29,6 +29,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
@@ -158,8 +159,10 @@ INPUTS = [
                                                  "rank 1 has 2"]),
     Input("ensemble_ranks_per_replica_differs", 3, MISMATCH,
           [lambda np: "ranks_per_replica: rank 0 has 1, rank 1 has %d" % np]),
-    Input("checkpoint_every_steps_differs", 3, MISMATCH, ["every_steps"],
-          gap="hang: rank 0 enters Checkpointer::save at step 1, the others the next train_step", hangs=True),
+    Input("checkpoint_every_steps_differs", 3, MISMATCH, ["Checkpointer: settings differ between ranks: every_steps:",
+                                                          "rank 0 has 1", "rank 1 has 2"]),
+    Input("checkpoint_directory_differs", 3, MISMATCH, ["Checkpointer: settings differ between ranks: directory:",
+                                                        "-rank0", "-rank1"], note=r"^not created$"),
     # --- 4. collectives reached by only some ranks -----------------------------
     Input("dp_one_rank_skips_a_step", 4, ANY_ERROR, ["train_step", "evaluate"],
           gap="abort/hang: MPI_ERR_TRUNCATE from MPI_Allreduce (boost::mpi::exception) on some ranks, the others hang",
@@ -190,13 +193,25 @@ INPUTS = [
                                               lambda np: "stage %d is not finite at optimizer step 0" % FAULT_STAGE(np)[0]],
           FAULT_STAGE, continues=True),
     # --- 6. checkpoint folders -----------------------------------------------------------
-    Input("checkpoint_all_damaged", 6, DAMAGED, ["step-000000000001", "step-000000000002"],
-          gap="silent: resume_latest() returns nothing (2 skipped) and the run would start from scratch"),
-    Input("checkpoint_same_step_saved_twice", 6, ANY_ERROR, ["step-000000000001"],
-          gap="silent: the second save() of step 1 replaces the first"),
-    Input("checkpoint_resumed_with_another_lr", 6, "ok", ["lr", "0.5", "0.1"], warning_ok=True,
-          gap="silent: the checkpoint's lr 0.1 replaces the code's 0.5 without a notice on rank 0 "
-              "(note 'lr after resume=0.100000')"),
+    Input("checkpoint_all_damaged", 6, DAMAGED, ["every checkpoint in", "is damaged: step-000000000002: ",
+                                                  "; step-000000000001: ", "truncated", "start_fresh"],
+          note=r"^step-000000000001 step-000000000002$"),
+    Input("checkpoint_all_damaged_start_fresh", 6, "ok", ["every checkpoint in", "is damaged: step-000000000002: ",
+                                                          "Starting fresh", "step-000000000001.damaged"],
+          warning_ok=True, note=r"^resumed nothing, 2 skipped, saved step-000000000001, step-000000000001 "
+                                r"step-000000000001\.damaged step-000000000002\.damaged$"),
+    Input("checkpoint_all_damaged_one_stage", 6, DAMAGED, ["is damaged: step-000000000002: ", "step-000000000001: ",
+                                                           "truncated", names(RL)], continues=True),
+    Input("checkpoint_newest_damaged", 6, "ok", ["skipping checkpoint", "step-000000000002", "truncated",
+                                                 "kept damaged checkpoint", "resuming from"], warning_ok=True,
+          note=r"^resumed step-000000000001, 1 skipped, saved step-000000000002, step-000000000001 "
+               r"step-000000000002 step-000000000002\.damaged$"),
+    Input("checkpoint_same_step_saved_twice", 6, INVALID, ["step-000000000001' already holds a checkpoint of step 1",
+                                                           "never overwritten", names(ALL)], ALL, continues=True,
+          note=r"^first checkpoint unchanged$"),
+    Input("checkpoint_resumed_with_another_lr", 6, "ok",
+          ["resume: lr is 0.1 in the checkpoint, 0.5 in the code; the checkpoint's value is used"], warning_ok=True,
+          note=r"^lr after resume=0\.100000$"),
     Input("checkpoint_folder_of_another_run", 6, INVALID, ["already holds checkpoints of another run",
                                                           "step-000000000002", names(R0)], R0),
     Input("checkpoint_dir_is_a_file", 6, INVALID, ["cannot use", "as a checkpoint directory", names(ALL)], ALL),
@@ -227,18 +242,26 @@ def words_for(item, np):
 
 def run_once(args, item, np, timeout):
     cmd = [args.mpiexec] + args.mpiexec_flags + ["-n", str(np), args.exe, item.name]
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PARALLAX_NO_BLAS_WARNING="1")
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-    return time.monotonic() - start, timed_out, proc.returncode, out, err
+    with tempfile.TemporaryDirectory(prefix="parallax-fault-reports-") as reports:
+        # Each rank also writes its report line to a file of its own: mpiexec
+        # forwards long stdout lines in pieces that can interleave.
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PARALLAX_NO_BLAS_WARNING="1",
+                   PARALLAX_FAULT_REPORTS=reports)
+        start = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        timed_out = False
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        elapsed = time.monotonic() - start
+        lines = [open(os.path.join(reports, f)).read() for f in sorted(os.listdir(reports))]
+    if lines:
+        out = "".join(l + "\n" for l in out.splitlines() if "parallax-fault {" not in l) + "".join(lines)
+    return elapsed, timed_out, proc.returncode, out, err
 
 
 def judge(item, np, timed_out, code, out, err):

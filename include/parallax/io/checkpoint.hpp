@@ -17,6 +17,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/element_type.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/io/checkpoint_format.hpp>
 #include <parallax/io/checkpoint_load.hpp>
@@ -31,6 +32,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <iostream>
@@ -51,11 +53,21 @@ class checkpoint_mismatch : public error {
   explicit checkpoint_mismatch(const error& e) : error(e) {}
 };
 
+/// What resume_latest() does when the folder holds checkpoints and none of
+/// them loads (each is damaged or incomplete).
+enum class damaged_policy : std::uint8_t {
+  error,        ///< throw damaged_file on every rank, naming each checkpoint and its cause (default)
+  start_fresh,  ///< set them aside (renamed, never deleted), say so on rank 0 and start from scratch
+};
+
+/// The options; all but `quiet` must be the same on every rank (the
+/// constructor compares them).
 struct checkpoint_options {
   std::size_t keep = 3;           ///< complete checkpoints kept, newest first (older ones are deleted)
   std::uint64_t every_steps = 0;  ///< maybe_save(): every k optimizer steps (0: off)
   double every_seconds = 0;       ///< maybe_save(): when t seconds passed since the last save (0: off)
-  bool quiet = false;             ///< resume_latest() reports skipped checkpoints on rank 0 unless quiet
+  bool quiet = false;             ///< no notices on rank 0 (skipped checkpoints, a learning rate that differs)
+  damaged_policy on_all_damaged = damaged_policy::error;  ///< resume_latest() over a folder of damaged checkpoints
 };
 
 /// Saves and loads the training state of an io::Checkpointable trainer
@@ -68,14 +80,24 @@ struct checkpoint_options {
 /// Every member function is collective over the communicator.
 class Checkpointer {
  public:
+  /// Checks the options and compares them between the ranks (one small
+  /// all-reduce): a directory, `keep`, `every_steps`, `every_seconds` or
+  /// `on_all_damaged` that differs is a rank_mismatch on every rank naming the
+  /// option and each rank's value. `quiet` may differ: only rank 0 prints.
   explicit Checkpointer(std::string dir, checkpoint_options options = {}, mpi::communicator comm = mpi::communicator());
 
   /// Writes a checkpoint of the trainer (and the sampler's epoch and
   /// position) at its current optimizer step; returns its folder. The
-  /// previous checkpoints stay until this one is complete. A folder that
-  /// already holds checkpoints is written only after this run resumed from
-  /// it (or resume_latest() found nothing usable there): another run's
-  /// checkpoints are never replaced or pruned.
+  /// previous checkpoints stay until this one is complete. A checkpoint is
+  /// never overwritten: when the step's folder already holds one (a
+  /// MANIFEST), every rank throws invalid_argument naming the folder and
+  /// nothing is written (leftovers of an interrupted save of this step, a
+  /// folder without MANIFEST, are replaced). A folder that already holds
+  /// checkpoints is written only after this run resumed from it (or
+  /// resume_latest() found nothing usable there): another run's checkpoints
+  /// are never replaced or pruned. Pruning (`keep`) removes only older
+  /// checkpoints of this folder's step folders, never the one just written,
+  /// a newer one, or a damaged one set aside.
   template <class Trainer>
   std::string save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr);
 
@@ -85,26 +107,40 @@ class Checkpointer {
   /// trainer and the sampler; any difference is incompatible) and, only after
   /// every rank read and matched, apply. On an error (the same on every rank,
   /// naming the file and the cause) the trainer is untouched; a mismatch on
-  /// any rank is checkpoint_mismatch on every rank.
+  /// any rank is checkpoint_mismatch on every rank. The checkpoint's
+  /// learning rate replaces the optimizer's (the run continues as the saved
+  /// one would have); when the two differ, rank 0 says so unless quiet:
+  /// "resume: lr is 0.1 in the checkpoint, 0.5 in the code; the checkpoint's
+  /// value is used". The optimizer's other options are the code's (a
+  /// checkpoint does not hold them).
   template <class Trainer>
   void load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path);
 
   /// Loads the newest checkpoint that is valid; newer damaged or incomplete
-  /// ones are skipped with a message on rank 0 saying why. Returns the folder
-  /// loaded, or nothing when the folder holds no usable checkpoint. A
-  /// checkpoint of another model, element type, optimizer or sampler plan is
-  /// not skipped: it throws checkpoint_mismatch on every rank.
+  /// ones are skipped with a message on rank 0 saying why, and the damaged
+  /// ones (those with a MANIFEST) are set aside as `step-….damaged` so later
+  /// saves of their steps do not meet them. Returns the folder loaded, or
+  /// nothing when the folder holds no checkpoint (only leftovers of
+  /// interrupted saves, or nothing). When it holds checkpoints and none
+  /// loads, every rank throws damaged_file listing each with its cause and
+  /// nothing changes, unless `on_all_damaged` is start_fresh: then they are
+  /// set aside, rank 0 says so, and it returns nothing. A checkpoint of
+  /// another model, element type, optimizer or sampler plan is not skipped:
+  /// it throws checkpoint_mismatch on every rank.
   template <class Trainer>
   std::optional<std::string> resume_latest(Trainer& trainer, data::DistributedSampler* sampler = nullptr);
 
-  /// Saves when the step or time policy of checkpoint_options says so;
-  /// returns whether it saved.
+  /// Saves when the step or time policy of checkpoint_options says so and
+  /// the step is not saved yet (last_step()); returns whether it saved.
   template <class Trainer>
   bool maybe_save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr);
 
   /// Step folders in the directory, newest first (complete or not).
   std::vector<std::string> list() const;
   const std::string& directory() const { return dir_; }
+  /// The optimizer step of the checkpoint this Checkpointer last saved or
+  /// loaded (nothing before either): save() at that step again is an error.
+  std::optional<std::uint64_t> last_step() const;
   /// What resume_latest() skipped, newest first: (folder, cause).
   const std::vector<std::pair<std::string, std::string>>& skipped() const { return skipped_; }
 
@@ -116,6 +152,12 @@ class Checkpointer {
   std::chrono::steady_clock::time_point last_save_time_ = std::chrono::steady_clock::now();
   std::vector<std::pair<std::string, std::string>> skipped_;
   bool claimed_ = false;  // this run resumed here, or found nothing to resume, or already saved here
+
+  /// "parallax: <text>" on std::cerr, on rank 0, unless quiet.
+  void notice(const std::string& text) const;
+  /// Rank 0 renames each folder to "<folder>.damaged" (or .damaged-2, ...):
+  /// outside list(), so no save or pruning meets it. Returns the new names.
+  std::vector<std::string> set_aside(const std::vector<std::string>& folders);
 };
 
 // ===========================================================================
@@ -153,6 +195,21 @@ inline Checkpointer::Checkpointer(std::string dir, checkpoint_options options, m
   agree(comm_, [&] {
     PARALLAX_CHECK(!dir_.empty(), "Checkpointer: the directory name is empty");
     PARALLAX_CHECK(options_.keep >= 1, "Checkpointer: keep must be at least 1");
+    PARALLAX_CHECK(std::isfinite(options_.every_seconds) && options_.every_seconds >= 0,
+                   "Checkpointer: every_seconds = " + parallax::detail::number_text(options_.every_seconds) +
+                       " must be finite and >= 0");
+  });
+  // Options that differ would hang (maybe_save on some ranks only, rank 0's
+  // clock broadcast to ranks that do not listen), split a checkpoint over
+  // folders, or decide resume_latest() differently. `quiet` is rank 0's alone.
+  agree_settings(comm_,
+                 {{"directory", 0, dir_},
+                  {"keep", static_cast<double>(options_.keep)},
+                  {"every_steps", static_cast<double>(options_.every_steps)},
+                  {"every_seconds", options_.every_seconds},
+                  {"on_all_damaged", 0, options_.on_all_damaged == damaged_policy::error ? "error" : "start_fresh"}},
+                 "Checkpointer");
+  agree(comm_, [&] {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     PARALLAX_CHECK(!ec && std::filesystem::is_directory(dir_),
@@ -193,13 +250,22 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     });
     claimed_ = true;
   }
-  // Rank 0 prepares the folder; a re-save of the same step first makes the
-  // old one incomplete (no manifest) so nobody loads a mix.
+  // Never overwrite a checkpoint. Every rank looks, since every rank that
+  // writes writes into the folder it sees; one agreement, before anything is written.
+  agree(comm_, [&] {
+    PARALLAX_CHECK(!fs::exists(manifest_path),
+                   "Checkpointer::save(): '" + folder.string() + "' already holds a checkpoint of step " +
+                       std::to_string(step) +
+                       ": a checkpoint is never overwritten (maybe_save() saves a step once; last_step() is the "
+                       "step saved or loaded last)");
+  });
+  // Rank 0 prepares the folder. What it holds is not a checkpoint (no
+  // MANIFEST): leftovers of an interrupted save, replaced so no stale part stays.
   agree(comm_, [&] {
     if (comm_.rank() == 0) {
+      fs::remove_all(folder);
       fs::create_directories(folder);
-      fs::remove(manifest_path);
-      sync_directory(folder.string());
+      sync_directory(dir_);
     }
   });
   comm_.barrier();
@@ -255,7 +321,9 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     for (const auto& rank_parts : parts) m.parts.insert(m.parts.end(), rank_parts.begin(), rank_parts.end());
     detail::write_manifest(manifest_path.string(), m);
     // Keep the newest `keep` complete checkpoints; drop older ones and
-    // leftovers of interrupted saves older than this one.
+    // leftovers of interrupted saves older than this one. This one is the
+    // first counted (it is complete), newer folders are not looked at, and
+    // damaged checkpoints set aside are not step folders (list()).
     std::size_t complete = 0;
     for (const auto& f : list()) {
       if (fs::path(f).filename() > folder.filename()) continue;  // newer than this one: not ours to judge
@@ -286,7 +354,15 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
     state = detail::match_checkpoint(trainer, sampler, contents, path);
   });
   detail::agree_on_load(comm_, failure);
-  // Every rank read and matched: only now does anything change.
+  // Each rank read its own parts: they must agree on where training stands.
+  agree_settings(comm_, {{"optimizer steps", static_cast<double>(state.steps)}, {"lr", state.learning_rate}},
+                 "Checkpointer::load(): the parts of '" + path + "' read by each rank");
+  // Every rank read and matched: only now does anything change. The
+  // checkpoint's learning rate wins over the code's (docs/checkpoint.md).
+  const double code_lr = trainer.optimizer().learning_rate();
+  if (state.learning_rate != code_lr)
+    notice("resume: lr is " + parallax::detail::number_text(state.learning_rate) + " in the checkpoint, " +
+           parallax::detail::number_text(code_lr) + " in the code; the checkpoint's value is used (" + path + ")");
   detail::apply_checkpoint(trainer, sampler, contents, state);
   if (trainer.checkpoint_replicated()) {
     // Every rank loaded the same state (the replicas must stay equal).
@@ -304,21 +380,48 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
 template <class Trainer>
 std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::DistributedSampler* sampler) {
   skipped_.clear();
-  // Rank 0's view of the folder decides the candidates, so all ranks try the same ones.
+  // Rank 0's view of the folder decides the candidates, and which of them
+  // are checkpoints (a MANIFEST) rather than leftovers of an interrupted
+  // save, so all ranks try the same ones and reach the same verdict.
   std::vector<std::string> candidates = list();
+  std::vector<int> complete;
+  for (const auto& c : candidates) complete.push_back(std::filesystem::exists(std::filesystem::path(c) / "MANIFEST"));
   mpi::broadcast(comm_, candidates, 0);
-  for (const auto& c : candidates) {
+  mpi::broadcast(comm_, complete, 0);
+  std::vector<std::string> damaged;  // skipped checkpoints (not leftovers), newest first
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    const auto& c = candidates[i];
     try {
       load(trainer, sampler, c);
-      if (!skipped_.empty() && comm_.rank() == 0 && !options_.quiet)
-        std::cerr << "parallax: resuming from " << c << " (the newest valid checkpoint)\n";
-      return c;
     } catch (const error& e) {
       // Intact but not ours: starting over would later overwrite it.
       if (e.kind() == error_kind::incompatible) throw;
       skipped_.emplace_back(c, e.what());
-      if (comm_.rank() == 0 && !options_.quiet) std::cerr << "parallax: skipping checkpoint " << c << ": " << e.what() << "\n";
+      if (i < complete.size() && complete[i]) damaged.push_back(c);
+      notice("skipping checkpoint " + c + ": " + e.what());
+      continue;
     }
+    // Newer damaged checkpoints would stand where this run saves next.
+    const auto aside = set_aside(damaged);
+    for (std::size_t k = 0; k < aside.size(); ++k) notice("kept damaged checkpoint " + damaged[k] + " as " + aside[k]);
+    if (!skipped_.empty()) notice("resuming from " + c + " (the newest valid checkpoint)");
+    return c;
+  }
+  if (!damaged.empty()) {
+    std::string list_text;
+    for (const auto& [folder, cause] : skipped_)
+      if (std::find(damaged.begin(), damaged.end(), folder) != damaged.end())
+        list_text += (list_text.empty() ? "" : "; ") + std::filesystem::path(folder).filename().string() + ": " + cause;
+    if (options_.on_all_damaged == damaged_policy::error)
+      throw error(error_kind::damaged_file,
+                  "Checkpointer::resume_latest(): every checkpoint in '" + dir_ + "' is damaged: " + list_text +
+                      ". Nothing was changed; to start from scratch and keep them aside, use "
+                      "checkpoint_options{.on_all_damaged = damaged_policy::start_fresh}");
+    const auto aside = set_aside(damaged);
+    std::string kept;
+    for (const auto& a : aside) kept += (kept.empty() ? "" : ", ") + std::filesystem::path(a).filename().string();
+    notice("every checkpoint in '" + dir_ + "' is damaged: " + list_text +
+           ". Starting fresh (on_all_damaged = start_fresh); they are kept as " + kept);
   }
   claimed_ = true;  // nothing usable here: this run may write
   return std::nullopt;
@@ -340,6 +443,37 @@ bool Checkpointer::maybe_save(Trainer& trainer, const data::DistributedSampler* 
   }
   if (due) save(trainer, sampler);
   return due;
+}
+
+inline std::optional<std::uint64_t> Checkpointer::last_step() const {
+  if (last_saved_step_ == ~std::uint64_t{0}) return std::nullopt;
+  return last_saved_step_;
+}
+
+inline void Checkpointer::notice(const std::string& text) const {
+  if (comm_.rank() == 0 && !options_.quiet) std::cerr << "parallax: " << text << "\n";
+}
+
+inline std::vector<std::string> Checkpointer::set_aside(const std::vector<std::string>& folders) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> names;
+  if (folders.empty()) return names;
+  agree(comm_, [&] {
+    if (comm_.rank() != 0) return;
+    for (const auto& f : folders) {
+      std::string to = f + ".damaged";
+      for (int k = 2; fs::exists(to); ++k) to = f + ".damaged-" + std::to_string(k);
+      std::error_code ec;
+      fs::rename(f, to, ec);
+      PARALLAX_CHECK_KIND(!ec, error_kind::io,
+                          "Checkpointer: cannot set the damaged checkpoint '" + f + "' aside as '" + to +
+                              "': " + ec.message());
+      names.push_back(to);
+    }
+    sync_directory(dir_);
+  });
+  mpi::broadcast(comm_, names, 0);
+  return names;
 }
 
 }  // namespace parallax::io
