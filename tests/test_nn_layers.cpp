@@ -153,6 +153,14 @@ TEST_CASE("Linear: shape errors name the layer and the shapes") {
   CHECK_THROWS_AS(Linear<float>(0, 3), parallax::error);
 }
 
+TEST_CASE("Linear: a weight too large for memory names the layer and the bytes") {
+  // 5 x 2^60 floats: no machine has them (and 2^62 bytes exceed what a vector can hold).
+  const std::size_t huge = std::size_t{1} << 60;
+  const auto message = error_of([&] { Linear<float> fc(5, huge); });
+  CHECK(message == "Linear(5 -> 1152921504606846976): cannot allocate its weight [5, 1152921504606846976], bias "
+                   "and their gradients (55340232221128654848 bytes)");  // 2 x (5 + 1) x 2^60 x 4
+}
+
 TEST_CASE("activations: forward values computed by hand") {
   const xt::xtensor<double, 2> x = {{-1.0, 0.0, 2.0}, {std::log(3.0), -std::log(3.0), std::log(2.0)}};
   xt::xtensor<double, 2> y;

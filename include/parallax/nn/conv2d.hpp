@@ -120,14 +120,14 @@ class Conv2D : public detail::WeightAndBias<T> {
 template <class T>
 Conv2D<T>::Conv2D(std::size_t in_channels, std::size_t out_channels, std::size_t kernel, std::size_t stride,
                   std::size_t padding)
-    : detail::WeightAndBias<T>(out_channels, in_channels * kernel * kernel, out_channels),
-      in_(in_channels),
+    : in_(in_channels),
       out_(out_channels),
       k_(kernel),
       stride_(stride),
       pad_(padding) {
   PARALLAX_CHECK(in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0,
                  "Conv2D: channels, kernel and stride must be positive, got " + describe());
+  this->allocate(out_channels, in_channels * kernel * kernel, out_channels, describe());
   // Usable weights from the start, as initialize(0, 0) gives them; chains
   // re-initialise each layer from (seed, its index).
   initialize(0, 0);

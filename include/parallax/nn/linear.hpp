@@ -77,9 +77,10 @@ class Linear : public detail::WeightAndBias<T> {
 // ---------------------------------------------------------------------------
 
 template <class T>
-Linear<T>::Linear(std::size_t in, std::size_t out) : detail::WeightAndBias<T>(in, out, out), in_(in), out_(out) {
+Linear<T>::Linear(std::size_t in, std::size_t out) : in_(in), out_(out) {
   PARALLAX_CHECK(in > 0 && out > 0, "Linear: in and out features must be positive, got " + std::to_string(in) +
                                         " -> " + std::to_string(out));
+  this->allocate(in, out, out, describe());
   // Usable weights from the start, as initialize(0, 0) gives them; chains
   // re-initialise each layer from (seed, its index).
   initialize(0, 0);

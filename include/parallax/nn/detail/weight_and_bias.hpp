@@ -3,6 +3,8 @@
 /// The trainable part Linear and Conv2D share: a weight matrix, a bias
 /// vector, their gradients, the accessors and PyTorch's default draw.
 
+#include <parallax/core/error.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 
@@ -10,6 +12,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <string>
 #include <tuple>
 
 namespace parallax::nn::detail {
@@ -33,11 +37,25 @@ class WeightAndBias {
   const xt::xtensor<T, 1>& bias() const { return bias_; }
 
  protected:
-  WeightAndBias(std::size_t rows, std::size_t cols, std::size_t bias_size)
-      : weight_(std::array<std::size_t, 2>{rows, cols}, T(0)),
-        bias_(std::array<std::size_t, 1>{bias_size}, T(0)),
-        weight_grad_(std::array<std::size_t, 2>{rows, cols}, T(0)),
-        bias_grad_(std::array<std::size_t, 1>{bias_size}, T(0)) {}
+  WeightAndBias() = default;
+
+  /// The weight [rows, cols], the bias [bias_size] and their gradients, all
+  /// zero; when they do not fit in memory, an error naming `layer` (its
+  /// describe()) and the bytes asked for.
+  void allocate(std::size_t rows, std::size_t cols, std::size_t bias_size, const std::string& layer) {
+    try {
+      weight_ = xt::xtensor<T, 2>(std::array<std::size_t, 2>{rows, cols}, T(0));
+      bias_ = xt::xtensor<T, 1>(std::array<std::size_t, 1>{bias_size}, T(0));
+      weight_grad_ = xt::xtensor<T, 2>(std::array<std::size_t, 2>{rows, cols}, T(0));
+      bias_grad_ = xt::xtensor<T, 1>(std::array<std::size_t, 1>{bias_size}, T(0));
+    } catch (const std::exception&) {  // bad_alloc, or length_error past what a vector can hold
+      const double values = static_cast<double>(rows) * static_cast<double>(cols) + static_cast<double>(bias_size);
+      const double bytes = 2.0 * values * static_cast<double>(sizeof(T));
+      parallax::detail::throw_error(layer + ": cannot allocate its weight [" + std::to_string(rows) + ", " +
+                                    std::to_string(cols) + "], bias and their gradients (" +
+                                    parallax::detail::number_text(bytes) + " bytes)");
+    }
+  }
 
   /// PyTorch's default: the weight, then the bias, uniform in
   /// [-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from (seed, index) only.
