@@ -6,6 +6,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/random.hpp>
@@ -38,6 +39,7 @@ void check_sampler(const mpi::communicator& comm, const data::DistributedSampler
 inline data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t dataset_size,
                                              std::size_t global_batch, data::sampler_options options, int shards,
                                              int shard, const std::string& who) {
+  operation op(comm, who);
   agree_equal(comm, static_cast<std::uint64_t>(dataset_size), who + ": the dataset size");
   agree_equal(comm, static_cast<std::uint64_t>(global_batch), who + ": the global batch");
   agree_equal(comm, options.seed, who + ": the seed");
