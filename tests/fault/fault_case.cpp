@@ -758,6 +758,17 @@ std::map<std::string, input_fn> inputs() {
       dp.train_step(b);
     });
   };
+  in["dp_one_rank_late_beyond_the_limit"] = [](context& c) {
+    // PARALLAX_STALL_TIMEOUT=2 and a rank 3 s late: the others fail at the
+    // limit, and the late rank, arriving, fails with the same error.
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      dp.train_step(b);
+      if (c.rank == 1) ::usleep(3000 * 1000);
+      dp.train_step(b);
+    });
+  };
   in["dp_one_rank_slow_stall_waits"] = [](context& c) {
     // PARALLAX_STALL_ACTION=wait and a limit below the pause: reported, then
     // the step completes on every rank.

@@ -214,12 +214,12 @@ inline std::vector<int> world_ranks_of(MPI_Comm comm, const std::vector<int>& ra
 
 inline std::string seconds_text(double s) { return detail::number_text(std::round(s * 10) / 10) + " s"; }
 
-/// Rank 0 at the limit: the error every waiting rank throws (missing ranks
-/// named, with where each was last seen), which it sends to the waiting ranks.
+/// Rank 0 at the limit: the error every rank throws (missing ranks named,
+/// with where each was last seen), which it sends to every other rank.
 inline error stall_verdict(operation_state& s, const operation_record& me, const stall_options& o) {
-  std::vector<int> missing, waiting;
+  std::vector<int> missing;
   for (int r = 0; r < s.size; ++r)
-    (s.seen[static_cast<std::size_t>(r)].sequence >= me.sequence ? waiting : missing).push_back(r);
+    if (s.seen[static_cast<std::size_t>(r)].sequence < me.sequence) missing.push_back(r);
   const auto world = world_ranks_of(s.ops, missing);
   std::string text = std::string("stall: ") + describe(me) + " has waited " + seconds_text(o.limit) + ": ";
   for (std::size_t i = 0; i < missing.size(); ++i) {
@@ -236,10 +236,12 @@ inline error stall_verdict(operation_state& s, const operation_record& me, const
   std::memcpy(message.data(), &count, sizeof count);
   std::memcpy(message.data() + sizeof count, sorted.data(), sizeof(int) * sorted.size());
   std::memcpy(message.data() + sizeof(int) * (1 + sorted.size()), text.data(), text.size());
-  for (int r : waiting)
-    if (r != 0)
-      mpi_check(MPI_Send(message.data(), static_cast<int>(message.size()), MPI_BYTE, r, verdict_tag, s.ops),
-                "MPI_Send");
+  // To the missing ranks too: one that is only late finds it when it arrives,
+  // and throws the same error (a small message: sent eagerly, whether or not
+  // that rank ever receives it).
+  for (int r = 1; r < s.size; ++r)
+    mpi_check(MPI_Send(message.data(), static_cast<int>(message.size()), MPI_BYTE, r, verdict_tag, s.ops),
+              "MPI_Send");
   return error(error_kind::communication, text, sorted);
 }
 
@@ -280,12 +282,15 @@ inline void watched_wait(MPI_Request& request, operation_state& s, const operati
     for (int spin = 0; spin < 2000 && !done; ++spin)
       mpi_check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
     if (s.rank == 0) drain_arrivals(s);
-    if (done) return;
+    // A rank that was late may find its header complete (rank 0 progresses
+    // it while it ends) and rank 0's verdict waiting: the verdict wins, or
+    // it would go on into a collective that nobody else enters.
     if (s.rank != 0)
       if (auto verdict = receive_verdict(s)) {
         s.failed = verdict;
         throw *verdict;
       }
+    if (done) return;
     const auto now = clock::now();
     if (now >= next) {
       ++reports;
