@@ -11,6 +11,7 @@
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/core/reducer.hpp>
@@ -306,6 +307,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
 
 template <class M>
 data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& comm, data_parallel_options o) {
+  operation op(comm, "DataParallel::DataParallel()");  // the constructor's first collective
   agree(comm, [&] {
     PARALLAX_CHECK(o.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
     training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, "DataParallel");
@@ -368,7 +370,10 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
   ++micro_;
   timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
   if (micro_ < options_.accumulation_steps) return loss;
-  return local_sgd_.enabled() ? local_step() : synchronize_gradients();
+  if (local_sgd_.enabled()) return local_step();  // communicates only when it averages: its own operation
+  // fail_step() is the same operation: it meets the other ranks' train_step().
+  operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
+  return synchronize_gradients();
 }
 
 template <class M>
@@ -438,12 +443,14 @@ std::string DataParallel<M>::nonfinite_message(std::optional<std::size_t> parame
 
 template <class M>
 void DataParallel<M>::average_parameters() {
+  operation op(comm_, "DataParallel::average_parameters()", static_cast<std::int64_t>(optimizer_->steps()));
   local_sgd_.average(reducer_, params_, failure_, "DataParallel::average_parameters()");
 }
 
 template <class M>
 void DataParallel<M>::flush() {
   if (micro_ == 0) return;
+  operation op(comm_, "DataParallel::flush()", static_cast<std::int64_t>(optimizer_->steps()));
   if (local_sgd_.enabled()) local_step();
   else synchronize_gradients();
 }
@@ -459,6 +466,7 @@ template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
 epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSampler& sampler) {
+  operation op(comm_, "DataParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()));
   return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
 }
 
@@ -466,6 +474,7 @@ template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
 evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, const std::vector<metric<M>>& metrics) {
+  operation op(comm_, "DataParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()));
   const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "DataParallel::evaluate()");
   // [samples, loss sum, correct, metric sums...]
   std::vector<double> sums(3 + metrics.size(), 0.0);

@@ -7,6 +7,7 @@
 /// which every rank receives from one all-reduce.
 
 #include <parallax/core/comm.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
@@ -80,6 +81,7 @@ class Ensemble {
   template <class D>
     requires Dataset<D, typename M::batch_type>
   epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
+    operation op(world_, "Ensemble::train_epoch()");
     return agree(world_, [&] { return trainer_->train_epoch(dataset, sampler); });
   }
 
@@ -88,6 +90,7 @@ class Ensemble {
   template <class D>
     requires Dataset<D, typename M::batch_type>
   evaluation evaluate_replica(const D& dataset, std::size_t batch_size = 256) {
+    operation op(world_, "Ensemble::evaluate_replica()");
     return agree(world_, [&] { return trainer_->evaluate(dataset, batch_size); });
   }
 
@@ -124,6 +127,7 @@ Ensemble<M>::Ensemble(const std::function<M(std::uint64_t seed)>& make_model,
                       const optim::Optimizer<value_type>& optimizer, ensemble_options options,
                       data_parallel_options trainer_options, mpi::communicator comm)
     : options_(options), world_(std::move(comm)) {
+  operation op(world_, "Ensemble::Ensemble()");
   const int p = world_.size();
   const int k = options_.ranks_per_replica;
   agree(world_, [&] {
@@ -164,6 +168,7 @@ template <class X>
     { m.predict(x) } -> Tensor;
   }
 auto Ensemble<M>::predict(const X& x) {
+  operation op(world_, "Ensemble::predict()");
   auto out = agree(world_, [&] { return trainer_->model().predict(x); });
   agree_equal(world_, static_cast<std::uint64_t>(out.size()), "Ensemble::predict(): the output size");
   using V = typename decltype(out)::value_type;
@@ -176,6 +181,7 @@ auto Ensemble<M>::predict(const X& x) {
 
 template <class M>
 void Ensemble<M>::set_weights(std::vector<double> weights) {
+  operation op(world_, "Ensemble::set_weights()");
   agree(world_, [&] {
     PARALLAX_CHECK(weights.size() == static_cast<std::size_t>(replicas_),
                    "Ensemble::set_weights(): " + std::to_string(weights.size()) + " weights for " +
@@ -199,6 +205,7 @@ void Ensemble<M>::set_weights(std::vector<double> weights) {
 
 template <class M>
 void Ensemble<M>::set_weights_from_scores(double score) {
+  operation op(world_, "Ensemble::set_weights_from_scores()");
   // One value per replica: its group's first rank contributes it.
   std::vector<double> scores(static_cast<std::size_t>(replicas_), 0.0);
   if (group_.rank() == 0) scores[static_cast<std::size_t>(replica_)] = score;

@@ -16,6 +16,7 @@
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/chain.hpp>
@@ -92,6 +93,7 @@ class ModelParallel {
   /// Collective, in place of train_step() on a rank that cannot take part
   /// (its batch failed to load): every rank throws `cause` (training::Trainer).
   double fail_step(error cause) {
+    operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
     engine_.prepare(batch_type{}, true, std::move(cause));  // throws on every rank
     return 0;
   }
@@ -111,6 +113,7 @@ class ModelParallel {
   template <class D>
     requires Dataset<D, batch_type>
   epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
+    operation op(comm_, "ModelParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()));
     return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
   }
 
@@ -132,13 +135,17 @@ class ModelParallel {
 
   /// Collective. The chain's output for x (any number of rows; every rank
   /// passes the same x), on every rank.
-  output_type predict(const input_type& x) { return engine_.predict(batch_type{x, target_type{}}); }
+  output_type predict(const input_type& x) {
+    operation op(comm_, "ModelParallel::predict()", static_cast<std::int64_t>(optimizer_->steps()));
+    return engine_.predict(batch_type{x, target_type{}});
+  }
 
   /// Collective. Mean loss and accuracy (when the loss has correct()) over a
   /// dataset, through the pipeline; the same on every rank.
   template <class D>
     requires Dataset<D, batch_type>
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
+    operation op(comm_, "ModelParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()));
     const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "ModelParallel::evaluate()");
     training::eval_sums sums{static_cast<double>(n), 0, 0};
     std::optional<error> first;  // this rank's first failure in any batch's run
@@ -164,6 +171,7 @@ class ModelParallel {
   static pipeline::boundaries profile_boundaries(const std::tuple<Args...>& part_args, const input_type& sample,
                                                  std::vector<double> stage_speeds = {},
                                                  mpi::communicator comm = mpi::communicator(), int repeats = 3) {
+    operation op(comm, "ModelParallel::profile_boundaries()");
     return pipeline::profile_boundaries<pipeline::stage<Parts...>>(part_args, sample, stage_speeds, comm, repeats);
   }
 
@@ -237,6 +245,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   static_assert(sizeof...(Args) == sizeof...(Parts) || sizeof...(Args) == layer_count,
                 "parallax: ModelParallel needs one tuple of constructor arguments per layer (and optionally one "
                 "for the loss)");
+  operation op(comm_, "ModelParallel::ModelParallel()");
   warn_if_slow_blas(comm_);
   const auto stages = static_cast<std::size_t>(comm_.size());
   agree(comm_, [&] {
@@ -257,6 +266,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
 
 template <class... Parts>
 double ModelParallel<Parts...>::train_step(const batch_type& batch) {
+  operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
   const auto start = std::chrono::steady_clock::now();
   engine_.prepare(batch, true);
   engine_.layers().zero_gradients();

@@ -12,6 +12,7 @@
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/p2p.hpp>
 #include <parallax/core/reducer.hpp>
 #include <parallax/core/request.hpp>

@@ -761,6 +761,65 @@ std::map<std::string, input_fn> inputs() {
       dp.train_step(b);
     });
   };
+  in["dp_rank0_leaves_the_loop"] = [](context& c) {
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      for (int s = 0; s < 3; ++s) {
+        if (c.rank == 0 && s == 1) break;
+        dp.train_step(b);
+      }
+    });
+  };
+  in["dp_one_rank_never_constructs"] = [](context& c) {
+    // Rank 1 leaves before its first library call on the communicator.
+    if (c.rank == 1) return;
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      dp.train_step(dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)}));
+    });
+  };
+  in["dp_one_rank_constructs_while_others_train"] = [](context& c) {
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      if (c.rank == c.last) DP again(FaultNet(), sgd(), {}, c.world);
+      dp.train_step(b);
+    });
+  };
+  in["dp_one_rank_slow_stall_off"] = [](context& c) {
+    // PARALLAX_STALL_TIMEOUT=0: the inspector is off (0 is not "report at
+    // once"), so a rank late by a moment prints nothing.
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      dp.train_step(b);
+      if (c.rank == 1) ::usleep(1500 * 1000);
+      dp.train_step(b);
+    });
+  };
+  in["dp_one_rank_late_beyond_the_limit"] = [](context& c) {
+    // PARALLAX_STALL_TIMEOUT=2 and a rank 3 s late: the others fail at the
+    // limit, and the late rank, arriving, fails with the same error.
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      dp.train_step(b);
+      if (c.rank == 1) ::usleep(3000 * 1000);
+      dp.train_step(b);
+    });
+  };
+  in["dp_one_rank_slow_stall_waits"] = [](context& c) {
+    // PARALLAX_STALL_ACTION=wait and a limit below the pause: reported, then
+    // the step completes on every rank.
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {}, c.world);
+      const auto b = dp_data().batch(std::vector<std::size_t>{static_cast<std::size_t>(c.rank)});
+      dp.train_step(b);
+      if (c.rank == 1) ::usleep(2500 * 1000);
+      dp.train_step(b);
+    });
+  };
   in["mp_one_rank_skips_a_step"] = [](context& c) {
     attempt(c.r, [&] {
       Chain net(chain_args(), sgd(), {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);

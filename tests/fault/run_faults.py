@@ -39,6 +39,7 @@ Words = List[Union[str, Callable[[int], str]]]
 # Kinds as parallax::kind_name() spells them.
 INVALID, MISMATCH, NONFINITE = "invalid argument", "rank mismatch", "non-finite"
 DAMAGED, INCOMPATIBLE, IO, USER = "damaged file", "incompatible", "i/o", "user exception"
+COMM = "communication"
 ANY_ERROR = "any error"  # any one kind, agreed, but an error
 
 
@@ -55,6 +56,11 @@ class Input:
     warning_ok: bool = False      # "ok" with the words in stderr also passes
     gap: Optional[str] = None     # known gap: what was observed on main
     hangs: bool = False           # the gap hangs: run it with a short timeout
+    ok_ranks: Optional[Callable[[int], List[int]]] = None  # ranks that returned before the others: must say ok
+    env: dict = field(default_factory=dict)  # environment of the run (e.g. the stall inspector's limit)
+    timeout: Optional[float] = None  # the hard timeout, when shorter than --timeout (limit + a margin)
+    stderr_has: List[str] = field(default_factory=list)    # each must appear in stderr
+    stderr_lacks: List[str] = field(default_factory=list)  # none may appear in stderr
 
 
 def last(np):
@@ -79,6 +85,7 @@ ALL = lambda np: list(range(np))
 FAULT_STAGE = lambda np: [0] if np == 2 else [1]
 HOOK = "deliberate failure in a hook"
 BATCH = "FaultData::batch(): sample file is unreadable"
+STALL_2S = {"PARALLAX_STALL_TIMEOUT": "2"}  # the stall inspector's limit for the inputs that stall
 MISMATCH_GAP = "no error on any rank; training goes on"
 
 INPUTS = [
@@ -113,12 +120,14 @@ INPUTS = [
     Input("ensemble_predict_throws_one_rank", 1, USER, ["FaultNet::predict(): deliberate failure", names(RL)], RL,
           continues=True),
     # --- 2. rank-local errors before the first collective --------------------
-    Input("sgd_invalid_lr_one_rank", 2, INVALID, ["lr = -1", names(R1)], R1,
-          gap="hang: SGD's constructor throws on rank 1 before any collective (rank 1 reports invalid argument); "
-              "the other ranks wait forever in DataParallel's constructor", hangs=True),
-    Input("adam_invalid_eps_one_rank", 2, INVALID, ["eps = 0", names(RL)], RL,
-          gap="hang: Adam's constructor throws on the last rank only; the other ranks wait forever in "
-              "DataParallel's constructor", hangs=True),
+    Input("sgd_invalid_lr_one_rank", 2, INVALID, ["lr = -1", names(R1)], R1, env=STALL_2S, timeout=14,
+          gap="different kinds: SGD's constructor throws on rank 1 before any library call (invalid argument); the "
+              "others end through the stall inspector in DataParallel's constructor (communication, the missing "
+              "rank unnamed)"),
+    Input("adam_invalid_eps_one_rank", 2, INVALID, ["eps = 0", names(RL)], RL, env=STALL_2S, timeout=14,
+          gap="different kinds: Adam's constructor throws on the last rank only (invalid argument); the others end "
+              "through the stall inspector in DataParallel's constructor (communication, the missing rank "
+              "unnamed)"),
     Input("dp_accumulation_zero_one_rank", 2, INVALID, ["accumulation_steps must be at least 1", names(R1)], R1),
     Input("dp_clip_negative_one_rank", 2, INVALID, ["clip_norm must not be negative", names(RL)], RL),
     Input("dp_bucket_bytes_zero_one_rank", 2, INVALID, ["a cap of 0 bytes", names(R1)], R1),
@@ -164,18 +173,40 @@ INPUTS = [
     Input("checkpoint_directory_differs", 3, MISMATCH, ["Checkpointer: settings differ between ranks: directory:",
                                                         "-rank0", "-rank1"], note=r"^not created$"),
     # --- 4. collectives reached by only some ranks -----------------------------
-    Input("dp_one_rank_skips_a_step", 4, ANY_ERROR, ["train_step", "evaluate"],
-          gap="abort/hang: MPI_ERR_TRUNCATE from MPI_Allreduce (boost::mpi::exception) on some ranks, the others hang",
-          hangs=True),
-    Input("dp_one_rank_leaves_the_loop", 4, ANY_ERROR, ["train_step", names(R1)],
-          gap="hang: rank 1 returns 'ok' and finalizes; the others wait in train_step's all-reduce forever",
-          hangs=True),
-    Input("save_on_one_rank_only", 4, ANY_ERROR, ["save", "train_step"],
-          gap="abort/hang: MPI_ERR_TRUNCATE from MPI_Allreduce (boost::mpi::exception) on rank 0, the others hang",
-          hangs=True),
-    Input("mp_one_rank_skips_a_step", 4, ANY_ERROR, ["train_step", "evaluate"],
-          gap="abort/hang: MPI_ERR_TRUNCATE from MPI_Allreduce (boost::mpi::exception) on rank 0, the others hang",
-          hangs=True),
+    # Every collective library call is an operation (core/operation.hpp): ranks in different ones get the same
+    # rank_mismatch naming each rank's; a rank missing is named by the stall inspector, whose limit is small here.
+    Input("dp_one_rank_skips_a_step", 4, MISMATCH,
+          ["ranks are in different library operations", "in DataParallel::train_step() (operation 3, step 1",
+           lambda np: "rank %d in DataParallel::evaluate() (operation 3, step 1" % (np - 1)]),
+    Input("dp_one_rank_leaves_the_loop", 4, COMM,
+          ["stall: DataParallel::train_step() (operation 3, step 1", "has waited 2 s",
+           "rank 1 has not arrived (last seen in DataParallel::train_step() (operation 2, step 0", names(R1)], R1,
+          ok_ranks=R1, env=STALL_2S, timeout=14, stderr_has=["parallax: stall: DataParallel::train_step()"]),
+    Input("dp_rank0_leaves_the_loop", 4, COMM,
+          ["stall: DataParallel::train_step() (operation 3, step 1", "has waited 4 s without word from rank 0",
+           "rank 0 has not arrived", names(R0)], R0, ok_ranks=R0, env=STALL_2S, timeout=16,
+          stderr_has=["parallax: stall: DataParallel::train_step() (operation 3, step 1"]),
+    Input("dp_one_rank_never_constructs", 4, COMM,
+          ["stall: DataParallel::DataParallel() has waited 2 s for some rank of its communicator to enter its "
+           "first library operation there"], lambda np: [], ok_ranks=R1, env=STALL_2S, timeout=14,
+          stderr_has=["parallax: stall: DataParallel::DataParallel() has waited 2 s on rank 0"]),
+    Input("dp_one_rank_late_beyond_the_limit", 4, COMM,
+          ["stall: DataParallel::train_step() (operation 3, step 1", "has waited 2 s",
+           "rank 1 has not arrived (last seen in DataParallel::train_step() (operation 2, step 0", names(R1)], R1,
+          env=STALL_2S, timeout=14),
+    Input("dp_one_rank_constructs_while_others_train", 4, MISMATCH,
+          [lambda np: "in DataParallel::train_step() (operation 2, step 0",
+           lambda np: "rank %d in DataParallel::DataParallel() (operation 2" % (np - 1)]),
+    Input("save_on_one_rank_only", 4, MISMATCH,
+          ["ranks are in different library operations", "rank 0 in Checkpointer::save() (operation 4, step 1",
+           "in DataParallel::train_step() (operation 4, step 1"]),
+    Input("mp_one_rank_skips_a_step", 4, MISMATCH,
+          ["rank 0 in ModelParallel::evaluate() (operation 3, step 1", "in ModelParallel::train_step() (operation 3"]),
+    Input("dp_one_rank_slow_stall_off", 4, "ok", env={"PARALLAX_STALL_TIMEOUT": "0"}, timeout=14,
+          stderr_lacks=["stall"]),
+    Input("dp_one_rank_slow_stall_waits", 4, "ok", env={"PARALLAX_STALL_TIMEOUT": "1", "PARALLAX_STALL_ACTION": "wait"},
+          timeout=14, stderr_has=["parallax: stall: DataParallel::train_step() (operation 3, step 1",
+                                  "rank 1 has not arrived (last seen in DataParallel::train_step() (operation 2"]),
     # --- 5. non-finite values -------------------------------------------------------
     Input("dp_nan_gradient_one_rank", 5, NONFINITE, ["gradient of parameter 0 is not finite at optimizer step 0"],
           continues=True, note=r"(^| )finite$"),
@@ -246,7 +277,7 @@ def run_once(args, item, np, timeout):
         # Each rank also writes its report line to a file of its own: mpiexec
         # forwards long stdout lines in pieces that can interleave.
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PARALLAX_NO_BLAS_WARNING="1",
-                   PARALLAX_FAULT_REPORTS=reports)
+                   PARALLAX_FAULT_REPORTS=reports, **item.env)
         start = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)
@@ -282,17 +313,31 @@ def judge(item, np, timed_out, code, out, err):
         return "exit code %d; %s" % (code, seen or "no rank reported")
     if sorted(reports) != list(range(np)):
         return "ranks %s reported, expected 0..%d" % (sorted(reports), np - 1)
+    lacking = [w for w in item.stderr_has if w not in err]
+    if lacking:
+        return "stderr lacks %s" % lacking
+    unwanted = [w for w in item.stderr_lacks if w in err]
+    if unwanted:
+        line = next(l for l in err.splitlines() if unwanted[0] in l)
+        return "stderr says: " + line.strip()[:160]
+    if item.ok_ranks:
+        early = item.ok_ranks(np)
+        wrong = [k for k in early if reports[k]["kind"] != "ok"]
+        if wrong:
+            return "rank %d returned before the others and should report ok: %s" % (wrong[0], reports[wrong[0]]["kind"])
+        reports = {k: r for k, r in reports.items() if k not in early}
+    first = reports[min(reports)]  # the lowest rank judged
     kinds = {r["kind"] for r in reports.values()}
     if len(kinds) != 1:
         return "ranks disagree: " + seen
     kind = kinds.pop()
     if kind == "foreign":
-        return "not a parallax::error: " + reports[0]["cause"][:160]
+        return "not a parallax::error: " + first["cause"][:160]
     if item.kind == ANY_ERROR:
         if kind == "ok":
             return "silent: no error on any rank"
     elif kind != item.kind and not (item.warning_ok and kind == "ok"):
-        return "kind '%s', expected '%s': %s" % (kind, item.kind, reports[0]["what"][:160])
+        return "kind '%s', expected '%s': %s" % (kind, item.kind, first["what"][:160])
     whats = {r["what"] for r in reports.values()}
     if len(whats) != 1:
         return "messages differ between ranks"
@@ -301,8 +346,8 @@ def judge(item, np, timed_out, code, out, err):
     missing = [w for w in words_for(item, np) if w not in text]
     if missing:
         return "the message lacks %s: %s" % (missing, (what or "(no error)")[:200])
-    if item.ranks and kind != "ok" and reports[0]["ranks"] != item.ranks(np):
-        return "ranks() is %s, expected %s" % (reports[0]["ranks"], item.ranks(np))
+    if item.ranks and kind != "ok" and first["ranks"] != item.ranks(np):
+        return "ranks() is %s, expected %s" % (first["ranks"], item.ranks(np))
     if item.continues:
         failed = [k for k, r in reports.items() if r["after"] != "ok"]
         if failed:
@@ -344,8 +389,19 @@ def self_test():
         ("a failed follow-up", False, 0, line(0) + "\n" + line(1, after="failed: x") + "\n", "", False),
         ("replicas that differ", False, 0, line(0) + "\n" + line(1, hash="g") + "\n", "", False),
     ]
-    return [name for name, timed_out, code, out, err, passes in runs
-            if (judge(item, 2, timed_out, code, out, err) == "") != passes]
+    wrong = [name for name, timed_out, code, out, err, passes in runs
+             if (judge(item, 2, timed_out, code, out, err) == "") != passes]
+    # An input where rank 0 returned early, with words that stderr must and must not hold.
+    early = Input("self_test_early", 4, USER, ["boom"], ok_ranks=R0, stderr_has=["stall:"], stderr_lacks=["bang"])
+    ok0 = line(0, kind="ok", ranks=(), what="") + "\n"
+    runs = [
+        ("an early rank that says ok", False, 0, ok0 + line(1) + "\n", "stall:", True),
+        ("an early rank that reports an error", False, 0, good, "stall:", False),
+        ("stderr without the expected words", False, 0, ok0 + line(1) + "\n", "", False),
+        ("stderr with unwanted words", False, 0, ok0 + line(1) + "\n", "stall: bang", False),
+    ]
+    return wrong + [name for name, timed_out, code, out, err, passes in runs
+                    if (judge(early, 2, timed_out, code, out, err) == "") != passes]
 
 
 def main():
@@ -393,7 +449,7 @@ def main():
                 skipped += 1
                 print("%-44s %5d %7s  gap (skipped): %s" % (item.name, np, "-", item.gap), flush=True)
                 continue
-            timeout = args.gap_timeout if item.gap and item.hangs else args.timeout
+            timeout = args.gap_timeout if item.gap and item.hangs else min(args.timeout, item.timeout or args.timeout)
             seconds, timed_out, code, out, err = run_once(args, item, np, timeout)
             problem = judge(item, np, timed_out, code, out, err)
             if problem:

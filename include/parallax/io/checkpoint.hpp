@@ -15,6 +15,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/element_type.hpp>
 #include <parallax/detail/number_text.hpp>
@@ -192,6 +193,7 @@ inline void agree_on_load(const mpi::communicator& comm, const std::optional<err
 
 inline Checkpointer::Checkpointer(std::string dir, checkpoint_options options, mpi::communicator comm)
     : dir_(std::move(dir)), options_(options), comm_(std::move(comm)) {
+  operation op(comm_, "Checkpointer::Checkpointer()");
   agree(comm_, [&] {
     PARALLAX_CHECK(!dir_.empty(), "Checkpointer: the directory name is empty");
     PARALLAX_CHECK(options_.keep >= 1, "Checkpointer: keep must be at least 1");
@@ -231,6 +233,7 @@ inline std::vector<std::string> Checkpointer::list() const {
 template <class Trainer>
 std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler* sampler) {
   static_assert(check_checkpointable<Trainer>());
+  operation op(comm_, "Checkpointer::save()", static_cast<std::int64_t>(trainer.optimizer().steps()));
   using T = typename Trainer::value_type;
   namespace fs = std::filesystem;
   const std::uint64_t step = trainer.optimizer().steps();
@@ -346,6 +349,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
 template <class Trainer>
 void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path) {
   static_assert(check_checkpointable<Trainer>());
+  operation op(comm_, "Checkpointer::load()", static_cast<std::int64_t>(trainer.optimizer().steps()));
   using T = typename Trainer::value_type;
   detail::checkpoint_contents<T> contents;
   optim::optimizer_state<T> state;
@@ -379,6 +383,7 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
 
 template <class Trainer>
 std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::DistributedSampler* sampler) {
+  operation op(comm_, "Checkpointer::resume_latest()", static_cast<std::int64_t>(trainer.optimizer().steps()));
   skipped_.clear();
   // Rank 0's view of the folder decides the candidates, and which of them
   // are checkpoints (a MANIFEST) rather than leftovers of an interrupted
@@ -429,6 +434,7 @@ std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::D
 
 template <class Trainer>
 bool Checkpointer::maybe_save(Trainer& trainer, const data::DistributedSampler* sampler) {
+  operation op(comm_, "Checkpointer::maybe_save()", static_cast<std::int64_t>(trainer.optimizer().steps()));
   const std::uint64_t step = trainer.optimizer().steps();
   if (step == last_saved_step_) return false;
   bool due = options_.every_steps > 0 && step % options_.every_steps == 0;

@@ -7,6 +7,7 @@
 #include <parallax/core/agree.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/training/trainer.hpp>
@@ -128,6 +129,9 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
       bool stop = false;
       if (h.stop_when) keep(detail::capture([&] { stop = h.stop_when(step); }, "stop_when hook: "));
       const int mine = failure ? 2 : stop ? 1 : 0;
+      // An operation of its own: a hook that entered a collective library
+      // call on some ranks only (a save on rank 0) meets the others here.
+      operation vote(comm, "train_epoch(): the step's hooks", static_cast<std::int64_t>(step.optimizer_step));
       int most = 0;
       mpi::all_reduce(comm, mine, most, mpi::maximum<int>());
       if (most == 2) agree(comm, failure);

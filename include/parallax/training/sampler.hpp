@@ -6,6 +6,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/number_text.hpp>
@@ -37,6 +38,7 @@ void check_sampler(const data::DistributedSampler& sampler, int shards, int shar
 inline data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t dataset_size,
                                              std::size_t global_batch, data::sampler_options options, int shards,
                                              int shard, const std::string& who) {
+  operation op(comm, who);
   std::string weights;
   for (double w : options.weights) weights += (weights.empty() ? "" : ", ") + detail::number_text(w);
   agree_settings(comm,
