@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -21,21 +22,24 @@
 namespace parallax::fuzz {
 
 /// Bytes allocated and not yet freed, and the most of them since reset().
+/// Signed: a block allocated before the hooks were installed (libFuzzer's,
+/// another thread's) may be freed while an input runs and takes the count
+/// below where it started; unsigned, it would wrap and read as a huge peak.
 struct memory_meter {
-  static inline std::atomic<std::size_t> live{0};
-  static inline std::atomic<std::size_t> peak{0};
+  static inline std::atomic<std::int64_t> live{0};
+  static inline std::atomic<std::int64_t> peak{0};
   static void reset() { peak = live.load(); }
 };
 
 inline void on_malloc(const volatile void*, std::size_t size) {
-  const std::size_t now = memory_meter::live += size;
-  std::size_t seen = memory_meter::peak.load();
+  const std::int64_t now = memory_meter::live += static_cast<std::int64_t>(size);
+  std::int64_t seen = memory_meter::peak.load();
   while (now > seen && !memory_meter::peak.compare_exchange_weak(seen, now)) {
   }
 }
 
 inline void on_free(const volatile void* p) {
-  if (p) memory_meter::live -= __sanitizer_get_allocated_size(const_cast<const void*>(p));
+  if (p) memory_meter::live -= static_cast<std::int64_t>(__sanitizer_get_allocated_size(const_cast<const void*>(p)));
 }
 
 [[noreturn]] inline void finding(const char* what) {
@@ -50,7 +54,7 @@ template <class F>
 void check_reader(F&& read, std::initializer_list<error_kind> expected, std::size_t bound) {
   static const bool hooked = [] { return __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free) != 0; }();
   if (!hooked) finding("cannot install the allocation hooks");
-  const std::size_t before = memory_meter::live.load();
+  const std::int64_t before = memory_meter::live.load();
   memory_meter::reset();
   try {
     std::forward<F>(read)();
@@ -65,9 +69,9 @@ void check_reader(F&& read, std::initializer_list<error_kind> expected, std::siz
   } catch (...) {
     finding("an exception that is not a std::exception");
   }
-  if (memory_meter::peak.load() - before > bound) {
-    std::fprintf(stderr, "%zu bytes allocated at the peak, the bound is %zu\n", memory_meter::peak.load() - before,
-                 bound);
+  const std::int64_t grew = memory_meter::peak.load() - before;
+  if (grew > static_cast<std::int64_t>(bound)) {
+    std::fprintf(stderr, "%lld bytes allocated at the peak, the bound is %zu\n", static_cast<long long>(grew), bound);
     finding("more memory than the bound");
   }
 }
