@@ -193,25 +193,46 @@ TEST_CASE_TEMPLATE("SGD: several tensors of different sizes in one step", T, flo
   check_values(s.slots[0], {{3}, {1.5, 0, -1.5}, {0.75, -3}});
 }
 
+TEST_CASE_TEMPLATE("an optimizer with an option out of range throws at validate() and step(), not when built", T,
+                   float, double) {
+  using parallax::error;
+  std::unique_ptr<Optimizer<T>> bad;
+  SUBCASE("SGD") {
+    CHECK_NOTHROW(bad = std::make_unique<SGD<T>>(sgd_options{.lr = -1}));
+  }
+  SUBCASE("Adam") {
+    CHECK_NOTHROW(bad = std::make_unique<Adam<T>>(adam_options{.eps = 0}));
+  }
+  REQUIRE(bad);
+  tensors<T> p = {{1, 2}};
+  const tensors<T> g = {{0.5, 0.5}};
+  CHECK_THROWS_AS(bad->validate(), error);
+  CHECK_THROWS_AS(step(*bad, p, g), error);
+  check_values(p, {{1, 2}});  // the failed step changed nothing
+  CHECK(bad->steps() == 0);
+  CHECK_THROWS_AS(bad->clone()->validate(), error);  // a copy is as invalid
+  CHECK_NOTHROW(SGD<T>(sgd_options{.lr = 0.1}).validate());
+}
+
 TEST_CASE_TEMPLATE("SGD: option validation names the class, the option and the value", T, float, double) {
   using parallax::error;
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.lr = -1}), "SGD::SGD(): lr = -1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.lr = std::numeric_limits<double>::quiet_NaN()}),
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.lr = -1}).validate(), "SGD::SGD(): lr = -1 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.lr = std::numeric_limits<double>::quiet_NaN()}).validate(),
                        "SGD::SGD(): lr = nan must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 1}), "SGD::SGD(): momentum = 1 is outside [0, 1)", error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = -0.5}), "SGD::SGD(): momentum = -0.5 is outside [0, 1)",
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 1}).validate(), "SGD::SGD(): momentum = 1 is outside [0, 1)", error);
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = -0.5}).validate(), "SGD::SGD(): momentum = -0.5 is outside [0, 1)",
                        error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 0.9, .dampening = 1.5}),
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 0.9, .dampening = 1.5}).validate(),
                        "SGD::SGD(): dampening = 1.5 is outside [0, 1]", error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.nesterov = true}),
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.nesterov = true}).validate(),
                        "SGD::SGD(): nesterov = true needs momentum > 0 and dampening = 0, got momentum = 0, "
                        "dampening = 0",
                        error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 0.9, .dampening = 0.1, .nesterov = true}),
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.momentum = 0.9, .dampening = 0.1, .nesterov = true}).validate(),
                        "SGD::SGD(): nesterov = true needs momentum > 0 and dampening = 0, got momentum = 0.9, "
                        "dampening = 0.1",
                        error);
-  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.weight_decay = -0.01}),
+  CHECK_THROWS_WITH_AS(SGD<T>(sgd_options{.weight_decay = -0.01}).validate(),
                        "SGD::SGD(): weight_decay = -0.01 must be finite and >= 0", error);
   // The edges of the ranges are accepted.
   CHECK_NOTHROW(SGD<T>(sgd_options{.lr = 0, .momentum = 0, .dampening = 1}));
@@ -312,17 +333,17 @@ TEST_CASE_TEMPLATE("AdamW: decoupled weight decay matches a hand-computed step",
 
 TEST_CASE_TEMPLATE("Adam: option validation names the class, the option and the value", T, float, double) {
   using parallax::error;
-  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.lr = -0.1}), "Adam::Adam(): lr = -0.1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.beta1 = 1}), "Adam::Adam(): beta1 = 1 is outside [0, 1)", error);
-  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.beta2 = -0.1}), "Adam::Adam(): beta2 = -0.1 is outside [0, 1)", error);
-  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.eps = 0}), "Adam::Adam(): eps = 0 must be finite and > 0", error);
-  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.weight_decay = -1}),
+  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.lr = -0.1}).validate(), "Adam::Adam(): lr = -0.1 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.beta1 = 1}).validate(), "Adam::Adam(): beta1 = 1 is outside [0, 1)", error);
+  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.beta2 = -0.1}).validate(), "Adam::Adam(): beta2 = -0.1 is outside [0, 1)", error);
+  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.eps = 0}).validate(), "Adam::Adam(): eps = 0 must be finite and > 0", error);
+  CHECK_THROWS_WITH_AS(Adam<T>(adam_options{.weight_decay = -1}).validate(),
                        "Adam::Adam(): weight_decay = -1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.beta2 = 1.5}), "AdamW::AdamW(): beta2 = 1.5 is outside [0, 1)",
+  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.beta2 = 1.5}).validate(), "AdamW::AdamW(): beta2 = 1.5 is outside [0, 1)",
                        error);
-  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.eps = -1e-8}), "AdamW::AdamW(): eps = -1e-08 must be finite and > 0",
+  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.eps = -1e-8}).validate(), "AdamW::AdamW(): eps = -1e-08 must be finite and > 0",
                        error);
-  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.weight_decay = -0.01}),
+  CHECK_THROWS_WITH_AS(AdamW<T>(adam_options{.weight_decay = -0.01}).validate(),
                        "AdamW::AdamW(): weight_decay = -0.01 must be finite and >= 0", error);
   CHECK_NOTHROW(Adam<T>(adam_options{.lr = 0, .beta1 = 0, .beta2 = 0}));
 }
@@ -663,12 +684,18 @@ TEST_CASE("schedule: warmup_lr rises linearly, then hands over") {
 
 TEST_CASE("schedule: arguments are validated") {
   using parallax::error;
-  CHECK_THROWS_WITH_AS(constant_lr(-1), "constant_lr(): lr = -1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(step_lr(0.1, 0, 0.5), "step_lr(): step_size = 0 must be > 0", error);
-  CHECK_THROWS_WITH_AS(step_lr(0.1, 1, -0.5), "step_lr(): gamma = -0.5 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(step_lr(-0.1, 1, 0.5), "step_lr(): base = -0.1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(cosine_lr(1, 0), "cosine_lr(): total_steps = 0 must be > 0", error);
-  CHECK_THROWS_WITH_AS(cosine_lr(1, 10, -0.1), "cosine_lr(): min_lr = -0.1 must be finite and >= 0", error);
-  CHECK_THROWS_WITH_AS(warmup_lr(3, lr_schedule{}), "warmup_lr(): the schedule after the warm-up is empty", error);
-  CHECK_THROWS_WITH_AS(warmup_lr(3, constant_lr(1), 1.5), "warmup_lr(): start_factor = 1.5 is outside [0, 1]", error);
+  // A factory given a bad argument does not throw; its schedule throws at
+  // every step.
+  lr_schedule bad;
+  CHECK_NOTHROW(bad = cosine_lr(-1, 10));
+  CHECK_THROWS_AS(bad(0), error);
+  CHECK_THROWS_AS(bad(7), error);
+  CHECK_THROWS_WITH_AS(constant_lr(-1)(0), "constant_lr(): lr = -1 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(step_lr(0.1, 0, 0.5)(0), "step_lr(): step_size = 0 must be > 0", error);
+  CHECK_THROWS_WITH_AS(step_lr(0.1, 1, -0.5)(0), "step_lr(): gamma = -0.5 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(step_lr(-0.1, 1, 0.5)(0), "step_lr(): base = -0.1 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(cosine_lr(1, 0)(0), "cosine_lr(): total_steps = 0 must be > 0", error);
+  CHECK_THROWS_WITH_AS(cosine_lr(1, 10, -0.1)(0), "cosine_lr(): min_lr = -0.1 must be finite and >= 0", error);
+  CHECK_THROWS_WITH_AS(warmup_lr(3, lr_schedule{})(0), "warmup_lr(): the schedule after the warm-up is empty", error);
+  CHECK_THROWS_WITH_AS(warmup_lr(3, constant_lr(1), 1.5)(0), "warmup_lr(): start_factor = 1.5 is outside [0, 1]", error);
 }

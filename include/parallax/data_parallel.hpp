@@ -234,7 +234,8 @@ class DataParallel {
   double synchronize_gradients();
   /// Collective, before any member is built from them: the options' checks,
   /// agreed, so that an option bad on one rank is one error on every rank.
-  static data_parallel_options checked_options(const mpi::communicator& comm, data_parallel_options o);
+  static data_parallel_options checked_options(const mpi::communicator& comm, data_parallel_options o,
+                                              const optim::Optimizer<T>& optimizer);
   /// train_step() on `batch`, or fail_step() without one.
   double micro_step(const batch_type* batch, std::optional<error> cause);
   double local_step();
@@ -281,7 +282,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
     : comm_(std::move(comm)),
       model_(std::move(model)),
       optimizer_(optimizer.clone()),
-      options_(checked_options(comm_, std::move(options))),
+      options_(checked_options(comm_, std::move(options), optimizer)),
       reducer_(comm_, options_.bucket_bytes),
       updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}),
       local_sgd_(options_.average_every) {
@@ -306,11 +307,12 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
 }
 
 template <class M>
-data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& comm, data_parallel_options o) {
+data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& comm, data_parallel_options o,
+                                                       const optim::Optimizer<T>& optimizer) {
   operation op(comm, "DataParallel::DataParallel()");  // the constructor's first collective
   agree(comm, [&] {
     PARALLAX_CHECK(o.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
-    training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, "DataParallel");
+    training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer, "DataParallel");
     Bucketer<T>{o.bucket_bytes};  // its check of the cap
   });
   return o;

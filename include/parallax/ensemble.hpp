@@ -133,6 +133,9 @@ Ensemble<M>::Ensemble(const std::function<M(std::uint64_t seed)>& make_model,
   agree(world_, [&] {
     PARALLAX_CHECK(k >= 1 && p % k == 0, "Ensemble: " + std::to_string(p) + " ranks do not split into replicas of " +
                                              std::to_string(k) + " ranks");
+    // Before the settings below, which call the schedule.
+    training::check({trainer_options.on_nonfinite, trainer_options.clip_norm, trainer_options.lr_schedule},
+                    optimizer, "Ensemble");
   });
   // Every rank of the world shares the ensemble's options and the replicas'
   // trainer settings (a replica of one rank would agree nothing itself).

@@ -250,7 +250,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   const auto stages = static_cast<std::size_t>(comm_.size());
   agree(comm_, [&] {
     PARALLAX_CHECK(options_.micro_batches >= 1, "ModelParallel: micro_batches must be at least 1");
-    training::check(updater_.options(), "ModelParallel");
+    training::check(updater_.options(), *optimizer_, "ModelParallel");
     boundaries_ = pipeline::boundaries_for<stage_type>(part_args, options_.boundaries, stages, options_.stage_speeds);
   });
   // Every rank must use the same cut and settings (a difference would hang

@@ -572,6 +572,30 @@ std::map<std::string, input_fn> inputs() {
       DP dp(FaultNet(), opt, {}, c.world);
     });
   };
+  in["mp_adam_invalid_beta1_one_rank"] = [](context& c) {
+    attempt(c.r, [&] {
+      parallax::optim::Adam<double> opt({.beta1 = c.rank == 0 ? 1.0 : 0.9});
+      Chain net(chain_args(), opt, {.micro_batches = 2, .boundaries = cut(c.size)}, c.world);
+    });
+  };
+  in["dp_schedule_invalid_one_rank"] = [](context& c) {
+    attempt(c.r, [&] {
+      DP dp(FaultNet(), sgd(), {.lr_schedule = parallax::optim::cosine_lr(0.1, c.rank == 1 ? 0 : 100)}, c.world);
+    });
+  };
+  in["dp_schedule_negative_lr_one_rank"] = [](context& c) {
+    attempt(c.r, [&] {
+      parallax::optim::lr_schedule s = [&](std::uint64_t step) { return c.rank == c.last && step >= 10 ? -0.5 : 0.1; };
+      DP dp(FaultNet(), sgd(), {.lr_schedule = s}, c.world);
+    });
+  };
+  in["ensemble_schedule_invalid_one_rank"] = [](context& c) {
+    attempt(c.r, [&] {
+      parallax::Ensemble<FaultNet> e([](std::uint64_t) { return FaultNet(); }, sgd(), {},
+                                     {.lr_schedule = parallax::optim::step_lr(0.1, c.rank == c.last ? 0 : 5, 0.5)},
+                                     c.world);
+    });
+  };
   in["dp_accumulation_zero_one_rank"] = [](context& c) {
     attempt(c.r, [&] { DP dp(FaultNet(), sgd(), {.accumulation_steps = c.rank == 1 ? 0u : 1u}, c.world); });
   };
@@ -635,6 +659,12 @@ std::map<std::string, input_fn> inputs() {
   };
   in["dp_lr_schedule_differs"] = [](context& c) {
     dp_setting_differs(c, [](auto& o) { o.lr_schedule = parallax::optim::step_lr(0.1, 1, 0.5); }, sgd(), sgd());
+  };
+  in["dp_lr_schedule_values_differ"] = [](context& c) {
+    attempt(c.r, [&] {
+      const std::uint64_t total = c.rank == c.last ? 500 : 1000;
+      DP dp(FaultNet(), sgd(), {.lr_schedule = parallax::optim::cosine_lr(0.1, total)}, c.world);
+    });
   };
   in["dp_gradient_resized_one_rank"] = [](context& c) {
     dp_epoch(c, {}, [&](DP& dp) { dp.model().resize_gradient = c.rank == 1; });

@@ -120,14 +120,13 @@ INPUTS = [
     Input("ensemble_predict_throws_one_rank", 1, USER, ["FaultNet::predict(): deliberate failure", names(RL)], RL,
           continues=True),
     # --- 2. rank-local errors before the first collective --------------------
-    Input("sgd_invalid_lr_one_rank", 2, INVALID, ["lr = -1", names(R1)], R1, env=STALL_2S, timeout=14,
-          gap="different kinds: SGD's constructor throws on rank 1 before any library call (invalid argument); the "
-              "others end through the stall inspector in DataParallel's constructor (communication, the missing "
-              "rank unnamed)"),
-    Input("adam_invalid_eps_one_rank", 2, INVALID, ["eps = 0", names(RL)], RL, env=STALL_2S, timeout=14,
-          gap="different kinds: Adam's constructor throws on the last rank only (invalid argument); the others end "
-              "through the stall inspector in DataParallel's constructor (communication, the missing rank "
-              "unnamed)"),
+    Input("sgd_invalid_lr_one_rank", 2, INVALID, ["SGD::SGD(): lr = -1 must be finite and >= 0", names(R1)], R1),
+    Input("adam_invalid_eps_one_rank", 2, INVALID, ["Adam::Adam(): eps = 0 must be finite and > 0", names(RL)], RL),
+    Input("mp_adam_invalid_beta1_one_rank", 2, INVALID, ["Adam::Adam(): beta1 = 1 is outside [0, 1)", names(R0)], R0),
+    Input("dp_schedule_invalid_one_rank", 2, INVALID, ["cosine_lr(): total_steps = 0 must be > 0", names(R1)], R1),
+    Input("dp_schedule_negative_lr_one_rank", 2, INVALID,
+          ["DataParallel: lr_schedule gives lr = -0.5 at optimizer step 10", names(RL)], RL),
+    Input("ensemble_schedule_invalid_one_rank", 2, INVALID, ["step_lr(): step_size = 0 must be > 0", names(RL)], RL),
     Input("dp_accumulation_zero_one_rank", 2, INVALID, ["accumulation_steps must be at least 1", names(R1)], R1),
     Input("dp_clip_negative_one_rank", 2, INVALID, ["clip_norm must not be negative", names(RL)], RL),
     Input("dp_bucket_bytes_zero_one_rank", 2, INVALID, ["a cap of 0 bytes", names(R1)], R1),
@@ -147,6 +146,8 @@ INPUTS = [
     Input("dp_momentum_differs", 3, MISMATCH, ["momentum", "0.9"]),
     Input("dp_optimizer_kind_differs", 3, MISMATCH, ["adam", "sgd"]),
     Input("dp_lr_schedule_differs", 3, MISMATCH, ["schedule"]),
+    Input("dp_lr_schedule_values_differ", 3, MISMATCH,
+          [lambda np: "lr_schedule at step 100: rank 0 has 0.09755282581475769, rank %d has 0.09045084971874738" % (np - 1)]),
     Input("dp_gradient_resized_one_rank", 3, INVALID, ["gradient 3 has 2 elements, parameter 3 has 1", names(R1)], R1,
           continues=True),
     Input("dp_parameter_shapes_differ", 3, MISMATCH,

@@ -77,9 +77,9 @@ class adam_family : public Optimizer<T> {
 ///   v = beta2 * v + (1 - beta2) * d * d
 ///   p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 /// @endcode
-/// Its state is two slots, "m" and "v", which start at zero. The constructor
-/// throws parallax::error naming the option and its value when an option is
-/// out of range (see adam_options).
+/// Its state is two slots, "m" and "v", which start at zero. An option out
+/// of range (see adam_options) makes validate() and step() throw
+/// parallax::error naming the option and its value.
 template <std::floating_point T>
 class Adam final : public detail::adam_family<T, false, Adam<T>> {
  public:
@@ -205,12 +205,13 @@ namespace detail {
 
 template <std::floating_point T, bool Decoupled, class Derived>
 adam_family<T, Decoupled, Derived>::adam_family(adam_options options) : Optimizer<T>(options.lr), options_(options) {
-  check_adam_options(constructor_name, options);
+  this->check_later([&] { check_adam_options(constructor_name, options); });
 }
 
 template <std::floating_point T, bool Decoupled, class Derived>
 void adam_family<T, Decoupled, Derived>::step(std::span<const std::span<T>> params,
                                               std::span<const std::span<const T>> grads) {
+  this->validate();
   adam_step(step_name, params, grads, this->learning_rate_, this->steps_, options_, Decoupled,
             m_, v_);
   ++this->steps_;

@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -89,8 +90,28 @@ class Optimizer {
   /// learning_rate(). An optimizer without options may keep the default.
   virtual std::vector<std::pair<std::string, double>> hyperparameters() const { return {}; }
 
+  /// Throws the parallax::error of an option out of range at construction
+  /// (naming the option and its value); does nothing for a valid optimizer.
+  /// The constructors do not throw for such options: an optimizer invalid
+  /// on one rank only still reaches the trainer, whose constructor calls
+  /// validate() inside its first agreement, so every rank gets the same
+  /// error. step() calls it first, for an optimizer used on its own.
+  void validate() const {
+    if (invalid_) throw *invalid_;
+  }
+
  protected:
   explicit Optimizer(double learning_rate) : learning_rate_(learning_rate) {}
+  /// Runs a constructor's checks of its options, keeping the first
+  /// parallax::error for validate() instead of throwing it.
+  template <class Checks>
+  void check_later(Checks&& checks) {
+    try {
+      checks();
+    } catch (const error& e) {
+      invalid_ = e;
+    }
+  }
   Optimizer(const Optimizer&) = default;
   Optimizer& operator=(const Optimizer&) = default;
   Optimizer(Optimizer&&) = default;
@@ -98,6 +119,7 @@ class Optimizer {
 
   double learning_rate_;
   std::uint64_t steps_ = 0;
+  std::optional<error> invalid_;  // an option out of range, for validate()
 };
 
 namespace detail {

@@ -42,8 +42,8 @@ struct sgd_options {
 template <std::floating_point T>
 class SGD final : public Optimizer<T> {
  public:
-  /// Throws parallax::error naming the option and its value when an option
-  /// is out of range (see sgd_options).
+  /// An option out of range (see sgd_options) makes validate() and step()
+  /// throw parallax::error naming the option and its value.
   explicit SGD(sgd_options options = {});
 
   void step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) override;
@@ -75,18 +75,21 @@ class SGD final : public Optimizer<T> {
 
 template <std::floating_point T>
 SGD<T>::SGD(sgd_options options) : Optimizer<T>(options.lr), options_(options) {
-  const char* who = "SGD::SGD()";
-  detail::check_non_negative(who, "lr", options.lr);
-  detail::check_unit_interval(who, "momentum", options.momentum, false);
-  detail::check_unit_interval(who, "dampening", options.dampening, true);
-  detail::check_non_negative(who, "weight_decay", options.weight_decay);
-  PARALLAX_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0),
-                 std::string(who) + ": nesterov = true needs momentum > 0 and dampening = 0, got momentum = " +
-                     parallax::detail::number_text(options.momentum) + ", dampening = " + parallax::detail::number_text(options.dampening));
+  this->check_later([&] {
+    const char* who = "SGD::SGD()";
+    detail::check_non_negative(who, "lr", options.lr);
+    detail::check_unit_interval(who, "momentum", options.momentum, false);
+    detail::check_unit_interval(who, "dampening", options.dampening, true);
+    detail::check_non_negative(who, "weight_decay", options.weight_decay);
+    PARALLAX_CHECK(!options.nesterov || (options.momentum > 0 && options.dampening == 0),
+                   std::string(who) + ": nesterov = true needs momentum > 0 and dampening = 0, got momentum = " +
+                       parallax::detail::number_text(options.momentum) + ", dampening = " + parallax::detail::number_text(options.dampening));
+  });
 }
 
 template <std::floating_point T>
 void SGD<T>::step(std::span<const std::span<T>> params, std::span<const std::span<const T>> grads) {
+  this->validate();
   const bool with_momentum = options_.momentum > 0;
   const bool first = this->steps_ == 0;
   detail::check_step("SGD::step()", params, grads, with_momentum && !first ? &momentum_ : nullptr);

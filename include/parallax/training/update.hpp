@@ -12,6 +12,7 @@
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
 
+#include <array>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -42,13 +43,23 @@ struct update_options {
   optim::lr_schedule lr_schedule{};  ///< learning rate per optimizer step; empty: the optimizer's own
 };
 
-/// Throws parallax::error naming `trainer` when the options are invalid (a
-/// local check: run it inside the trainer's first agree()).
-void check(const update_options& options, const std::string& trainer);
+/// The optimizer steps at which the trainers check and compare a schedule's
+/// learning rate (a schedule is a function, compared by its values).
+inline constexpr std::array<std::uint64_t, 8> schedule_probe_steps = {0, 1, 2, 10, 100, 1000, 10000, 100000};
+
+/// Throws parallax::error naming `trainer` when the options are invalid, the
+/// optimizer is (optim::Optimizer::validate()), or the schedule throws or
+/// gives a learning rate that is not finite and >= 0 at one of
+/// schedule_probe_steps. A local check: run it inside the trainer's first
+/// agree().
+template <std::floating_point T>
+void check(const update_options& options, const optim::Optimizer<T>& optimizer, const std::string& trainer);
 
 /// The settings of the update path that must match on every rank, for
 /// agree_settings: the non-finite policy, clipping, whether a schedule is
-/// set, the optimizer's kind, learning rate and hyper-parameters.
+/// set and its learning rate at schedule_probe_steps, the optimizer's kind,
+/// learning rate and hyper-parameters. Run check() first (this calls the
+/// schedule).
 template <std::floating_point T>
 std::vector<setting> update_settings(const update_options& options, const optim::Optimizer<T>& optimizer);
 
@@ -110,12 +121,25 @@ std::vector<setting> update_settings(const update_options& options, const optim:
       {"lr_schedule", 0, options.lr_schedule ? "set" : "none"},
       {"optimizer", 0, optimizer.state().kind},
       {"lr", optimizer.learning_rate()}};
+  if (options.lr_schedule) {
+    for (const auto step : schedule_probe_steps)
+      out.push_back({"lr_schedule at step " + std::to_string(step), options.lr_schedule(step)});
+  }
   for (auto& [name, value] : optimizer.hyperparameters()) out.push_back({"optimizer " + name, value});
   return out;
 }
 
-inline void check(const update_options& options, const std::string& trainer) {
+template <std::floating_point T>
+void check(const update_options& options, const optim::Optimizer<T>& optimizer, const std::string& trainer) {
+  optimizer.validate();
   PARALLAX_CHECK(options.clip_norm >= 0, trainer + ": clip_norm must not be negative");
+  if (!options.lr_schedule) return;
+  for (const auto step : schedule_probe_steps) {
+    const double lr = options.lr_schedule(step);
+    PARALLAX_CHECK(std::isfinite(lr) && lr >= 0, trainer + ": lr_schedule gives lr = " +
+                                                     parallax::detail::number_text(lr) + " at optimizer step " +
+                                                     std::to_string(step) + "; it must be finite and >= 0");
+  }
 }
 
 template <class T>
