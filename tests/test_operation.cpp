@@ -77,6 +77,39 @@ TEST_CASE("operation: the same name at different call sites is one operation; ne
   CHECK(parallax::operations_entered(comm) == 2);
 }
 
+TEST_CASE("operation: a nested operation shows the call site of the outermost one") {
+  communicator world;
+  const communicator comm(world, parallax::mpi::comm_duplicate);
+  if (comm.size() == 1) return;
+  int outer_line = 0;
+  const auto message = agreed_error(world, [&] {
+    outer_line = __LINE__ + 1;
+    operation outer(comm, "Trainer::train_epoch()");
+    // The inner scopes' own lines are library lines in a real call: what
+    // the user wants to see is where the outer call came from.
+    if (comm.rank() == 0) operation inner(comm, "Trainer::evaluate()", 3);
+    else operation inner(comm, "Trainer::train_step()", 3);
+  });
+  const std::string site = "tests/test_operation.cpp:" + std::to_string(outer_line);
+  CHECK(contains(message, "rank 0 in Trainer::evaluate() (operation 2, step 3, " + site + ")"));
+  CHECK(contains(message, " in Trainer::train_step() (operation 2, step 3, " + site + ")"));
+}
+
+TEST_CASE("operation: once the outermost operation ends, the next one shows its own call site") {
+  communicator world;
+  const communicator comm(world, parallax::mpi::comm_duplicate);
+  if (comm.size() == 1) return;
+  { operation earlier(comm, "Trainer::train_epoch()"); }
+  int line = 0;
+  const auto message = agreed_error(world, [&] {
+    line = __LINE__ + 1;
+    if (comm.rank() == 0) operation op(comm, "Trainer::evaluate()");
+    else operation op(comm, "Trainer::train_step()");
+  });
+  CHECK(contains(message, "rank 0 in Trainer::evaluate() (operation 2, tests/test_operation.cpp:" +
+                              std::to_string(line) + ")"));
+}
+
 TEST_CASE("operation: each communicator counts its own operations") {
   communicator world;
   const communicator comm(world, parallax::mpi::comm_duplicate);

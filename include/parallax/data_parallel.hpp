@@ -44,6 +44,7 @@
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <source_location>
 #include <span>
 #include <string>
 #include <utility>
@@ -122,7 +123,7 @@ class DataParallel {
   /// naming the first differing parameter and the ranks), then broadcasts the
   /// parameters from rank 0. The optimizer is copied.
   DataParallel(M model, const optim::Optimizer<value_type>& optimizer, data_parallel_options options = {},
-               mpi::communicator comm = mpi::communicator());
+               mpi::communicator comm = mpi::communicator(), std::source_location site = std::source_location::current());
   /// Only for a model that is not a Model: check_model() has already named
   /// the missing piece; this keeps a second, confusing error away.
   template <class O>
@@ -135,17 +136,21 @@ class DataParallel {
   /// this rank's mean loss. A failure on any rank (an exception in the model,
   /// an empty batch) becomes the same error on every rank, at the latest on
   /// the communicating micro-step.
-  double train_step(const batch_type& batch) { return micro_step(&batch, std::nullopt); }
+  double train_step(const batch_type& batch, std::source_location site = std::source_location::current()) {
+    return micro_step(&batch, std::nullopt, site);
+  }
 
   /// Collective. A micro-step in which this rank does not train: `cause`
   /// (e.g. its batch failed to load) becomes the same error on every rank
   /// when the step communicates (training::Trainer).
-  double fail_step(error cause) { return micro_step(nullptr, std::move(cause)); }
+  double fail_step(error cause, std::source_location site = std::source_location::current()) {
+    return micro_step(nullptr, std::move(cause), site);
+  }
 
   /// Collective. A sampler for a dataset of `dataset_size` samples with the
   /// given global batch; checks that every rank asked for the same plan.
   data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
-                                        data::sampler_options options = {}) const;
+                                        data::sampler_options options = {}, std::source_location site = std::source_location::current()) const;
 
   /// Collective. The rest of the sampler's epoch (from sampler.position(),
   /// so a resumed run continues mid-epoch) over `dataset` (anything with
@@ -155,15 +160,15 @@ class DataParallel {
   /// accumulated micro-steps are applied at the end.
   template <class D>
     requires Dataset<D, typename M::batch_type>
-  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler);
+  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler, std::source_location site = std::source_location::current());
 
   /// Collective. Applies what is accumulated (fewer than accumulation_steps
   /// micro-steps) as an optimizer step; no-op when nothing is pending.
-  void flush();
+  void flush(std::source_location site = std::source_location::current());
 
   /// Collective (local SGD): averages the parameters over ranks now,
   /// weighted by the samples each rank trained on since the last average.
-  void average_parameters();
+  void average_parameters(std::source_location site = std::source_location::current());
 
   /// Collective. Every rank evaluates its own contiguous block of the dataset
   /// (no sample counted twice or dropped, whatever the rank count); loss,
@@ -171,7 +176,8 @@ class DataParallel {
   /// reduced to global means, identical on every rank.
   template <class D>
     requires Dataset<D, typename M::batch_type>
-  evaluation evaluate(const D& dataset, std::size_t batch_size = 256, const std::vector<metric<M>>& metrics = {});
+  evaluation evaluate(const D& dataset, std::size_t batch_size = 256, const std::vector<metric<M>>& metrics = {},
+                      std::source_location site = std::source_location::current());
 
   /// Sets the hook called after every step of train_epoch on every rank
   /// (see data_parallel_options::after_step), e.g. once a Checkpointer that
@@ -235,9 +241,9 @@ class DataParallel {
   /// Collective, before any member is built from them: the options' checks,
   /// agreed, so that an option bad on one rank is one error on every rank.
   static data_parallel_options checked_options(const mpi::communicator& comm, data_parallel_options o,
-                                              const optim::Optimizer<T>& optimizer);
+                                              const optim::Optimizer<T>& optimizer, std::source_location site);
   /// train_step() on `batch`, or fail_step() without one.
-  double micro_step(const batch_type* batch, std::optional<error> cause);
+  double micro_step(const batch_type* batch, std::optional<error> cause, std::source_location site);
   double local_step();
   void reset_accumulation();
   /// The non-finite step's message: the (averaged) gradient of `parameter`,
@@ -278,11 +284,11 @@ namespace parallax {
 
 template <class M>
 DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optimizer, data_parallel_options options,
-                              mpi::communicator comm)
+                              mpi::communicator comm, std::source_location site)
     : comm_(std::move(comm)),
       model_(std::move(model)),
       optimizer_(optimizer.clone()),
-      options_(checked_options(comm_, std::move(options), optimizer)),
+      options_(checked_options(comm_, std::move(options), optimizer, site)),
       reducer_(comm_, options_.bucket_bytes),
       updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}),
       local_sgd_(options_.average_every) {
@@ -308,8 +314,9 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
 
 template <class M>
 data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& comm, data_parallel_options o,
-                                                       const optim::Optimizer<T>& optimizer) {
-  operation op(comm, "DataParallel::DataParallel()");  // the constructor's first collective
+                                                       const optim::Optimizer<T>& optimizer,
+                                                       std::source_location site) {
+  operation op(comm, "DataParallel::DataParallel()", -1, site);  // the constructor's first collective
   agree(comm, [&] {
     PARALLAX_CHECK(o.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
     training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer, "DataParallel");
@@ -338,7 +345,7 @@ void DataParallel<M>::refresh_views() {
 }
 
 template <class M>
-double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error> cause) {
+double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error> cause, std::source_location site) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const std::size_t n = batch ? parallax::batch_size(*batch) : 0;
@@ -374,7 +381,7 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
   if (micro_ < options_.accumulation_steps) return loss;
   if (local_sgd_.enabled()) return local_step();  // communicates only when it averages: its own operation
   // fail_step() is the same operation: it meets the other ranks' train_step().
-  operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
+  operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
   return synchronize_gradients();
 }
 
@@ -444,39 +451,42 @@ std::string DataParallel<M>::nonfinite_message(std::optional<std::size_t> parame
 }
 
 template <class M>
-void DataParallel<M>::average_parameters() {
-  operation op(comm_, "DataParallel::average_parameters()", static_cast<std::int64_t>(optimizer_->steps()));
+void DataParallel<M>::average_parameters(std::source_location site) {
+  operation op(comm_, "DataParallel::average_parameters()", static_cast<std::int64_t>(optimizer_->steps()), site);
   local_sgd_.average(reducer_, params_, failure_, "DataParallel::average_parameters()");
 }
 
 template <class M>
-void DataParallel<M>::flush() {
+void DataParallel<M>::flush(std::source_location site) {
   if (micro_ == 0) return;
-  operation op(comm_, "DataParallel::flush()", static_cast<std::int64_t>(optimizer_->steps()));
+  operation op(comm_, "DataParallel::flush()", static_cast<std::int64_t>(optimizer_->steps()), site);
   if (local_sgd_.enabled()) local_step();
   else synchronize_gradients();
 }
 
 template <class M>
 data::DistributedSampler DataParallel<M>::make_sampler(std::size_t dataset_size, std::size_t global_batch,
-                                                       data::sampler_options options) const {
+                                                       data::sampler_options options,
+                                                       std::source_location site) const {
   return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(), comm_.rank(),
-                                "DataParallel::make_sampler()");
+                                "DataParallel::make_sampler()", site);
 }
 
 template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
-epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSampler& sampler) {
-  operation op(comm_, "DataParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()));
+epoch_report DataParallel<M>::train_epoch(const D& dataset, data::DistributedSampler& sampler,
+                                          std::source_location site) {
+  operation op(comm_, "DataParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()), site);
   return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
 }
 
 template <class M>
 template <class D>
   requires Dataset<D, typename M::batch_type>
-evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, const std::vector<metric<M>>& metrics) {
-  operation op(comm_, "DataParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()));
+evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, const std::vector<metric<M>>& metrics,
+                                     std::source_location site) {
+  operation op(comm_, "DataParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()), site);
   const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "DataParallel::evaluate()");
   // [samples, loss sum, correct, metric sums...]
   std::vector<double> sums(3 + metrics.size(), 0.0);

@@ -23,6 +23,7 @@
 #include <functional>
 #include <memory>
 #include <numeric>
+#include <source_location>
 #include <string>
 #include <vector>
 
@@ -61,7 +62,7 @@ class Ensemble {
   /// make_model(replica_seed()) and trains it with its own DataParallel.
   Ensemble(const std::function<M(std::uint64_t seed)>& make_model, const optim::Optimizer<value_type>& optimizer,
            ensemble_options options = {}, data_parallel_options trainer_options = {},
-           mpi::communicator comm = mpi::communicator());
+           mpi::communicator comm = mpi::communicator(), std::source_location site = std::source_location::current());
 
   int replica() const { return replica_; }
   int replica_count() const { return replicas_; }
@@ -73,15 +74,15 @@ class Ensemble {
   /// Collective within the replica: a sampler seeded for this replica
   /// (bootstrap draws when ensemble_options::bootstrap).
   data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
-                                        data::sampler_options options = {}) const;
+                                        data::sampler_options options = {}, std::source_location site = std::source_location::current()) const;
 
   /// Collective over all ranks: one epoch of this replica's training (the
   /// replicas train independently). A failure in any replica is the same
   /// error on every rank, once every replica ended its epoch.
   template <class D>
     requires Dataset<D, typename M::batch_type>
-  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
-    operation op(world_, "Ensemble::train_epoch()");
+  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler, std::source_location site = std::source_location::current()) {
+    operation op(world_, "Ensemble::train_epoch()", -1, site);
     return agree(world_, [&] { return trainer_->train_epoch(dataset, sampler); });
   }
 
@@ -89,8 +90,8 @@ class Ensemble {
   /// in any replica is the same error on every rank).
   template <class D>
     requires Dataset<D, typename M::batch_type>
-  evaluation evaluate_replica(const D& dataset, std::size_t batch_size = 256) {
-    operation op(world_, "Ensemble::evaluate_replica()");
+  evaluation evaluate_replica(const D& dataset, std::size_t batch_size = 256, std::source_location site = std::source_location::current()) {
+    operation op(world_, "Ensemble::evaluate_replica()", -1, site);
     return agree(world_, [&] { return trainer_->evaluate(dataset, batch_size); });
   }
 
@@ -100,14 +101,14 @@ class Ensemble {
     requires requires(M& m, const X& x) {
       { m.predict(x) } -> Tensor;
     }
-  auto predict(const X& x);
+  auto predict(const X& x, std::source_location site = std::source_location::current());
 
   /// Collective: sets the weights (one per replica, positive sum; normalised
   /// to sum 1). Every rank must pass the same weights (checked).
-  void set_weights(std::vector<double> weights);
+  void set_weights(std::vector<double> weights, std::source_location site = std::source_location::current());
   /// Collective: weights proportional to each replica's score (e.g. its
   /// validation accuracy); every rank passes its own replica's score.
-  void set_weights_from_scores(double score);
+  void set_weights_from_scores(double score, std::source_location site = std::source_location::current());
   const std::vector<double>& weights() const { return weights_; }
 
  private:
@@ -125,9 +126,9 @@ class Ensemble {
 template <class M>
 Ensemble<M>::Ensemble(const std::function<M(std::uint64_t seed)>& make_model,
                       const optim::Optimizer<value_type>& optimizer, ensemble_options options,
-                      data_parallel_options trainer_options, mpi::communicator comm)
+                      data_parallel_options trainer_options, mpi::communicator comm, std::source_location site)
     : options_(options), world_(std::move(comm)) {
-  operation op(world_, "Ensemble::Ensemble()");
+  operation op(world_, "Ensemble::Ensemble()", -1, site);
   const int p = world_.size();
   const int k = options_.ranks_per_replica;
   agree(world_, [&] {
@@ -159,10 +160,10 @@ Ensemble<M>::Ensemble(const std::function<M(std::uint64_t seed)>& make_model,
 
 template <class M>
 data::DistributedSampler Ensemble<M>::make_sampler(std::size_t dataset_size, std::size_t global_batch,
-                                                   data::sampler_options options) const {
+                                                   data::sampler_options options, std::source_location site) const {
   options.seed = detail::key(replica_seed(), options.seed);
   options.bootstrap = options.bootstrap || options_.bootstrap;
-  return trainer_->make_sampler(dataset_size, global_batch, std::move(options));
+  return trainer_->make_sampler(dataset_size, global_batch, std::move(options), site);
 }
 
 template <class M>
@@ -170,8 +171,8 @@ template <class X>
   requires requires(M& m, const X& x) {
     { m.predict(x) } -> Tensor;
   }
-auto Ensemble<M>::predict(const X& x) {
-  operation op(world_, "Ensemble::predict()");
+auto Ensemble<M>::predict(const X& x, std::source_location site) {
+  operation op(world_, "Ensemble::predict()", -1, site);
   auto out = agree(world_, [&] { return trainer_->model().predict(x); });
   agree_equal(world_, static_cast<std::uint64_t>(out.size()), "Ensemble::predict(): the output size");
   using V = typename decltype(out)::value_type;
@@ -183,8 +184,8 @@ auto Ensemble<M>::predict(const X& x) {
 }
 
 template <class M>
-void Ensemble<M>::set_weights(std::vector<double> weights) {
-  operation op(world_, "Ensemble::set_weights()");
+void Ensemble<M>::set_weights(std::vector<double> weights, std::source_location site) {
+  operation op(world_, "Ensemble::set_weights()", -1, site);
   agree(world_, [&] {
     PARALLAX_CHECK(weights.size() == static_cast<std::size_t>(replicas_),
                    "Ensemble::set_weights(): " + std::to_string(weights.size()) + " weights for " +
@@ -207,8 +208,8 @@ void Ensemble<M>::set_weights(std::vector<double> weights) {
 }
 
 template <class M>
-void Ensemble<M>::set_weights_from_scores(double score) {
-  operation op(world_, "Ensemble::set_weights_from_scores()");
+void Ensemble<M>::set_weights_from_scores(double score, std::source_location site) {
+  operation op(world_, "Ensemble::set_weights_from_scores()", -1, site);
   // One value per replica: its group's first rank contributes it.
   std::vector<double> scores(static_cast<std::size_t>(replicas_), 0.0);
   if (group_.rank() == 0) scores[static_cast<std::size_t>(replica_)] = score;

@@ -45,6 +45,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <source_location>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -85,15 +86,15 @@ class ModelParallel {
   /// builds and initialises this rank's layers only.
   template <class... Args>
   ModelParallel(const std::tuple<Args...>& part_args, const optim::Optimizer<value_type>& optimizer,
-                pipeline_options options = {}, mpi::communicator comm = mpi::communicator());
+                pipeline_options options = {}, mpi::communicator comm = mpi::communicator(), std::source_location site = std::source_location::current());
 
   /// Collective. One training step on a batch, through the schedule; returns
   /// the mean loss over the batch, the same on every rank.
-  double train_step(const batch_type& batch);
+  double train_step(const batch_type& batch, std::source_location site = std::source_location::current());
   /// Collective, in place of train_step() on a rank that cannot take part
   /// (its batch failed to load): every rank throws `cause` (training::Trainer).
-  double fail_step(error cause) {
-    operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
+  double fail_step(error cause, std::source_location site = std::source_location::current()) {
+    operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
     engine_.prepare(batch_type{}, true, std::move(cause));  // throws on every rank
     return 0;
   }
@@ -103,17 +104,17 @@ class ModelParallel {
   /// targets), so the plan has one shard; checks that every rank asked for
   /// the same plan.
   data::DistributedSampler make_sampler(std::size_t dataset_size, std::size_t global_batch,
-                                        data::sampler_options options = {}) const {
+                                        data::sampler_options options = {}, std::source_location site = std::source_location::current()) const {
     return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), 1, 0,
-                                  "ModelParallel::make_sampler()");
+                                  "ModelParallel::make_sampler()", site);
   }
 
   /// Collective. The rest of the sampler's epoch through the pipeline, with
   /// the hooks of the options (training::run_epoch, as DataParallel's).
   template <class D>
     requires Dataset<D, batch_type>
-  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler) {
-    operation op(comm_, "ModelParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()));
+  epoch_report train_epoch(const D& dataset, data::DistributedSampler& sampler, std::source_location site = std::source_location::current()) {
+    operation op(comm_, "ModelParallel::train_epoch()", static_cast<std::int64_t>(optimizer_->steps()), site);
     return training::run_epoch(*this, dataset, sampler, {options_.on_step, options_.after_step, options_.stop_when});
   }
 
@@ -135,8 +136,8 @@ class ModelParallel {
 
   /// Collective. The chain's output for x (any number of rows; every rank
   /// passes the same x), on every rank.
-  output_type predict(const input_type& x) {
-    operation op(comm_, "ModelParallel::predict()", static_cast<std::int64_t>(optimizer_->steps()));
+  output_type predict(const input_type& x, std::source_location site = std::source_location::current()) {
+    operation op(comm_, "ModelParallel::predict()", static_cast<std::int64_t>(optimizer_->steps()), site);
     return engine_.predict(batch_type{x, target_type{}});
   }
 
@@ -144,8 +145,8 @@ class ModelParallel {
   /// dataset, through the pipeline; the same on every rank.
   template <class D>
     requires Dataset<D, batch_type>
-  evaluation evaluate(const D& dataset, std::size_t batch_size = 256) {
-    operation op(comm_, "ModelParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()));
+  evaluation evaluate(const D& dataset, std::size_t batch_size = 256, std::source_location site = std::source_location::current()) {
+    operation op(comm_, "ModelParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()), site);
     const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "ModelParallel::evaluate()");
     training::eval_sums sums{static_cast<double>(n), 0, 0};
     std::optional<error> first;  // this rank's first failure in any batch's run
@@ -170,8 +171,9 @@ class ModelParallel {
   template <class... Args>
   static pipeline::boundaries profile_boundaries(const std::tuple<Args...>& part_args, const input_type& sample,
                                                  std::vector<double> stage_speeds = {},
-                                                 mpi::communicator comm = mpi::communicator(), int repeats = 3) {
-    operation op(comm, "ModelParallel::profile_boundaries()");
+                                                 mpi::communicator comm = mpi::communicator(), int repeats = 3,
+                                                 std::source_location site = std::source_location::current()) {
+    operation op(comm, "ModelParallel::profile_boundaries()", -1, site);
     return pipeline::profile_boundaries<pipeline::stage<Parts...>>(part_args, sample, stage_speeds, comm, repeats);
   }
 
@@ -237,7 +239,7 @@ template <class... Parts>
 template <class... Args>
 ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
                                        const optim::Optimizer<value_type>& optimizer, pipeline_options options,
-                                       mpi::communicator comm)
+                                       mpi::communicator comm, std::source_location site)
     : options_(std::move(options)),
       comm_(std::move(comm)),
       optimizer_(optimizer.clone()),
@@ -245,7 +247,7 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
   static_assert(sizeof...(Args) == sizeof...(Parts) || sizeof...(Args) == layer_count,
                 "parallax: ModelParallel needs one tuple of constructor arguments per layer (and optionally one "
                 "for the loss)");
-  operation op(comm_, "ModelParallel::ModelParallel()");
+  operation op(comm_, "ModelParallel::ModelParallel()", -1, site);
   warn_if_slow_blas(comm_);
   const auto stages = static_cast<std::size_t>(comm_.size());
   agree(comm_, [&] {
@@ -265,8 +267,8 @@ ModelParallel<Parts...>::ModelParallel(const std::tuple<Args...>& part_args,
 }
 
 template <class... Parts>
-double ModelParallel<Parts...>::train_step(const batch_type& batch) {
-  operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()));
+double ModelParallel<Parts...>::train_step(const batch_type& batch, std::source_location site) {
+  operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
   const auto start = std::chrono::steady_clock::now();
   engine_.prepare(batch, true);
   engine_.layers().zero_gradients();

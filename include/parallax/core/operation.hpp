@@ -76,6 +76,11 @@ stall_options parse_stall_options(const char* timeout, const char* action);
 ///     operation op(comm_, "DataParallel::train_step()", steps(), site);
 ///     ...
 /// @endcode
+///
+/// The call site shown is that of the outermost operation this thread is in:
+/// the public call in the user's code (each public call takes a
+/// std::source_location defaulted at its caller), also for the operations
+/// it makes inside (train_epoch's steps, resume_latest's load).
 class operation {
  public:
   operation(const mpi::communicator& comm, std::string_view name, std::int64_t step = -1,
@@ -86,6 +91,17 @@ class operation {
   std::uint64_t sequence() const noexcept { return sequence_; }
 
  private:
+  /// Holds this thread's outermost call site while the outermost operation
+  /// lives (a member, so it is released when the constructor throws too).
+  struct site_scope {
+    explicit site_scope(const std::source_location& site);
+    ~site_scope();
+    site_scope(const site_scope&) = delete;
+    site_scope& operator=(const site_scope&) = delete;
+    bool outermost;
+  };
+
+  site_scope scope_;
   std::uint64_t sequence_ = 0;
 };
 
@@ -111,7 +127,13 @@ struct operation_record {
   char site[72] = {};
 };
 
-/// "DataParallel::train_step() (operation 7, step 3, data_parallel.hpp:120)".
+/// The call site of the outermost operation this thread is in, if any.
+inline std::optional<std::source_location>& outer_site() {
+  thread_local std::optional<std::source_location> site;
+  return site;
+}
+
+/// "DataParallel::train_step() (operation 7, step 3, examples/train.cpp:120)".
 inline std::string describe(const operation_record& r) {
   std::string text = std::string(r.name) + " (operation " + std::to_string(r.sequence);
   if (r.step >= 0) text += ", step " + std::to_string(r.step);
@@ -482,8 +504,17 @@ inline void set_stall_options(stall_options options) {
   detail::stall_override() = options;
 }
 
+inline operation::site_scope::site_scope(const std::source_location& site) : outermost(!detail::outer_site()) {
+  if (outermost) detail::outer_site() = site;
+}
+
+inline operation::site_scope::~site_scope() {
+  if (outermost) detail::outer_site().reset();
+}
+
 inline operation::operation(const mpi::communicator& comm, std::string_view name, std::int64_t step,
-                            std::source_location site) {
+                            std::source_location site)
+    : scope_(site) {
   auto& s = detail::operation_state_of(MPI_Comm(comm), name);
   if (s.failed) throw *s.failed;
   sequence_ = ++s.entered;
@@ -496,7 +527,7 @@ inline operation::operation(const mpi::communicator& comm, std::string_view name
   me.limit = o.limit;
   me.action = static_cast<std::uint8_t>(o.action);
   detail::copy_text(me.name, name);
-  detail::copy_text(me.site, detail::short_site(site));
+  detail::copy_text(me.site, detail::short_site(*detail::outer_site()));
   if (o.limit > 0) {
     if (s.rank == 0) {
       s.seen[0] = me;

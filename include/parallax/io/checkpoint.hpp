@@ -39,6 +39,7 @@
 #include <iostream>
 #include <optional>
 #include <span>
+#include <source_location>
 #include <string>
 #include <utility>
 #include <vector>
@@ -85,7 +86,8 @@ class Checkpointer {
   /// all-reduce): a directory, `keep`, `every_steps`, `every_seconds` or
   /// `on_all_damaged` that differs is a rank_mismatch on every rank naming the
   /// option and each rank's value. `quiet` may differ: only rank 0 prints.
-  explicit Checkpointer(std::string dir, checkpoint_options options = {}, mpi::communicator comm = mpi::communicator());
+  explicit Checkpointer(std::string dir, checkpoint_options options = {}, mpi::communicator comm = mpi::communicator(),
+                        std::source_location site = std::source_location::current());
 
   /// Writes a checkpoint of the trainer (and the sampler's epoch and
   /// position) at its current optimizer step; returns its folder. The
@@ -100,7 +102,7 @@ class Checkpointer {
   /// checkpoints of this folder's step folders, never the one just written,
   /// a newer one, or a damaged one set aside.
   template <class Trainer>
-  std::string save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr);
+  std::string save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr, std::source_location site = std::source_location::current());
 
   /// Loads the checkpoint in `path` (a step folder) in three steps: read (the
   /// manifest and the parts that hold this rank's layers; damage is
@@ -115,7 +117,7 @@ class Checkpointer {
   /// value is used". The optimizer's other options are the code's (a
   /// checkpoint does not hold them).
   template <class Trainer>
-  void load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path);
+  void load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path, std::source_location site = std::source_location::current());
 
   /// Loads the newest checkpoint that is valid; newer damaged or incomplete
   /// ones are skipped with a message on rank 0 saying why, and the damaged
@@ -129,12 +131,13 @@ class Checkpointer {
   /// another model, element type, optimizer or sampler plan is not skipped:
   /// it throws checkpoint_mismatch on every rank.
   template <class Trainer>
-  std::optional<std::string> resume_latest(Trainer& trainer, data::DistributedSampler* sampler = nullptr);
+  std::optional<std::string> resume_latest(Trainer& trainer, data::DistributedSampler* sampler = nullptr,
+                                           std::source_location site = std::source_location::current());
 
   /// Saves when the step or time policy of checkpoint_options says so and
   /// the step is not saved yet (last_step()); returns whether it saved.
   template <class Trainer>
-  bool maybe_save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr);
+  bool maybe_save(Trainer& trainer, const data::DistributedSampler* sampler = nullptr, std::source_location site = std::source_location::current());
 
   /// Step folders in the directory, newest first (complete or not).
   std::vector<std::string> list() const;
@@ -191,9 +194,10 @@ inline void agree_on_load(const mpi::communicator& comm, const std::optional<err
 
 }  // namespace detail
 
-inline Checkpointer::Checkpointer(std::string dir, checkpoint_options options, mpi::communicator comm)
+inline Checkpointer::Checkpointer(std::string dir, checkpoint_options options, mpi::communicator comm,
+                                  std::source_location site)
     : dir_(std::move(dir)), options_(options), comm_(std::move(comm)) {
-  operation op(comm_, "Checkpointer::Checkpointer()");
+  operation op(comm_, "Checkpointer::Checkpointer()", -1, site);
   agree(comm_, [&] {
     PARALLAX_CHECK(!dir_.empty(), "Checkpointer: the directory name is empty");
     PARALLAX_CHECK(options_.keep >= 1, "Checkpointer: keep must be at least 1");
@@ -231,9 +235,9 @@ inline std::vector<std::string> Checkpointer::list() const {
 }
 
 template <class Trainer>
-std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler* sampler) {
+std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler* sampler, std::source_location site) {
   static_assert(check_checkpointable<Trainer>());
-  operation op(comm_, "Checkpointer::save()", static_cast<std::int64_t>(trainer.optimizer().steps()));
+  operation op(comm_, "Checkpointer::save()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
   using T = typename Trainer::value_type;
   namespace fs = std::filesystem;
   const std::uint64_t step = trainer.optimizer().steps();
@@ -347,9 +351,10 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
 }
 
 template <class Trainer>
-void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path) {
+void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, const std::string& path,
+                        std::source_location site) {
   static_assert(check_checkpointable<Trainer>());
-  operation op(comm_, "Checkpointer::load()", static_cast<std::int64_t>(trainer.optimizer().steps()));
+  operation op(comm_, "Checkpointer::load()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
   using T = typename Trainer::value_type;
   detail::checkpoint_contents<T> contents;
   optim::optimizer_state<T> state;
@@ -382,8 +387,9 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
 }
 
 template <class Trainer>
-std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::DistributedSampler* sampler) {
-  operation op(comm_, "Checkpointer::resume_latest()", static_cast<std::int64_t>(trainer.optimizer().steps()));
+std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::DistributedSampler* sampler,
+                                                       std::source_location site) {
+  operation op(comm_, "Checkpointer::resume_latest()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
   skipped_.clear();
   // Rank 0's view of the folder decides the candidates, and which of them
   // are checkpoints (a MANIFEST) rather than leftovers of an interrupted
@@ -433,8 +439,8 @@ std::optional<std::string> Checkpointer::resume_latest(Trainer& trainer, data::D
 }
 
 template <class Trainer>
-bool Checkpointer::maybe_save(Trainer& trainer, const data::DistributedSampler* sampler) {
-  operation op(comm_, "Checkpointer::maybe_save()", static_cast<std::int64_t>(trainer.optimizer().steps()));
+bool Checkpointer::maybe_save(Trainer& trainer, const data::DistributedSampler* sampler, std::source_location site) {
+  operation op(comm_, "Checkpointer::maybe_save()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
   const std::uint64_t step = trainer.optimizer().steps();
   if (step == last_saved_step_) return false;
   bool due = options_.every_steps > 0 && step % options_.every_steps == 0;

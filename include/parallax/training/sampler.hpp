@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <source_location>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,7 +25,7 @@ namespace parallax::training {
 /// every rank reads whole); `who` names the caller in messages.
 data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t dataset_size,
                                       std::size_t global_batch, data::sampler_options options, int shards, int shard,
-                                      const std::string& who);
+                                      const std::string& who, std::source_location site);
 
 /// Throws (on this rank only: Trainer::check_sampler is agreed by the
 /// epoch loop's first agreement) when `sampler` was not made for shard
@@ -37,8 +38,8 @@ void check_sampler(const data::DistributedSampler& sampler, int shards, int shar
 
 inline data::DistributedSampler make_sampler(const mpi::communicator& comm, std::size_t dataset_size,
                                              std::size_t global_batch, data::sampler_options options, int shards,
-                                             int shard, const std::string& who) {
-  operation op(comm, who);
+                                             int shard, const std::string& who, std::source_location site) {
+  operation op(comm, who, -1, site);
   std::string weights;
   for (double w : options.weights) weights += (weights.empty() ? "" : ", ") + detail::number_text(w);
   agree_settings(comm,
