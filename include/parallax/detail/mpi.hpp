@@ -44,32 +44,71 @@ inline int checked_count(std::size_t n, const char* where) {
   return static_cast<int>(n);
 }
 
+/// The T kept on a communicator as an MPI attribute (one key per T), or
+/// nullptr. Freeing the communicator frees it: T::release() first (its MPI
+/// handles, unless MPI is already finalized), then delete.
+template <class T>
+T* find_attribute(MPI_Comm comm);
+
+/// Keeps `value` on `comm` as its T attribute (the communicator owns it
+/// from here on); returns it.
+template <class T>
+T& keep_attribute(MPI_Comm comm, std::unique_ptr<T> value);
+
 /// parallax's own duplicate of a communicator, made on first use (a
 /// collective call, as is every caller) and cached on the communicator as an
 /// MPI attribute. Point-to-point traffic inside a collective travels on it, so
 /// it never matches a user's messages, whatever their tags.
-inline MPI_Comm private_comm(MPI_Comm comm) {
-  static int keyval = [] {
-    int key = MPI_KEYVAL_INVALID;
+inline MPI_Comm private_comm(MPI_Comm comm);
+
+// ---------------------------------------------------------------------------
+// Implementation
+// ---------------------------------------------------------------------------
+
+template <class T>
+int attribute_key() {
+  static const int key = [] {
+    int k = MPI_KEYVAL_INVALID;
     auto on_free = [](MPI_Comm, int, void* value, void*) -> int {
-      auto* dup = static_cast<MPI_Comm*>(value);
+      std::unique_ptr<T> owned(static_cast<T*>(value));
       int finalized = 0;
       MPI_Finalized(&finalized);
-      if (!finalized) MPI_Comm_free(dup);
-      delete dup;
+      if (!finalized) owned->release();
       return MPI_SUCCESS;
     };
-    mpi_check(MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, on_free, &key, nullptr), "MPI_Comm_create_keyval");
-    return key;
+    mpi_check(MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, on_free, &k, nullptr), "MPI_Comm_create_keyval");
+    return k;
   }();
+  return key;
+}
+
+template <class T>
+T* find_attribute(MPI_Comm comm) {
   void* value = nullptr;
   int found = 0;
-  mpi_check(MPI_Comm_get_attr(comm, keyval, &value, &found), "MPI_Comm_get_attr");
-  if (found) return *static_cast<MPI_Comm*>(value);
-  auto dup = std::make_unique<MPI_Comm>(MPI_COMM_NULL);
-  mpi_check(MPI_Comm_dup(comm, dup.get()), "MPI_Comm_dup");
-  mpi_check(MPI_Comm_set_attr(comm, keyval, dup.get()), "MPI_Comm_set_attr");
-  return *dup.release();
+  mpi_check(MPI_Comm_get_attr(comm, attribute_key<T>(), &value, &found), "MPI_Comm_get_attr");
+  return found ? static_cast<T*>(value) : nullptr;
+}
+
+template <class T>
+T& keep_attribute(MPI_Comm comm, std::unique_ptr<T> value) {
+  mpi_check(MPI_Comm_set_attr(comm, attribute_key<T>(), value.get()), "MPI_Comm_set_attr");
+  return *value.release();
+}
+
+/// The attribute private_comm() keeps.
+struct private_duplicate {
+  MPI_Comm comm = MPI_COMM_NULL;
+  void release() {
+    if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
+  }
+};
+
+inline MPI_Comm private_comm(MPI_Comm comm) {
+  if (auto* kept = find_attribute<private_duplicate>(comm)) return kept->comm;
+  auto dup = std::make_unique<private_duplicate>();
+  mpi_check(MPI_Comm_dup(comm, &dup->comm), "MPI_Comm_dup");
+  return keep_attribute(comm, std::move(dup)).comm;
 }
 
 }  // namespace detail
