@@ -262,18 +262,29 @@ TEST_CASE("ModelParallel: predict and evaluate through the pipeline equal the se
 }
 
 namespace {
-
-/// An identity layer that throws in forward when told to: a failure on one stage.
-struct Faulty {
+/// The identity, with faults to switch on (one stage's failure): forward
+/// throws when `fail` or at its `throw_at`-th call (0-based); `nan_forward`
+/// and `nan_backward` write a NaN into its output or its input gradient.
+/// output_shape() keeps the shape pass from calling forward.
+struct FaultLayer {
   using input_type = xt::xtensor<double, 2>;
   using output_type = xt::xtensor<double, 2>;
   bool fail = false;
+  int throw_at = -1;
+  int calls = 0;
+  bool nan_forward = false;
+  bool nan_backward = false;
   void initialize(std::uint64_t, std::size_t) {}
+  std::vector<std::size_t> output_shape(const std::vector<std::size_t>& in) const { return in; }
   void forward(const input_type& x, output_type& y) {
-    if (fail) throw std::runtime_error("Faulty: deliberate failure");
+    if (fail || calls++ == throw_at) throw std::runtime_error("FaultLayer: deliberate failure");
     y = x;
+    if (nan_forward) y(0, 0) = std::numeric_limits<double>::quiet_NaN();
   }
-  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) { dx = dy; }
+  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) {
+    dx = dy;
+    if (nan_backward) dx(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  }
   static std::size_t parameter_count() { return 0; }
 };
 }  // namespace
@@ -334,16 +345,16 @@ TEST_CASE("ModelParallel: bad batches and a failing layer are one error on every
   mismatched.targets = xt::zeros<std::int32_t>({std::size_t(7)});
   CHECK(agreed_error(world, [&] { mp.train_step(mismatched); }).find("8 inputs but 7 targets") != std::string::npos);
   // A layer that throws on the last stage, mid-schedule.
-  using WithFaulty = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Faulty, Linear<double>,
+  using WithFaultLayer = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, FaultLayer, Linear<double>,
                                              SoftmaxCrossEntropy<double>>;
   parallax::pipeline::boundaries cut = {0};
   for (int s = 1; s < p; ++s) cut.push_back(static_cast<std::size_t>(s));
   cut.push_back(5);
-  WithFaulty wf(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3}, std::tuple{}},
+  WithFaultLayer wf(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 4}, std::tuple{}, std::tuple{4, 3}, std::tuple{}},
                 parallax::optim::SGD<double>(), {.micro_batches = 2, .boundaries = cut}, world);
   if (auto* f = wf.layer<3>()) f->fail = true;
   const auto message = agreed_error(world, [&] { wf.train_step(make_batch<double>(8, 1)); });
-  CHECK(message.find("Faulty: deliberate failure") != std::string::npos);
+  CHECK(message.find("FaultLayer: deliberate failure") != std::string::npos);
   // It recovers: the next step works.
   if (auto* f = wf.layer<3>()) f->fail = false;
   CHECK(std::isfinite(wf.train_step(make_batch<double>(8, 1))));
@@ -407,29 +418,10 @@ std::vector<double> local_parameters(MP& mp) {
   return out;
 }
 
-/// The identity, whose backward (or, with poison_forward, forward) writes a
-/// NaN when asked.
-struct Poison {
-  using input_type = xt::xtensor<double, 2>;
-  using output_type = xt::xtensor<double, 2>;
-  bool poison = false;
-  bool poison_forward = false;
-  void initialize(std::uint64_t, std::size_t) {}
-  void forward(const input_type& x, output_type& y) {
-    y = x;
-    if (poison_forward) y(0, 0) = std::numeric_limits<double>::quiet_NaN();
-  }
-  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) {
-    dx = dy;
-    if (poison) dx(0, 0) = std::numeric_limits<double>::quiet_NaN();
-  }
-  static std::size_t parameter_count() { return 0; }
-};
-
-using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, Poison, Linear<double>,
+using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, FaultLayer, Linear<double>,
                                            SoftmaxCrossEntropy<double>>;
 
-/// Stage s holds layer s and the last stage the rest, so layer 3 (Poison)
+/// Stage s holds layer s and the last stage the rest, so layer 3 (FaultLayer)
 /// is on stage min(3, p - 1); `o`'s boundaries are set here.
 WithPoison poisoned_chain(const communicator& world, parallax::pipeline_options o) {
   o.boundaries = {0};
@@ -507,7 +499,7 @@ TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank,
   const auto batch = make_batch<double>(8, 1);
   for (auto policy : {parallax::nonfinite_policy::error, parallax::nonfinite_policy::skip_step}) {
     auto net = poisoned_chain(world, {.micro_batches = 2, .on_nonfinite = policy});
-    if (auto* poison = net.layer<3>()) poison->poison = true;
+    if (auto* poison = net.layer<3>()) poison->nan_backward = true;
     const auto before = local_parameters(net);
     if (policy == parallax::nonfinite_policy::error) {
       // Every stage before layer 3 sees a NaN too; the message names where it began.
@@ -526,7 +518,7 @@ TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank,
     }
     CHECK(net.optimizer().steps() == 0);
     CHECK(local_parameters(net) == before);  // untouched
-    if (auto* poison = net.layer<3>()) poison->poison = false;
+    if (auto* poison = net.layer<3>()) poison->nan_backward = false;
     net.train_step(batch);
     CHECK(net.optimizer().steps() == 1);
   }
@@ -539,12 +531,12 @@ TEST_CASE("ModelParallel: a non-finite step names the layer output or input wher
     auto net = poisoned_chain(world, {.micro_batches = 2, .recompute = recompute});
     const auto before = local_parameters(net);
     // A layer whose output is NaN: every later layer and every gradient is NaN too.
-    if (auto* poison = net.layer<3>()) poison->poison_forward = true;
+    if (auto* poison = net.layer<3>()) poison->nan_forward = true;
     auto message = agreed_error(world, [&] { net.train_step(make_batch<double>(8, 1)); });
     CHECK(message.find("ModelParallel::train_step(): the output of layer 3 on stage " +
                        std::to_string(std::min(3, p - 1)) + " is not finite at optimizer step 0") !=
           std::string::npos);
-    if (auto* poison = net.layer<3>()) poison->poison_forward = false;
+    if (auto* poison = net.layer<3>()) poison->nan_forward = false;
     // A NaN in the data: the input batch on stage 0.
     auto batch = make_batch<double>(8, 1);
     batch.inputs(5, 2) = std::numeric_limits<double>::quiet_NaN();
@@ -606,33 +598,15 @@ TEST_CASE("ModelParallel: a batch that fails to load on one rank is one error on
             "]");
 }
 
-namespace {
-/// The identity, whose forward throws at its `throw_at`-th call (0-based).
-struct Tripwire {
-  using input_type = xt::xtensor<double, 2>;
-  using output_type = xt::xtensor<double, 2>;
-  int calls = 0;
-  int throw_at = -1;
-  void initialize(std::uint64_t, std::size_t) {}
-  std::vector<std::size_t> output_shape(const std::vector<std::size_t>& in) const { return in; }
-  void forward(const input_type& x, output_type& y) {
-    if (calls++ == throw_at) throw std::runtime_error("Tripwire: deliberate failure");
-    y = x;
-  }
-  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) { dx = dy; }
-  static std::size_t parameter_count() { return 0; }
-};
-}  // namespace
-
 TEST_CASE("ModelParallel: evaluate reports a layer that throws in any batch, not only the last") {
   communicator world;
   if (world.size() > 3) return;  // three layers: at most three stages
-  using Tripped = parallax::ModelParallel<Linear<double>, Tripwire, Linear<double>, SoftmaxCrossEntropy<double>>;
+  using Tripped = parallax::ModelParallel<Linear<double>, FaultLayer, Linear<double>, SoftmaxCrossEntropy<double>>;
   Tripped net(std::tuple{std::tuple{5, 7}, std::tuple{}, std::tuple{7, 3}, std::tuple{}}, parallax::optim::SGD<double>(),
               {.micro_batches = 2}, world);
   const auto data = make_dataset(20, 2);  // three batches of at most 8
   if (auto* wire = net.layer<1>()) wire->throw_at = 0;  // the first micro-batch of the first batch
   const auto message = agreed_error(world, [&] { net.evaluate(data, 8); });
-  CHECK(message.find("Tripwire: deliberate failure") != std::string::npos);
+  CHECK(message.find("FaultLayer: deliberate failure") != std::string::npos);
   CHECK(net.evaluate(data, 8).samples == 20);
 }
