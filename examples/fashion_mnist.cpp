@@ -41,6 +41,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -293,8 +294,9 @@ void finish_epoch(run_result& result, const config& cfg, std::uint64_t epoch, do
   result.train_seconds += seconds;
   result.epochs.push_back(e);
   if (world.rank() == 0)
-    progress.line("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(cfg.epochs) + ": train loss " +
-                  fixed(e.train_loss, 4) + ", test loss " + fixed(e.test_loss, 4) + ", test accuracy " +
+    progress.line("epoch " + std::to_string(epoch + 1) + "/" + std::to_string(cfg.epochs) + ": " +
+                  (samples > 0 ? "train loss " + fixed(e.train_loss, 4) : "no step left (resumed at its end)") +
+                  ", test loss " + fixed(e.test_loss, 4) + ", test accuracy " +
                   fixed(e.test_accuracy, 4) + "  (" + fixed(e.seconds, 1) + " s, " +
                   std::to_string(static_cast<long>(e.samples_per_second)) + " samples/s)");
 }
@@ -392,6 +394,14 @@ run_result run(const config& cfg, fashion_mnist data, const boost::mpi::communic
 
 // --- summary ------------------------------------------------------------------
 
+// A number as JSON: null when it is not finite (no step's loss is NaN).
+std::string json_number(double x) {
+  if (!std::isfinite(x)) return "null";
+  std::ostringstream out;
+  out << x;
+  return out.str();
+}
+
 std::string json_string(const std::string& text) {
   std::string out = "\"";
   for (const char c : text) {
@@ -420,7 +430,8 @@ void write_json(std::ostream& out, const config& cfg, const run_result& r, int r
   out << "],\n  \"per_epoch\": [\n";
   for (std::size_t i = 0; i < r.epochs.size(); ++i) {
     const auto& e = r.epochs[i];
-    out << "    {\"epoch\": " << i + 1 << ", \"train_loss\": " << e.train_loss << ", \"test_loss\": " << e.test_loss
+    out << "    {\"epoch\": " << i + 1 << ", \"train_loss\": " << json_number(e.train_loss)
+        << ", \"test_loss\": " << json_number(e.test_loss)
         << ", \"test_accuracy\": " << e.test_accuracy << ", \"seconds\": " << e.seconds
         << ", \"samples_per_second\": " << e.samples_per_second << "}" << (i + 1 < r.epochs.size() ? ",\n" : "\n");
   }

@@ -223,6 +223,24 @@ TEST_CASE("training: a stop_when hook on one rank stops every rank at the same s
   for (auto s : steps) CHECK(s == 5);
 }
 
+TEST_CASE("training: an epoch whose sampler is already at its end trains nothing and reports a NaN loss") {
+  communicator world;
+  const auto data = toy::make_data<double>(40, features, 3);
+  parallax::DataParallel dp(Toy(features, hidden, 1), parallax::optim::SGD<double>({.lr = 0.05}), {}, world);
+  auto sampler = dp.make_sampler(data.size(), 8, {.seed = 4});  // 5 steps per epoch
+  sampler.set_position(5);  // as restored from a checkpoint saved at the epoch's last step
+  const auto report = dp.train_epoch(data, sampler);
+  CHECK(report.steps == 0);
+  CHECK(report.samples == 0);
+  CHECK(std::isnan(report.loss));  // no step: no mean loss, not a loss of 0
+  CHECK(dp.optimizer_steps() == 0);
+  CHECK(sampler.epoch() == 1);
+  CHECK(sampler.position() == 0);
+  const auto next = dp.train_epoch(data, sampler);
+  CHECK(next.steps == 5);
+  CHECK(std::isfinite(next.loss));
+}
+
 TEST_CASE("training: a stop_when hook that throws on one rank is one error on every rank") {
   communicator world;
   const auto data = toy::make_data<double>(24, features, 3);

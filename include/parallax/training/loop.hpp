@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -41,7 +42,10 @@ struct step_report {
 
 /// What train_epoch returns, the same on every rank.
 struct epoch_report {
-  double loss = 0;  ///< mean training loss over the epoch's samples (all ranks)
+  /// Mean training loss over the epoch's samples (all ranks); NaN when the
+  /// epoch had no step (the sampler was already at its end: a run resumed
+  /// from a checkpoint saved at an epoch's last step).
+  double loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t samples = 0;
   std::size_t steps = 0;
   double seconds = 0;
@@ -140,13 +144,13 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   }
   trainer.flush();
   if (!report.stopped) sampler.next_epoch();
-  report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : 0.0;
+  report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : report.loss;
   if (!trainer.step_losses_are_global()) {
     // Step losses were this rank's on some steps: report the global mean.
     double pair[2] = {weighted_loss, static_cast<double>(report.samples)};
     double total[2] = {0, 0};
     mpi::all_reduce(comm, pair, 2, total, std::plus<double>());
-    report.loss = total[1] > 0 ? total[0] / total[1] : 0.0;
+    if (total[1] > 0) report.loss = total[0] / total[1];
   }
   report.seconds = std::chrono::duration<double>(clock::now() - start).count();
   return report;
