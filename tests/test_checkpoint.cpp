@@ -487,7 +487,16 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     const auto optimizer = agreed_failure(world, [&] { checkpoints.load(sgd, nullptr, newest); });
     CHECK(optimizer.message.find("holds adam optimizer state, the trainer uses sgd") != std::string::npos);
     CHECK(optimizer.kind == parallax::error_kind::incompatible);
-    CHECK(optimizer.mismatch);
+    CHECK(optimizer.mismatch);    // Momentum SGD's state into SGD without momentum: intact, not ours.
+    Pipe momentum(pipe_args, parallax::optim::SGD<double>({.momentum = 0.9}), {.micro_batches = 2}, world);
+    momentum.train_step(chain_batch(8, 1));
+    parallax::io::Checkpointer folder(dir.path + "/momentum", {.quiet = true}, world);
+    const auto saved = folder.save(momentum);
+    const auto slots = agreed_failure(world, [&] { folder.resume_latest(sgd); });
+    CHECK(slots.message.find("holds sgd state with slots {momentum}, the trainer's optimizer keeps {}") !=
+          std::string::npos);
+    CHECK(slots.kind == parallax::error_kind::incompatible);
+    CHECK(folder.list() == std::vector<std::string>{saved});  // not set aside as damaged
   }
   // Same layer types, layers 2 and 4 wider: a stage that holds neither matches the checkpoint.
   const auto wider_args =
@@ -782,8 +791,8 @@ TEST_CASE("checkpoint: resuming with another learning rate: the checkpoint's is 
     dp.train_step(chain_batch(4, 1));
     folder = parallax::io::Checkpointer(dir.path, {}, world).save(dp);
   }
-  auto resume = [&](double lr, parallax::io::checkpoint_options options) {
-    parallax::DataParallel dp(make_net(3), parallax::optim::SGD<double>({.lr = lr}), {}, world);
+  auto resume = [&](double lr, parallax::io::checkpoint_options options, parallax::optim::lr_schedule schedule = {}) {
+    parallax::DataParallel dp(make_net(3), parallax::optim::SGD<double>({.lr = lr}), {.lr_schedule = schedule}, world);
     captured_cerr err;
     parallax::io::Checkpointer ck(dir.path, options, world);
     REQUIRE(ck.resume_latest(dp) == folder);
@@ -799,6 +808,8 @@ TEST_CASE("checkpoint: resuming with another learning rate: the checkpoint's is 
     CHECK(differs.empty());
   CHECK(resume(0.1, {}).empty());                // the same: nothing to say
   CHECK(resume(0.5, {.quiet = true}).empty());  // quiet
+  // Under a schedule the schedule sets each step's rate: no notice.
+  CHECK(resume(0.5, {}, parallax::optim::constant_lr(0.5)).empty());
 }
 
 TEST_CASE("checkpoint: options that differ between ranks are a rank_mismatch naming the option and the values") {

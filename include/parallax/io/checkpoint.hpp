@@ -369,7 +369,12 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   // Every rank read and matched: only now does anything change. The
   // checkpoint's learning rate wins over the code's (docs/checkpoint.md).
   const double code_lr = trainer.optimizer().learning_rate();
-  if (state.learning_rate != code_lr)
+  // Under a schedule, the schedule sets every step's rate: nothing to tell.
+  const bool scheduled = [&] {
+    if constexpr (requires { trainer.options().lr_schedule; }) return static_cast<bool>(trainer.options().lr_schedule);
+    else return false;
+  }();
+  if (!scheduled && state.learning_rate != code_lr)
     notice("resume: lr is " + parallax::detail::number_text(state.learning_rate) + " in the checkpoint, " +
            parallax::detail::number_text(code_lr) + " in the code; the checkpoint's value is used (" + path + ")");
   detail::apply_checkpoint(trainer, sampler, contents, state);
