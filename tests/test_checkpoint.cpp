@@ -402,7 +402,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       f.put('\xa5');
     });
     const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
-    CHECK(f.message.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(f.message.find("XXH3 checksum mismatch") != std::string::npos);
     CHECK(f.kind == parallax::error_kind::damaged_file);
     CHECK_FALSE(f.mismatch);
   }
@@ -517,7 +517,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(f.mismatch);
     CHECK(f.kind == parallax::error_kind::incompatible);
     CHECK(f.message.find("was written for another model") != std::string::npos);
-    CHECK(f.message.find("CRC-32") == std::string::npos);  // the mismatch is what is reported
+    CHECK(f.message.find("checksum mismatch") == std::string::npos);  // the mismatch is what is reported
     // resume_latest stops there instead of falling back to the older checkpoint.
     bool stopped = false;
     try {
@@ -542,7 +542,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(*loaded == good);
     REQUIRE(checkpoints.skipped().size() == 1);
     CHECK(checkpoints.skipped()[0].first == newest);
-    CHECK(checkpoints.skipped()[0].second.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(checkpoints.skipped()[0].second.find("XXH3 checksum mismatch") != std::string::npos);
     CHECK(other.optimizer().steps() == 1);
     // The damaged one is kept aside, bytes and all, where the next save of its step cannot meet it.
     CHECK(checkpoints.list() == std::vector<std::string>{good});
@@ -726,7 +726,7 @@ TEST_CASE("checkpoint: every checkpoint damaged is an agreed error naming each; 
   CHECK_FALSE(f.mismatch);
   // Newest first, each with its cause.
   const auto second = f.message.find("every checkpoint in '" + dir.path + "' is damaged: step-000000000002: ");
-  const auto crc = f.message.find("CRC-32 mismatch");
+  const auto crc = f.message.find("XXH3 checksum mismatch");
   const auto first = f.message.find("; step-000000000001: ");
   const auto truncated = f.message.find("truncated");
   CHECK(second != std::string::npos);

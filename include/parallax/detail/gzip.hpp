@@ -63,6 +63,8 @@ class gzip_reader {
     // windowBits 15 + 16: a gzip wrapper only (no zlib header, no raw deflate).
     const int rc = inflateInit2(&z_, 15 + 16);
     if (rc == Z_MEM_ERROR) throw std::bad_alloc();
+    if (rc != Z_OK && rc != Z_BUF_ERROR)
+      throw_error(error_kind::io, std::string(context_) + ": zlib's inflate failed (" + std::to_string(rc) + ")");
     if (rc != Z_OK)
       throw_error(error_kind::io, std::string(context_) + ": zlib's inflateInit2 failed (" + std::to_string(rc) + ")");
   }
@@ -160,6 +162,8 @@ inline void gzip_reader::member() {
     if (rc == Z_STREAM_END) return;
     if (rc == Z_DATA_ERROR || rc == Z_NEED_DICT) data_error();
     if (rc == Z_MEM_ERROR) throw std::bad_alloc();
+    if (rc != Z_OK && rc != Z_BUF_ERROR)
+      throw_error(error_kind::io, std::string(context_) + ": zlib's inflate failed (" + std::to_string(rc) + ")");
     // Z_OK or Z_BUF_ERROR: zlib wants more input or more room. With all the
     // input given and room left, the member ends before its end.
     if (z_.avail_in == 0 && consumed() == in_.size() && z_.avail_out > 0) {
