@@ -624,7 +624,8 @@ TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints writt
   parallax::optim::SGD<double> sgd({.lr = 0.1});
   auto manifest_text = [](const std::string& folder) {
     parallax::io::file_header header{};
-    const auto bytes = parallax::io::read_checked((fs::path(folder) / "MANIFEST").string(), parallax::io::checkpoint_format_version, &header);
+    const auto bytes = parallax::io::read_checked((fs::path(folder) / "MANIFEST").string(),
+                                                  parallax::io::checkpoint_format_version, &header);
     CHECK(header.version == 2);
     CHECK(header.element == 0);  // the manifest holds no tensors
     return std::string(bytes.begin(), bytes.end());

@@ -12,6 +12,7 @@
 #include <boost/crc.hpp>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -60,7 +61,8 @@ TEST_CASE("checksum: XXH3's low 32 bits, in one piece and fed in pieces") {
   for (const checksum_kind kind : {checksum_kind::crc32, checksum_kind::xxh3_low32}) {
     for (std::size_t piece : {1u, 3u, 13u, 64u, 1000u, 70'000u}) {
       parallax::io::detail::payload_hasher hasher(kind);
-      for (std::size_t at = 0; at < data.size(); at += piece) hasher.update(data.data() + at, std::min(piece, data.size() - at));
+      for (std::size_t at = 0; at < data.size(); at += piece)
+        hasher.update(data.data() + at, std::min(piece, data.size() - at));
       CHECK(hasher.value() == checksum_of(data, kind));
     }
   }
