@@ -9,7 +9,7 @@ PARALLAX_PACKAGES=(
   g++ meson ninja-build pkg-config cmake python3
   libboost-mpi-dev libboost-serialization-dev libopenmpi-dev openmpi-bin
   libxtensor-dev libxtensor-blas-dev libopenblas-dev
-  doctest-dev libcli11-dev nlohmann-json3-dev
+  doctest-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libxxhash-dev
   clang libclang-rt-14-dev gzip
   dataset-fashion-mnist
   iproute2

@@ -402,7 +402,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
       f.put('\xa5');
     });
     const auto f = agreed_failure(world, [&] { checkpoints.load(other, nullptr, newest); });
-    CHECK(f.message.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(f.message.find("XXH3 checksum mismatch") != std::string::npos);
     CHECK(f.kind == parallax::error_kind::damaged_file);
     CHECK_FALSE(f.mismatch);
   }
@@ -430,14 +430,14 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(f.kind == parallax::error_kind::damaged_file);
   }
   SUBCASE("a damaged payload behind an intact header (checksum fixed): the field and offset, the trainer untouched") {
-    // What a file crafted on purpose looks like: the header and CRC-32 agree
+    // What a file crafted on purpose looks like: the header and checksum agree
     // with the payload, the payload holds one byte more than its fields.
     const auto end_of_fields = fs::file_size(part0);  // where the extra byte lands
     damage([&] {
       parallax::io::file_header header{};
-      auto payload = parallax::io::read_checked(part0, 1, &header);
+      auto payload = parallax::io::read_checked(part0, parallax::io::checkpoint_format_version, &header);
       payload.push_back('\0');
-      parallax::io::write_atomically(part0, 1, header.element, [&](std::ostream& out) {
+      parallax::io::write_atomically(part0, header.version, header.element, [&](std::ostream& out) {
         out.write(payload.data(), static_cast<std::streamsize>(payload.size()));
       });
     });
@@ -526,7 +526,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(f.mismatch);
     CHECK(f.kind == parallax::error_kind::incompatible);
     CHECK(f.message.find("was written for another model") != std::string::npos);
-    CHECK(f.message.find("CRC-32") == std::string::npos);  // the mismatch is what is reported
+    CHECK(f.message.find("checksum mismatch") == std::string::npos);  // the mismatch is what is reported
     // resume_latest stops there instead of falling back to the older checkpoint.
     bool stopped = false;
     try {
@@ -551,7 +551,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     CHECK(*loaded == good);
     REQUIRE(checkpoints.skipped().size() == 1);
     CHECK(checkpoints.skipped()[0].first == newest);
-    CHECK(checkpoints.skipped()[0].second.find("CRC-32 mismatch") != std::string::npos);
+    CHECK(checkpoints.skipped()[0].second.find("XXH3 checksum mismatch") != std::string::npos);
     CHECK(other.optimizer().steps() == 1);
     // The damaged one is kept aside, bytes and all, where the next save of its step cannot meet it.
     CHECK(checkpoints.list() == std::vector<std::string>{good});
@@ -633,8 +633,9 @@ TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints writt
   parallax::optim::SGD<double> sgd({.lr = 0.1});
   auto manifest_text = [](const std::string& folder) {
     parallax::io::file_header header{};
-    const auto bytes = parallax::io::read_checked((fs::path(folder) / "MANIFEST").string(), 1, &header);
-    CHECK(header.version == 1);
+    const auto bytes = parallax::io::read_checked((fs::path(folder) / "MANIFEST").string(),
+                                                  parallax::io::checkpoint_format_version, &header);
+    CHECK(header.version == 2);
     CHECK(header.element == 0);  // the manifest holds no tensors
     return std::string(bytes.begin(), bytes.end());
   };
@@ -642,7 +643,7 @@ TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints writt
   Pipe pipe(pipe_args, sgd, {.micro_batches = 2}, world);
   pipe.train_step(chain_batch(8, 1));
   const auto pipe_folder = parallax::io::Checkpointer(dir.path + "/pipe", {}, world).save(pipe);
-  std::string expected = "parallax-checkpoint 1\ntrainer ModelParallel\nelement float64 264\nlayers 5\nstep 1\n";
+  std::string expected = "parallax-checkpoint 2\ntrainer ModelParallel\nelement float64 264\nlayers 5\nstep 1\n";
   const auto& b = pipe.boundaries();
   for (std::size_t s = 0; s + 1 < b.size(); ++s)
     expected += "part part-" + std::to_string(b[s]) + "-" + std::to_string(b[s + 1]) + ".bin " + std::to_string(b[s]) +
@@ -657,7 +658,49 @@ TEST_CASE("checkpoint: the MANIFEST is pinned line by line, so checkpoints writt
   CHECK(fs::path(dp_folder).filename() == "step-000000000002");
   if (world.rank() == 0)
     CHECK(manifest_text(dp_folder) ==
-          "parallax-checkpoint 1\ntrainer DataParallel\nelement float64 264\nlayers 5\nstep 2\npart state.bin 0 5\nend\n");
+          "parallax-checkpoint 2\ntrainer DataParallel\nelement float64 264\nlayers 5\nstep 2\npart state.bin 0 5\nend\n");
+}
+
+TEST_CASE("checkpoint: a format-1 checkpoint (CRC-32, before XXH3) loads into the same state") {
+  communicator world;
+  scratch_dir dir(world);
+  parallax::optim::Adam<double> adam({.lr = 0.02});
+  Pipe first(pipe_args, adam, {.micro_batches = 2, .seed = 5}, world);
+  for (std::size_t s = 0; s < 3; ++s) first.train_step(chain_batch(12, s));
+  parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+  const auto folder = checkpoints.save(first);
+  // Every file rewritten as format 1 wrote it: version 1, CRC-32, and the
+  // MANIFEST's first line "parallax-checkpoint 1".
+  if (world.rank() == 0) {
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(folder)) files.push_back(entry.path());
+    CHECK(files.size() >= 2);
+    for (const auto& file : files) {
+      parallax::io::file_header header{};
+      auto payload = parallax::io::read_checked(file.string(), parallax::io::checkpoint_format_version, &header);
+      CHECK(header.version == 2);
+      if (file.filename() == "MANIFEST") {
+        std::string text(payload.begin(), payload.end());
+        CHECK(text.rfind("parallax-checkpoint 2\n", 0) == 0);
+        text[20] = '1';
+        payload.assign(text.begin(), text.end());
+      }
+      parallax::io::write_atomically(file.string(), 1, header.element, [&](std::ostream& out) {
+        out.write(payload.data(), static_cast<std::streamsize>(payload.size()));
+      });
+      parallax::io::file_header old{};
+      parallax::io::read_checked(file.string(), 1, &old);
+      CHECK(old.version == 1);
+      CHECK(old.checksum == parallax::io::checksum_of(payload, parallax::io::checksum_kind::crc32));
+    }
+  }
+  world.barrier();
+  Pipe resumed(pipe_args, adam, {.micro_batches = 2, .seed = 77}, world);
+  checkpoints.load(resumed, nullptr, folder);
+  CHECK(gather_pipe(resumed) == gather_pipe(first));
+  first.train_step(chain_batch(12, 3));
+  resumed.train_step(chain_batch(12, 3));
+  CHECK(gather_pipe(resumed) == gather_pipe(first));  // Adam's moments came back too
 }
 
 TEST_CASE("checkpoint: every checkpoint damaged is an agreed error naming each; start_fresh sets them aside") {
@@ -693,7 +736,7 @@ TEST_CASE("checkpoint: every checkpoint damaged is an agreed error naming each; 
   CHECK_FALSE(f.mismatch);
   // Newest first, each with its cause.
   const auto second = f.message.find("every checkpoint in '" + dir.path + "' is damaged: step-000000000002: ");
-  const auto crc = f.message.find("CRC-32 mismatch");
+  const auto crc = f.message.find("XXH3 checksum mismatch");
   const auto first = f.message.find("; step-000000000001: ");
   const auto truncated = f.message.find("truncated");
   CHECK(second != std::string::npos);

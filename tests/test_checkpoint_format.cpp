@@ -275,31 +275,41 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
   }
 }
 
-TEST_CASE("checkpoint file: a whole file in memory is checked as on disk") {
-  // The container around the golden payload, built by hand: magic, version 1,
-  // element float32 ((1 << 8) | 4), payload size, CRC-32.
+TEST_CASE("checkpoint file: a whole file in memory is checked as on disk, format 2 (XXH3) and format 1 (CRC-32)") {
+  // The container around the golden payload: magic, version, element float32
+  // ((1 << 8) | 4), payload size, checksum. Version 1 files, written before
+  // format 2, still load.
   temp_dir dir;
   const auto path = (dir.path / "p.bin").string();
-  parallax::io::write_atomically(path, 1, (1 << 8) | 4, [](std::ostream& out) {
-    out.write(reinterpret_cast<const char*>(golden.data()), golden.size());
-  });
-  std::ifstream in(path, std::ios::binary);
-  bytes file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  CHECK(parse_part<float>(file, path).trainer == "DP");
-  auto damaged = file;
-  damaged[16] = 1;  // payload size
-  CHECK(contains(error_of([&] { parse_part<float>(damaged, path); }),
-                 "field 'payload size' at byte offset 16: truncated or padded: the header announces"));
-  damaged = file;
-  damaged.back() ^= 1;
-  CHECK(contains(error_of([&] { parse_part<float>(damaged, path); }), "corrupted: CRC-32 mismatch"));
-  CHECK(contains(error_of([&] { parse_part<float>(bytes(file.begin(), file.begin() + 20), path); }),
-                 "truncated (20 bytes, shorter than the header)"));
+  for (const std::uint32_t version : {parallax::io::checkpoint_format_version, 1u}) {
+    CAPTURE(version);
+    parallax::io::write_atomically(path, version, (1 << 8) | 4, [](std::ostream& out) {
+      out.write(reinterpret_cast<const char*>(golden.data()), golden.size());
+    });
+    std::ifstream in(path, std::ios::binary);
+    bytes file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    REQUIRE(file.size() > 12);
+    CHECK(file[8] == static_cast<char>(version));
+    CHECK(parse_part<float>(file, path).trainer == "DP");
+    CHECK(read_part<float>(path).tensors.at(0).values == std::vector<float>{1.5f, -2.0f});
+    auto damaged = file;
+    damaged[16] = 1;  // payload size
+    CHECK(contains(error_of([&] { parse_part<float>(damaged, path); }),
+                   "field 'payload size' at byte offset 16: truncated or padded: the header announces"));
+    damaged = file;
+    damaged.back() ^= 1;
+    CHECK(contains(error_of([&] { parse_part<float>(damaged, path); }),
+                   version == 1 ? "field 'crc32' at byte offset 24: corrupted: CRC-32 mismatch"
+                                : "field 'checksum' at byte offset 24: corrupted: XXH3 checksum mismatch"));
+    CHECK(contains(error_of([&] { parse_part<float>(bytes(file.begin(), file.begin() + 20), path); }),
+                   "truncated (20 bytes, shorter than the header)"));
+  }
+  CHECK(parallax::io::checkpoint_format_version == 2);
 }
 
 TEST_CASE("checkpoint manifest: parse takes what text() writes, and nothing else") {
   const std::string good =
-      "parallax-checkpoint 1\ntrainer ModelParallel\nelement float64 264\nlayers 5\nstep 3\npart part-0-2.bin 0 2\n"
+      "parallax-checkpoint 2\ntrainer ModelParallel\nelement float64 264\nlayers 5\nstep 3\npart part-0-2.bin 0 2\n"
       "part part-2-5.bin 2 5\nend\n";
   const auto m = manifest::parse(good, "M");
   CHECK(m.trainer == "ModelParallel");
@@ -311,10 +321,14 @@ TEST_CASE("checkpoint manifest: parse takes what text() writes, and nothing else
   CHECK(m.parts[1].layer_begin == 2);
   CHECK(m.parts[1].layer_end == 5);
   CHECK(m.text() == good);
+  // A format-1 manifest, as parallax wrote them before format 2, reads the same.
+  std::string old = good;
+  old.replace(0, 21, "parallax-checkpoint 1");
+  CHECK(manifest::parse(old, "M").parts.size() == 2);
 
   // Offsets are in the file: 28 header bytes before the text.
   const std::vector<std::pair<std::string, std::string>> bad = {
-      {"parallax-checkpoint 2\n", "line 1 (byte offset 28), field 'parallax-checkpoint': format version 2 is unknown"},
+      {"parallax-checkpoint 3\n", "line 1 (byte offset 28), field 'parallax-checkpoint': format version 3 is unknown (this parallax reads up to 2)"},
       {"PLX 1\n", "line 1 (byte offset 28), field 'parallax-checkpoint': not a parallax checkpoint manifest"},
       {"parallax-checkpoint 1\ntrainer A\nelement float64 264\nlayers -1\n",
        "line 4 (byte offset 80), field 'layers': '-1' is not a number that fits"},

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSL-1.0
-// Fuzz target: a whole checkpoint part file as raw bytes (header, CRC-32,
+// Fuzz target: a whole checkpoint part file as raw bytes (header, checksum,
 // payload), read as io::detail::read_part does, as float or double tensors
 // by the header's element code. Peak memory stays within 6 times the file's
 // size plus 64 KiB.

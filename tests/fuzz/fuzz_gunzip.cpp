@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
 // Fuzz target: a gzip-compressed IDX file held in memory, decoded as
-// data::decode_idx does: gunzip (detail/inflate.hpp), then the IDX reader.
+// data::decode_idx does: gunzip (detail/gzip.hpp, zlib), then the IDX reader.
 // With 1 MiB of data allowed, peak memory stays within the decompressed
 // bytes (at most 1 MiB plus the header) and their float elements (4 MiB),
 // plus 64 KiB.
 
 #include <parallax/data/idx.hpp>
-#include <parallax/detail/inflate.hpp>
+#include <parallax/detail/gzip.hpp>
 
 #include "fuzz_support.hpp"
 

@@ -5,7 +5,7 @@
 // elements as float) plus 64 KiB.
 
 #include <parallax/data/idx.hpp>
-#include <parallax/detail/inflate.hpp>
+#include <parallax/detail/gzip.hpp>
 
 #include "fuzz_support.hpp"
 

@@ -19,7 +19,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/bytes.hpp>
-#include <parallax/detail/inflate.hpp>
+#include <parallax/detail/gzip.hpp>
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 

@@ -36,10 +36,8 @@ void store_le64(std::uint8_t* p, std::uint64_t v) noexcept;
 // ---------------------------------------------------------------------------
 
 // On a little-endian machine a little-endian value is a plain unaligned
-// load: memcpy says so to the compiler, which matters in the inflater's bit
-// refill and in CRC-32, both once per eight input bytes. The byte loops are
-// the portable definition; compilers turn the big-endian one into a load and
-// a byte swap.
+// load: memcpy says so to the compiler. The byte loops are the portable
+// definition; compilers turn the big-endian one into a load and a byte swap.
 
 template <std::unsigned_integral U>
 U load_le(const std::uint8_t* p) noexcept {

@@ -36,8 +36,10 @@
 
 namespace parallax::io {
 
-/// The newest checkpoint format this parallax writes and reads.
-inline constexpr std::uint32_t checkpoint_format_version = 1;
+/// The newest checkpoint format this parallax writes and reads. Version 2
+/// checksums each file with XXH3 where version 1 used CRC-32 (io/file.hpp);
+/// payload and MANIFEST are alike in both, so version 1 checkpoints still load.
+inline constexpr std::uint32_t checkpoint_format_version = 2;
 
 namespace detail {
 
