@@ -19,6 +19,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/bytes.hpp>
+#include <parallax/detail/element_type.hpp>
 #include <parallax/detail/inflate.hpp>
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
@@ -267,38 +268,6 @@ inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::st
   return file;
 }
 
-/// Whether `value` survives conversion to T: an integer must lie in T's
-/// range; a floating value going to an integer type must be finite with its
-/// truncation in range; a finite floating value going to a narrower floating
-/// type must not exceed its largest value. Integers always convert to
-/// floating types (rounding if need be).
-template <class T, class S>
-bool idx_fits(S value) {
-  if constexpr (std::is_integral_v<S> && std::is_integral_v<T>) {
-    constexpr auto max = static_cast<std::uintmax_t>(std::numeric_limits<T>::max());
-    if constexpr (std::is_signed_v<S>) {
-      const auto v = static_cast<std::intmax_t>(value);
-      if (v < 0) return std::is_signed_v<T> && v >= static_cast<std::intmax_t>(std::numeric_limits<T>::min());
-      return static_cast<std::uintmax_t>(v) <= max;
-    } else {
-      return static_cast<std::uintmax_t>(value) <= max;
-    }
-  } else if constexpr (std::is_integral_v<S>) {
-    return true;
-  } else if constexpr (std::is_floating_point_v<T>) {
-    if constexpr (sizeof(T) >= sizeof(S)) return true;
-    else return !std::isfinite(value) || std::fabs(value) <= static_cast<S>(std::numeric_limits<T>::max());
-  } else {
-    if (!std::isfinite(value)) return false;
-    // 2^digits is exact in long double for every integer type, and every
-    // integer in [-2^digits, 2^digits) (signed) or [0, 2^digits) (unsigned)
-    // is representable.
-    const long double t = std::trunc(static_cast<long double>(value));
-    const long double bound = std::ldexp(1.0L, std::numeric_limits<T>::digits);
-    return t < bound && (std::is_signed_v<T> ? t >= -bound : t >= 0.0L);
-  }
-}
-
 /// Decodes big-endian elements of type S at `values` into `out`.
 template <class S, class T>
 void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where, std::size_t data_offset) {
@@ -307,7 +276,7 @@ void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string
                     std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
-    if (!idx_fits<T>(value)) {
+    if (!fits<T>(value)) {
       throw_error(error_kind::incompatible, where + ": at byte offset " + std::to_string(data_offset + i * sizeof(S)) +
                                                 ": element " + std::to_string(i) + " (" + number_text(value) +
                                                 ") does not fit in " + type_name<T>());
