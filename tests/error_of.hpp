@@ -7,6 +7,7 @@
 #include <parallax/core/error.hpp>
 
 #include <exception>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -23,3 +24,22 @@ std::string error_of(F&& f) {
 }
 
 inline bool contains(const std::string& text, std::string_view part) { return text.find(part) != std::string::npos; }
+
+/// The kind and message of the parallax::error that f throws; no kind when
+/// it throws none or another exception (whose message then says so).
+struct thrown {
+  std::optional<parallax::error_kind> kind;
+  std::string message;
+};
+
+template <class F>
+thrown thrown_by(F&& f) {
+  try {
+    f();
+  } catch (const parallax::error& e) {
+    return {e.kind(), e.what()};
+  } catch (const std::exception& e) {
+    return {std::nullopt, std::string("unexpected exception: ") + e.what()};
+  }
+  return {std::nullopt, "no error"};
+}
