@@ -137,7 +137,7 @@ class ShardDataset {
       PARALLAX_CHECK(indices[i] >= first_ && indices[i] - first_ < held_.size(),
                      "ShardDataset: sample " + std::to_string(indices[i]) + " is not in the rows [" +
                          std::to_string(first_) + ", " + std::to_string(first_ + held_.size()) +
-                         ") this shard holds (a sampler over the whole dataset needs every rank to hold every row)");
+                         ") this shard holds (train_epoch's sampler draws from the whole dataset; see docs/datasets.md)");
       local[i] = indices[i] - first_;
     }
     held_.batch_into(local, b);
