@@ -29,15 +29,6 @@ using parallax::test::write_file;
 using X = xt::xtensor<float, 2>;
 using Y = xt::xtensor<std::int32_t, 1>;
 
-template <class F>
-void check_error(F&& f, error_kind kind, std::initializer_list<std::string> parts) {
-  const thrown t = thrown_by(f);
-  INFO(t.message);
-  REQUIRE(t.kind.has_value());
-  CHECK(*t.kind == kind);
-  for (const auto& part : parts) CHECK(contains(t.message, part));
-}
-
 }  // namespace
 
 TEST_CASE("csv: a header, the target by name, in the middle") {

@@ -67,15 +67,6 @@ std::string dict(const std::string& descr, const std::string& shape) {
   return "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
 }
 
-/// Checks that f throws a parallax::error of `kind` whose message holds every part.
-template <class F>
-void check_error(F&& f, error_kind kind, std::initializer_list<std::string> parts) {
-  const thrown t = thrown_by(f);
-  INFO(t.message);
-  REQUIRE(t.kind.has_value());
-  CHECK(*t.kind == kind);
-  for (const auto& part : parts) CHECK(contains(t.message, part));
-}
 
 }  // namespace
 

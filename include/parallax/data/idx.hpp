@@ -256,9 +256,7 @@ inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::st
 /// Decodes big-endian elements of type S at `values` into `out`.
 template <class S, class T>
 void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where, std::size_t data_offset) {
-  using bits_type = std::conditional_t<sizeof(S) == 1, std::uint8_t,
-                    std::conditional_t<sizeof(S) == 2, std::uint16_t,
-                    std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
+  using bits_type = uint_of_size<sizeof(S)>;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
     if (!fits<T>(value)) {

@@ -349,8 +349,7 @@ inline npy_file npy_open(const std::string& path, const std::string& where, cons
 template <class S, class T>
 void npy_convert(const std::uint8_t* values, std::span<T> out, std::size_t first, std::size_t offset,
                  const std::string& where) {
-  using bits_type = std::conditional_t<sizeof(S) == 1, std::uint8_t,
-                    std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>;
+  using bits_type = uint_of_size<sizeof(S)>;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_le<bits_type>(values + i * sizeof(S)));
     if (!fits_exactly<T>(value)) {
@@ -522,8 +521,7 @@ void save_npy(const std::string& path, const E& array) {
   bytes.insert(bytes.end(), header.begin(), header.end());
   const std::size_t at = bytes.size();
   bytes.resize(at + array.size() * sizeof(T));
-  using bits_type = std::conditional_t<sizeof(T) == 1, std::uint8_t,
-                    std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>;
+  using bits_type = detail::uint_of_size<sizeof(T)>;
   const T* values = array.data();
   for (std::size_t i = 0; i < array.size(); ++i) {
     detail::store_le(bytes.data() + at + i * sizeof(T), std::bit_cast<bits_type>(values[i]));
