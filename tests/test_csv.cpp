@@ -40,6 +40,9 @@ TEST_CASE("csv: a header, the target by name, in the middle") {
   CHECK(d.inputs() == X{{1.5f, 2.0f}, {-3.0f, 0.4f}, {5.0f, 6.0f}});
   CHECK(d.targets() == Y{0, 2, 1});
   CHECK(parallax::data::csv_row_count(dir / "a.csv") == 3);
+  // A spreadsheet's byte order mark is not part of the first name.
+  write_file(dir / "bom.csv", "\xEF\xBB\xBFlabel,x\n1,2\n");
+  CHECK(read_csv<X, Y>(dir / "bom.csv", {.target = "label"}).targets() == Y{1});
 }
 
 TEST_CASE("csv: no header, the target by index; CRLF, blank lines, signs, whole floating labels") {

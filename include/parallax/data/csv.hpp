@@ -18,7 +18,8 @@
 /// of double quotes taken off; quoted delimiters and line breaks inside
 /// quotes are not read. Numbers are std::from_chars text (a '+' in front is
 /// allowed), so "1e-3", "inf" and "nan" are numbers and "1,5" is two cells.
-/// Blank lines are skipped and not counted as rows. Readers are local: in an
+/// Blank lines are skipped and not counted as rows; a UTF-8 byte order mark
+/// at the start is dropped. Readers are local: in an
 /// MPI program read through parallax::agree.
 
 #include <parallax/core/block.hpp>
@@ -82,7 +83,8 @@ ShardDataset<X, Y> read_csv_shard(const std::string& path, block rows, const csv
 namespace parallax::detail {
 
 /// The lines of a file, each at most max_line_bytes long (a carriage return
-/// before the newline is dropped), with their numbers.
+/// before the newline and a UTF-8 byte order mark before the first line are
+/// dropped), with their numbers.
 class csv_lines {
  public:
   csv_lines(const std::string& path, const std::string& where, std::size_t max_line_bytes)
@@ -107,6 +109,9 @@ class csv_lines {
     std::size_t length = in_.eof() ? got : got - 1;
     if (length > 0 && buffer_[length - 1] == '\r') --length;
     line = std::string_view(buffer_.data(), length);
+    // The byte order mark some editors and spreadsheets write is not part
+    // of the first column's name.
+    if (number_ == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
     return true;
   }
   /// The number of the line next() returned last, from 1.
