@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
-// Suite data: Batch, TensorDataset, gather_rows and slice_rows.
+// Suite data: Batch, TensorDataset, ShardDataset, gather_rows and slice_rows.
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/data/batch.hpp>
 
 #include <doctest/doctest.h>
 
+#include <string>
 #include <vector>
 
 using X = xt::xtensor<float, 2>;
@@ -47,4 +48,28 @@ TEST_CASE("slice_rows: a contiguous block of rows") {
   parallax::data::slice_rows(x, 4, 0, out);
   CHECK(out.shape()[0] == 0);
   CHECK_THROWS_AS(parallax::data::slice_rows(x, 3, 2, out), parallax::error);
+}
+
+TEST_CASE("ShardDataset: the rows held keep the whole dataset's sample numbers") {
+  X x = {{20, 21}, {30, 31}};
+  Y y = {2, 3};
+  const parallax::data::ShardDataset<X, Y> shard(parallax::data::TensorDataset<X, Y>(x, y), 2, 5);
+  static_assert(parallax::Dataset<parallax::data::ShardDataset<X, Y>, parallax::data::Batch<X, Y>>);
+  CHECK(shard.size() == 5);
+  CHECK(shard.rows().begin == 2);
+  CHECK(shard.rows().end == 4);
+  const std::vector<std::size_t> pick = {3, 2, 3};
+  auto b = shard.batch(pick);
+  CHECK(b.inputs == X{{30, 31}, {20, 21}, {30, 31}});
+  CHECK(b.targets == Y{3, 2, 3});
+  const std::vector<std::size_t> local = {1};
+  CHECK(shard.local().batch(local).targets == Y{3});
+  for (const std::size_t outside : {1, 4}) {
+    const std::vector<std::size_t> bad = {2, outside};
+    CHECK_THROWS_WITH_AS(shard.batch(bad),
+                         doctest::Contains(("sample " + std::to_string(outside) + " is not in the rows [2, 4)").c_str()),
+                         parallax::error);
+  }
+  CHECK_THROWS_WITH_AS((parallax::data::ShardDataset<X, Y>(parallax::data::TensorDataset<X, Y>(x, y), 4, 5)),
+                       doctest::Contains("rows [4, 6) of a dataset of 5"), parallax::error);
 }

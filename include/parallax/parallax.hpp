@@ -19,7 +19,9 @@
 #include <parallax/core/ring.hpp>
 
 #include <parallax/data/batch.hpp>
+#include <parallax/data/csv.hpp>
 #include <parallax/data/idx.hpp>
+#include <parallax/data/npy.hpp>
 #include <parallax/data/sampler.hpp>
 
 #include <parallax/optim/adam.hpp>

@@ -3,11 +3,13 @@
 /// What every fuzz target shares: a bound on the memory one input may make a
 /// reader allocate (counted through the sanitizer's allocation hooks), and
 /// the rule that a reader fails only with parallax::error of the expected
-/// kind; anything else aborts, which libFuzzer reports as a finding.
+/// kind; anything else aborts, which libFuzzer reports as a finding. For
+/// readers that take a path, a scratch file holds the input.
 
 #include <parallax/core/error.hpp>
 
 #include <sanitizer/allocator_interface.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -16,7 +18,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <filesystem>
 #include <initializer_list>
+#include <string>
 #include <utility>
 
 namespace parallax::fuzz {
@@ -46,6 +50,26 @@ inline void on_free(const volatile void* p) {
   std::fprintf(stderr, "parallax fuzz finding: %s\n", what);
   std::abort();
 }
+
+/// A file in the temporary folder, named after the target and the process,
+/// that holds the current input; removed when the target exits.
+struct scratch_file {
+  std::string path;
+  explicit scratch_file(const std::string& name)
+      : path((std::filesystem::temp_directory_path() /
+              ("parallax-fuzz-" + std::to_string(::getpid()) + "-" + name))
+                 .string()) {}
+  ~scratch_file() { std::remove(path.c_str()); }
+  scratch_file(const scratch_file&) = delete;
+  scratch_file& operator=(const scratch_file&) = delete;
+  /// Replaces the file's bytes by `size` bytes at `data`.
+  void write(const std::uint8_t* data, std::size_t size) const {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) finding("cannot write the scratch file");
+    const bool ok = size == 0 || std::fwrite(data, 1, size, f) == size;
+    if (std::fclose(f) != 0 || !ok) finding("cannot write the scratch file");
+  }
+};
 
 /// Runs `read()` on one input: it may return or throw parallax::error of a
 /// kind in `expected`; any other exception, or more than `bound` bytes

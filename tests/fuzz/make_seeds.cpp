@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: BSL-1.0
 // Writes the seed corpus of the fuzz targets into the folder named by its
 // first argument: small valid files of every kind the readers take, written
-// by the library's own writers (checkpoint parts and a MANIFEST) or built
-// like the IDX tests build theirs. The build gzips the IDX seeds with the
+// by the library's own writers (checkpoint parts, a MANIFEST, .npy files) or
+// built like the IDX tests build theirs (and two CSV texts). The build gzips the IDX seeds with the
 // system gzip. Usage: make_seeds OUTDIR
 
+#include <parallax/data/npy.hpp>
 #include <parallax/detail/element_type.hpp>
 #include <parallax/io/checkpoint_format.hpp>
 #include <parallax/io/file.hpp>
@@ -115,5 +116,13 @@ int main(int argc, char** argv) {
       {"values-i16.idx", make_idx(0x0B, {2, 3}, shorts)},
   };
   for (const auto& [name, bytes] : idx) write_bytes(out / name, std::vector<char>(bytes.begin(), bytes.end()));
+
+  parallax::data::save_npy((out / "matrix-f4.npy").string(), xt::xarray<float>{{0.5f, -1.0f, 2.0f}, {3.0f, 4.0f, 5.0f}});
+  parallax::data::save_npy((out / "labels-i8.npy").string(), xt::xarray<std::int64_t>{3, 1, 4, 1, 5});
+  parallax::data::save_npy((out / "images-u1.npy").string(), xt::xarray<std::uint8_t>({2, 2, 2}, 200));
+  const std::string named = "x0,x1,y\n1.5,-2,0\n3e-1,inf,2\n\n 4 ,\"5\",1\r\n";
+  const std::string plain = "0.5,3,7\n1,4.0,8\n2,5,9\n";
+  write_bytes(out / "named.csv", std::vector<char>(named.begin(), named.end()));
+  write_bytes(out / "plain.csv", std::vector<char>(plain.begin(), plain.end()));
   return 0;
 }

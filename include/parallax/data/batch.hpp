@@ -1,9 +1,11 @@
 #pragma once
 // SPDX-License-Identifier: BSL-1.0
 /// Batch<X, Y>: inputs and targets of some samples, the batch type of
-/// Sequential and of TensorDataset; and TensorDataset, an in-memory dataset
-/// of two tensors whose leading extent is the sample.
+/// Sequential and of TensorDataset; TensorDataset, an in-memory dataset of
+/// two tensors whose leading extent is the sample; and ShardDataset, the rows
+/// of such a dataset that one rank holds.
 
+#include <parallax/core/block.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
 
@@ -13,6 +15,7 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace parallax::data {
 
@@ -93,6 +96,57 @@ class TensorDataset {
  private:
   X inputs_;
   Y targets_;
+};
+
+/// Rows [rows().begin, rows().end) of a dataset of size() samples, held in
+/// memory: what a rank keeps when it reads only its shard of a file
+/// (data/npy.hpp, data/csv.hpp). Samples keep the numbers they have in the
+/// whole dataset, so the block DataParallel::evaluate gives this rank
+/// (block_of) names the same samples as on a rank that holds everything. A
+/// sample outside the rows held is an error naming it and the rows;
+/// local() is the same rows numbered from 0, for a sampler over this shard
+/// alone (docs/datasets.md).
+template <class X, class Y>
+class ShardDataset {
+ public:
+  using batch_type = Batch<X, Y>;
+
+  ShardDataset() = default;
+  /// `held` is rows [first, first + held.size()) of a dataset of `total`.
+  ShardDataset(TensorDataset<X, Y> held, std::size_t first, std::size_t total)
+      : held_(std::move(held)), first_(first), total_(total) {
+    PARALLAX_CHECK(first_ <= total_ && held_.size() <= total_ - first_,
+                   "ShardDataset: rows [" + std::to_string(first_) + ", " + std::to_string(first_ + held_.size()) +
+                       ") of a dataset of " + std::to_string(total_));
+  }
+
+  /// Samples in the whole dataset.
+  std::size_t size() const { return total_; }
+  /// The rows this object holds.
+  block rows() const { return {first_, first_ + held_.size()}; }
+  const TensorDataset<X, Y>& local() const { return held_; }
+
+  batch_type batch(std::span<const std::size_t> indices) const {
+    batch_type b;
+    batch_into(indices, b);
+    return b;
+  }
+  void batch_into(std::span<const std::size_t> indices, batch_type& b) const {
+    std::vector<std::size_t> local(indices.size());
+    for (std::size_t i = 0; i < indices.size(); ++i) {
+      PARALLAX_CHECK(indices[i] >= first_ && indices[i] - first_ < held_.size(),
+                     "ShardDataset: sample " + std::to_string(indices[i]) + " is not in the rows [" +
+                         std::to_string(first_) + ", " + std::to_string(first_ + held_.size()) +
+                         ") this shard holds (train_epoch's sampler draws from the whole dataset; see docs/datasets.md)");
+      local[i] = indices[i] - first_;
+    }
+    held_.batch_into(local, b);
+  }
+
+ private:
+  TensorDataset<X, Y> held_;
+  std::size_t first_ = 0;
+  std::size_t total_ = 0;
 };
 
 /// Loads the samples `indices` of `dataset` into `batch`: through the

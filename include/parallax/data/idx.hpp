@@ -19,7 +19,9 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/bytes.hpp>
+#include <parallax/detail/element_type.hpp>
 #include <parallax/detail/gzip.hpp>
+#include <parallax/detail/input_file.hpp>
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 
@@ -152,11 +154,6 @@ inline std::size_t idx_max_file_bytes(const data::idx_limits& limits) {
   return idx_saturating_add(limits.max_bytes, idx_max_header_bytes(limits));
 }
 
-/// "f(): 'name'": the start of every message about one file.
-inline std::string idx_where(std::string_view function, const std::string& name) {
-  return std::string(function) + ": '" + name + "'";
-}
-
 /// Checks the header of decoded IDX bytes; `where` starts every message.
 inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, const std::string& where,
                                          const data::idx_limits& limits) {
@@ -219,25 +216,14 @@ inline data::idx_header idx_parse_header(std::span<const std::uint8_t> bytes, co
 /// as 1/64 plus 1 MiB.
 inline std::vector<std::uint8_t> idx_read_file(const std::string& path, const std::string& where,
                                                const data::idx_limits& limits) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  const fs::file_status status = fs::status(path, ec);
-  PARALLAX_CHECK_KIND(status.type() != fs::file_type::not_found, error_kind::io, where + ": no such file");
-  PARALLAX_CHECK_KIND(!ec, error_kind::io, where + ": cannot access the file: " + ec.message());
-  PARALLAX_CHECK_KIND(fs::is_regular_file(status), error_kind::io, where + ": not a regular file");
-  const std::uintmax_t size = fs::file_size(path, ec);
-  PARALLAX_CHECK_KIND(!ec, error_kind::io, where + ": cannot read the file size: " + ec.message());
+  const std::uintmax_t size = input_file_size(path, where);
   const std::size_t raw_cap = idx_max_file_bytes(limits);
   const std::size_t file_cap = idx_saturating_add(raw_cap, idx_saturating_add(raw_cap / 64, std::size_t{1} << 20));
   PARALLAX_CHECK_KIND(size <= file_cap, error_kind::damaged_file,
                       where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
-  std::ifstream in(path, std::ios::binary);
-  PARALLAX_CHECK_KIND(in.is_open(), error_kind::io, where + ": cannot open the file for reading");
+  std::ifstream in = open_input(path, where);
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
-  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  PARALLAX_CHECK_KIND(
-      in.gcount() == static_cast<std::streamsize>(bytes.size()), error_kind::io,
-      where + ": read error after " + std::to_string(in.gcount()) + " of " + std::to_string(size) + " bytes");
+  read_exactly(in, 0, reinterpret_cast<char*>(bytes.data()), bytes.size(), where);
   if (is_gzip(bytes)) return gunzip(bytes, raw_cap, where + ": gzip");
   PARALLAX_CHECK_KIND(bytes.size() <= raw_cap, error_kind::damaged_file,
                       where + ": the file is " + std::to_string(size) + " bytes, more than limits.max_bytes allows");
@@ -267,47 +253,13 @@ inline idx_bytes_file idx_read_bytes_file(const std::string& path, const std::st
   return file;
 }
 
-/// Whether `value` survives conversion to T: an integer must lie in T's
-/// range; a floating value going to an integer type must be finite with its
-/// truncation in range; a finite floating value going to a narrower floating
-/// type must not exceed its largest value. Integers always convert to
-/// floating types (rounding if need be).
-template <class T, class S>
-bool idx_fits(S value) {
-  if constexpr (std::is_integral_v<S> && std::is_integral_v<T>) {
-    constexpr auto max = static_cast<std::uintmax_t>(std::numeric_limits<T>::max());
-    if constexpr (std::is_signed_v<S>) {
-      const auto v = static_cast<std::intmax_t>(value);
-      if (v < 0) return std::is_signed_v<T> && v >= static_cast<std::intmax_t>(std::numeric_limits<T>::min());
-      return static_cast<std::uintmax_t>(v) <= max;
-    } else {
-      return static_cast<std::uintmax_t>(value) <= max;
-    }
-  } else if constexpr (std::is_integral_v<S>) {
-    return true;
-  } else if constexpr (std::is_floating_point_v<T>) {
-    if constexpr (sizeof(T) >= sizeof(S)) return true;
-    else return !std::isfinite(value) || std::fabs(value) <= static_cast<S>(std::numeric_limits<T>::max());
-  } else {
-    if (!std::isfinite(value)) return false;
-    // 2^digits is exact in long double for every integer type, and every
-    // integer in [-2^digits, 2^digits) (signed) or [0, 2^digits) (unsigned)
-    // is representable.
-    const long double t = std::trunc(static_cast<long double>(value));
-    const long double bound = std::ldexp(1.0L, std::numeric_limits<T>::digits);
-    return t < bound && (std::is_signed_v<T> ? t >= -bound : t >= 0.0L);
-  }
-}
-
 /// Decodes big-endian elements of type S at `values` into `out`.
 template <class S, class T>
 void idx_convert(const std::uint8_t* values, std::span<T> out, const std::string& where, std::size_t data_offset) {
-  using bits_type = std::conditional_t<sizeof(S) == 1, std::uint8_t,
-                    std::conditional_t<sizeof(S) == 2, std::uint16_t,
-                    std::conditional_t<sizeof(S) == 4, std::uint32_t, std::uint64_t>>>;
+  using bits_type = uint_of_size<sizeof(S)>;
   for (std::size_t i = 0; i < out.size(); ++i) {
     const S value = std::bit_cast<S>(load_be<bits_type>(values + i * sizeof(S)));
-    if (!idx_fits<T>(value)) {
+    if (!fits<T>(value)) {
       throw_error(error_kind::incompatible, where + ": at byte offset " + std::to_string(data_offset + i * sizeof(S)) +
                                                 ": element " + std::to_string(i) + " (" + number_text(value) +
                                                 ") does not fit in " + type_name<T>());
@@ -373,12 +325,12 @@ inline std::size_t idx_header::count() const {
 inline std::size_t idx_header::data_bytes() const { return count() * idx_element_size(type); }
 
 inline idx_header parse_idx_header(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits) {
-  return detail::idx_parse_header(bytes, detail::idx_where("parse_idx_header()", name), limits);
+  return detail::idx_parse_header(bytes, detail::file_where("parse_idx_header()", name), limits);
 }
 
 template <class T>
 xt::xarray<T> decode_idx(std::span<const std::uint8_t> bytes, const std::string& name, idx_limits limits) {
-  const std::string where = detail::idx_where("decode_idx()", name);
+  const std::string where = detail::file_where("decode_idx()", name);
   if (!detail::is_gzip(bytes)) return detail::idx_decode<T>(bytes, where, limits);
   const auto raw = detail::gunzip(bytes, detail::idx_max_file_bytes(limits), where + ": gzip");
   return detail::idx_decode<T>(raw, where, limits);
@@ -386,13 +338,13 @@ xt::xarray<T> decode_idx(std::span<const std::uint8_t> bytes, const std::string&
 
 template <class T>
 xt::xarray<T> read_idx(const std::string& path, idx_limits limits) {
-  const std::string where = detail::idx_where("read_idx()", path);
+  const std::string where = detail::file_where("read_idx()", path);
   return detail::idx_decode<T>(detail::idx_read_file(path, where, limits), where, limits);
 }
 
 inline image_set read_image_set(const std::string& images_path, const std::string& labels_path, idx_limits limits) {
-  const std::string at_images = detail::idx_where("read_image_set()", images_path);
-  const std::string at_labels = detail::idx_where("read_image_set()", labels_path);
+  const std::string at_images = detail::file_where("read_image_set()", images_path);
+  const std::string at_labels = detail::file_where("read_image_set()", labels_path);
 
   const auto [image_bytes, ih] = detail::idx_read_bytes_file(images_path, at_images, limits, "images", 3,
                                                             "count, rows, columns");

@@ -2,15 +2,25 @@
 // SPDX-License-Identifier: BSL-1.0
 /// Byte order: the one place where parallax's file formats turn bytes into
 /// unsigned integers and back — little-endian for gzip (RFC 1952) and the
-/// checkpoint header (io/file.hpp), big-endian for IDX (data/idx.hpp).
+/// checkpoint header (io/file.hpp) and .npy (data/npy.hpp), big-endian for
+/// IDX (data/idx.hpp).
 
 #include <bit>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace parallax::detail {
+
+/// The unsigned integer of N bytes (1, 2, 4 or 8): what an element of that
+/// size is loaded as before std::bit_cast makes it a float or a signed value.
+template <std::size_t N>
+  requires(N == 1 || N == 2 || N == 4 || N == 8)
+using uint_of_size = std::conditional_t<N == 1, std::uint8_t,
+                     std::conditional_t<N == 2, std::uint16_t,
+                     std::conditional_t<N == 4, std::uint32_t, std::uint64_t>>>;
 
 /// The sizeof(U) bytes at `p` read as a little-endian / big-endian U. `p`
 /// needs no alignment.

@@ -11,6 +11,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/element_type.hpp>
+#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/io/archive_reader.hpp>
 #include <parallax/io/file.hpp>
@@ -22,7 +23,6 @@
 #include <boost/serialization/vector.hpp>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdint>
 #include <iomanip>
 #include <set>
@@ -179,9 +179,7 @@ namespace manifest_text {
 /// A decimal number without sign or spaces that fits in U.
 template <class U>
 bool number(std::string_view word, U& out) {
-  if (word.empty() || word.size() > 20) return false;
-  const auto [end, ec] = std::from_chars(word.data(), word.data() + word.size(), out);
-  return ec == std::errc{} && end == word.data() + word.size();
+  return word.size() <= 20 && parallax::detail::parse_number(word, out);
 }
 
 /// A part's file name: a plain name in the step folder, never a path.
