@@ -493,7 +493,7 @@ TEST_CASE("checkpoint: damaged checkpoints are detected with their cause, on eve
     parallax::io::Checkpointer folder(dir.path + "/momentum", {.quiet = true}, world);
     const auto saved = folder.save(momentum);
     const auto slots = agreed_failure(world, [&] { folder.resume_latest(sgd); });
-    CHECK(slots.message.find("holds sgd state with slots {momentum}, the trainer's optimizer keeps {}") !=
+    CHECK(slots.message.find("holds sgd state with slots {\"momentum\"}, the trainer's optimizer keeps {}") !=
           std::string::npos);
     CHECK(slots.kind == parallax::error_kind::incompatible);
     CHECK(folder.list() == std::vector<std::string>{saved});  // not set aside as damaged

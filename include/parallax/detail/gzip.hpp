@@ -63,8 +63,6 @@ class gzip_reader {
     // windowBits 15 + 16: a gzip wrapper only (no zlib header, no raw deflate).
     const int rc = inflateInit2(&z_, 15 + 16);
     if (rc == Z_MEM_ERROR) throw std::bad_alloc();
-    if (rc != Z_OK && rc != Z_BUF_ERROR)
-      throw_error(error_kind::io, std::string(context_) + ": zlib's inflate failed (" + std::to_string(rc) + ")");
     if (rc != Z_OK)
       throw_error(error_kind::io, std::string(context_) + ": zlib's inflateInit2 failed (" + std::to_string(rc) + ")");
   }

@@ -130,14 +130,9 @@ optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::Distrib
       for (const auto& key : wanted) state.slots[k].push_back(c.records[key].slots.at(k));
   const auto current = trainer.optimizer().state();
   check(current.kind == state.kind, where + " holds " + state.kind + " optimizer state, the trainer uses " + current.kind);
-  const auto slots_text = [](const std::vector<std::string>& names) {
-    std::string text;
-    for (const auto& n : names) text += (text.empty() ? "" : ", ") + n;
-    return "{" + text + "}";
-  };
   check(current.slot_names == state.slot_names,
-        where + " holds " + state.kind + " state with slots " + slots_text(state.slot_names) +
-            ", the trainer's optimizer keeps " + slots_text(current.slot_names) +
+        where + " holds " + state.kind + " state with slots " + optim::detail::slots_text(state.slot_names) +
+            ", the trainer's optimizer keeps " + optim::detail::slots_text(current.slot_names) +
             " (another setting, e.g. momentum)");
   if (sampler && meta.where.has_sampler) {
     check(sampler->options().seed == meta.where.sampler_seed && sampler->dataset_size() == meta.where.dataset_size &&

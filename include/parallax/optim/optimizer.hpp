@@ -138,6 +138,13 @@ template <std::floating_point T>
 void check_step(std::string_view who, std::span<const std::span<T>> params,
                 std::span<const std::span<const T>> grads, const std::vector<std::vector<T>>* buffers);
 
+/// Slot names for messages: {"m", "v"}, or {} for none.
+inline std::string slots_text(const std::vector<std::string>& names) {
+  std::string text = "{";
+  for (std::size_t i = 0; i < names.size(); ++i) text += (i == 0 ? "\"" : ", \"") + names[i] + "\"";
+  return text + "}";
+}
+
 /// The checks every load_state() makes before changing anything: the kind,
 /// the slot names, one buffer list per slot, the same tensor sizes in every
 /// slot, no buffers before the first step, and a valid learning rate.
@@ -213,13 +220,8 @@ void check_state(std::string_view who, const optimizer_state<T>& s, std::string_
   const std::string w(who);
   PARALLAX_CHECK(s.kind == kind,
                  w + ": the state is of kind \"" + s.kind + "\", expected \"" + std::string(kind) + "\"");
-  const auto list = [](const std::vector<std::string>& names) {
-    std::string text = "{";
-    for (std::size_t i = 0; i < names.size(); ++i) text += (i == 0 ? "\"" : ", \"") + names[i] + "\"";
-    return text + "}";
-  };
-  PARALLAX_CHECK(s.slot_names == slot_names, w + ": the state has slots " + list(s.slot_names) +
-                                                 " but this optimizer keeps " + list(slot_names) +
+  PARALLAX_CHECK(s.slot_names == slot_names, w + ": the state has slots " + slots_text(s.slot_names) +
+                                                 " but this optimizer keeps " + slots_text(slot_names) +
                                                  " (were they built with different options?)");
   PARALLAX_CHECK(s.slots.size() == s.slot_names.size(), w + ": the state names " +
                                                             std::to_string(s.slot_names.size()) +
