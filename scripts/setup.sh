@@ -13,6 +13,7 @@ PARALLAX_PACKAGES=(
   clang libclang-rt-14-dev gzip
   dataset-fashion-mnist
   iproute2
+  slurm-wlm munge
 )
 
 parallax_install_missing() {
