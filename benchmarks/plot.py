@@ -9,9 +9,13 @@ Each file's "benchmark" field picks the picture:
   allreduce      (benchmarks/allreduce)          time per all-reduce against buffer size, and the ratio
   pipeline       (benchmarks/pipeline)           efficiency against micro-batches, both schedules, with
                                                  the ideal m / (m + p - 1), and saved activations
+A Chrome trace (PARALLAX_TRACE, fashion_mnist --trace; a "traceEvents" list)
+becomes a Gantt picture: one lane per rank, nested spans stacked inside it,
+over the training steps --steps FIRST:LAST (default 1:2).
 
   /usr/bin/python3 benchmarks/plot.py build-bench/vs_pytorch.json --out docs/images/vs_pytorch.png
   /usr/bin/python3 benchmarks/plot.py build-bench/data_parallel.json build-bench/allreduce.json --out-dir build-bench
+  /usr/bin/python3 benchmarks/plot.py run.json --steps 3:4 --out run.png
 
 Only pictures meant for the README belong in the repository (docs/images/);
 everything else stays in the build directory.
@@ -26,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.patches  # noqa: E402
 
 PARALLAX = "#1f5fa8"
 PYTORCH = "#e07b22"
@@ -191,8 +196,78 @@ def plot_pipeline(doc, out):
     finish(fig, out)
 
 
+# Colours of a trace's spans by name (pipeline operations) or category.
+TRACE_COLOURS = {"forward": PARALLAX, "backward": "#3c9a4a", "recompute": "#7fb0e0", "receive activation": GREY,
+                 "receive gradient": GREY, "send activation": "#c9c9c9", "send gradient": "#c9c9c9",
+                 "communication": "#c0392b", "update": PYTORCH, "data": "#8e44ad", "io": "#6d4c41",
+                 "train": "#ececec", "evaluate": "#f1c40f", "compute": "#d6e4f5", "sync": "#2c3e50", "hooks": "#b0b0b0"}
+# Short labels on a pipeline operation's bar: F3 is micro-batch 3's forward.
+TRACE_LABELS = {"forward": "F", "backward": "B", "recompute": "R"}
+
+
+def trace_spans(doc):
+    """The complete events ("ph": "X") per rank, each with its nesting depth."""
+    by_rank = {}
+    for e in doc["traceEvents"]:
+        if e.get("ph") == "X":
+            by_rank.setdefault(e["pid"], []).append(e)
+    for spans in by_rank.values():
+        spans.sort(key=lambda e: (e["ts"], -e["dur"]))
+        open_ends = []
+        for e in spans:
+            while open_ends and open_ends[-1] <= e["ts"]:
+                open_ends.pop()
+            e["depth"] = len(open_ends)
+            open_ends.append(e["ts"] + e["dur"])
+    return by_rank
+
+
+def plot_trace(doc, out, steps="1:2"):
+    by_rank = trace_spans(doc)
+    if not by_rank:
+        sys.exit("plot.py: the trace has no spans")
+    first, last = (int(x) for x in steps.split(":"))
+    chosen = [e for spans in by_rank.values() for e in spans
+              if e["name"] == "step" and first <= e.get("args", {}).get("index", -1) <= last]
+    if chosen:
+        begin = min(e["ts"] for e in chosen)
+        end = max(e["ts"] + e["dur"] for e in chosen)
+    else:  # no such steps: the whole trace
+        begin = min(e["ts"] for spans in by_rank.values() for e in spans)
+        end = max(e["ts"] + e["dur"] for spans in by_rank.values() for e in spans)
+    depth = 1 + max(e["depth"] for spans in by_rank.values() for e in spans)
+    ranks = sorted(by_rank)
+    fig, ax = plt.subplots(figsize=(11, 0.9 + 0.55 * depth * len(ranks)))
+    row = 0.9 / depth
+    for lane, rank in enumerate(ranks):
+        top = len(ranks) - lane
+        for e in by_rank[rank]:
+            if e["ts"] + e["dur"] < begin or e["ts"] > end:
+                continue
+            x0 = (max(e["ts"], begin) - begin) / 1000
+            width = (min(e["ts"] + e["dur"], end) - max(e["ts"], begin)) / 1000
+            y = top - 0.05 - row * (e["depth"] + 1)
+            colour = TRACE_COLOURS.get(e["name"], TRACE_COLOURS.get(e.get("cat"), GREY))
+            ax.broken_barh([(x0, width)], (y, row * 0.9), facecolors=colour, edgecolor="white", linewidth=0.3)
+            index = e.get("args", {}).get("index", -1)
+            if e.get("cat") == "pipeline" and e["name"] in TRACE_LABELS and index >= 0:
+                ax.text(x0 + width / 2, y + row * 0.45, f"{TRACE_LABELS[e['name']]}{index}", ha="center",
+                        va="center", fontsize=7, color="white", clip_on=True)
+    ax.set_yticks([len(ranks) - lane - 0.5 for lane in range(len(ranks))])
+    ax.set_yticklabels([f"rank {r}" for r in ranks])
+    ax.set_ylim(0, len(ranks))
+    ax.set_xlim(0, (end - begin) / 1000)
+    ax.set_xlabel("time (ms)")
+    shown = sorted({e["name"] if e["name"] in TRACE_COLOURS else e.get("cat") for spans in by_rank.values()
+                    for e in spans if (e["name"] in TRACE_COLOURS or e.get("cat") in TRACE_COLOURS)})
+    handles = [matplotlib.patches.Patch(color=TRACE_COLOURS[k], label=k) for k in shown]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=6, fontsize=8, frameon=False)
+    ax.set_title(f"steps {first}-{last}" if chosen else "the whole trace", fontsize=10)
+    finish(fig, out)
+
+
 PLOTS = {"vs_pytorch": plot_vs_pytorch, "data_parallel": plot_data_parallel, "allreduce": plot_allreduce,
-         "pipeline": plot_pipeline}
+         "pipeline": plot_pipeline, "trace": plot_trace}
 
 
 def main():
@@ -200,17 +275,21 @@ def main():
     parser.add_argument("inputs", nargs="+", help="JSON files written by the benchmarks")
     parser.add_argument("--out", help="the PNG to write (one input only)")
     parser.add_argument("--out-dir", help="directory for <benchmark>.png (default: beside each input)")
+    parser.add_argument("--steps", default="1:2", help="a trace's training steps to draw, FIRST:LAST")
     args = parser.parse_args()
     if args.out and len(args.inputs) > 1:
         parser.error("--out takes one input; use --out-dir for several")
     for path in args.inputs:
         with open(path) as f:
             doc = json.load(f)
-        kind = doc.get("benchmark")
+        kind = "trace" if "traceEvents" in doc else doc.get("benchmark")
         if kind not in PLOTS:
             sys.exit(f"plot.py: {path}: no picture for benchmark '{kind}' (known: {', '.join(PLOTS)})")
         out = args.out or os.path.join(args.out_dir or os.path.dirname(os.path.abspath(path)), kind + ".png")
-        PLOTS[kind](doc, out)
+        if kind == "trace":
+            plot_trace(doc, out, args.steps)
+        else:
+            PLOTS[kind](doc, out)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 //   mpiexec -n 2 build/examples/fashion_mnist                     # MLP, 10 epochs
 //   mpiexec -n 3 build/examples/fashion_mnist --strategy pipeline
 //   mpiexec -n 2 build/examples/fashion_mnist --checkpoint-dir ckpt --checkpoint-every 200 --resume
+//   mpiexec -n 2 build/examples/fashion_mnist --strategy pipeline --trace run.json   # open in Perfetto
 //   build/examples/fashion_mnist --help
 //
 // Data: the Debian package dataset-fashion-mnist (or --data-dir). Run one BLAS
@@ -18,6 +19,7 @@
 // error, 2 when the final accuracy is below --min-accuracy.
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data/idx.hpp>
 #include <parallax/data_parallel.hpp>
@@ -72,6 +74,7 @@ struct config {
   std::string data_dir = parallax::data::default_fashion_mnist_dir;
   std::size_t limit = 0;  // 0: every training sample
   std::string json;
+  std::string trace;  // empty: no timeline trace
   bool quiet = false;
   double min_accuracy = 0;
   std::size_t micro_batches = 4;  // pipeline
@@ -483,6 +486,8 @@ int main(int argc, char** argv) {
   app.add_option("--limit", cfg.limit, "Train on the first N training samples only (0: all 60000)")
       ->capture_default_str();
   app.add_option("--json", cfg.json, "Write a summary (accuracy per epoch, times, ranks, BLAS) to this file");
+  app.add_option("--trace", cfg.trace,
+                 "Write a timeline of every rank (Chrome trace-event JSON: Perfetto, chrome://tracing) to this file");
   app.add_flag("--quiet", cfg.quiet, "No progress bar (one line per epoch, as when stdout is not a terminal)");
   app.add_option("--min-accuracy", cfg.min_accuracy, "Exit with status 2 when the final test accuracy is lower")
       ->check(CLI::Range(0.0, 1.0));
@@ -504,6 +509,12 @@ int main(int argc, char** argv) {
       json.open(cfg.json);
       PARALLAX_CHECK(json.is_open(), "--json: cannot write '" + cfg.json + "'");
     });
+    if (!cfg.trace.empty()) {
+      parallax::agree(world, [&] {
+        if (root) PARALLAX_CHECK(std::ofstream(cfg.trace).is_open(), "--trace: cannot write '" + cfg.trace + "'");
+      });
+      parallax::trace::set_file(cfg.trace);
+    }
     const auto load_start = clock_type::now();
     auto data = parallax::agree(world, [&] { return load(cfg); });
     const double load_seconds = std::chrono::duration<double>(clock_type::now() - load_start).count();
@@ -532,6 +543,10 @@ int main(int argc, char** argv) {
           return 1;
         }
       }
+    }
+    if (!cfg.trace.empty() && !parallax::trace::write()) {
+      if (root) std::cerr << "fashion_mnist: error: writing the trace '" << cfg.trace << "' failed" << std::endl;
+      return 1;
     }
     if (result.accuracy() < cfg.min_accuracy) {
       if (root)

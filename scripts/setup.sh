@@ -14,6 +14,7 @@ PARALLAX_PACKAGES=(
   dataset-fashion-mnist
   iproute2
   slurm-wlm munge
+  python3-matplotlib
 )
 
 parallax_install_missing() {

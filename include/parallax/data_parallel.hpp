@@ -11,10 +11,11 @@
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
-#include <parallax/core/operation.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/reducer.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
@@ -359,6 +360,7 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
           // Layers with step-keyed randomness (dropout) see the optimizer step,
           // so a resumed run draws the same masks as an uninterrupted one.
           if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
+          trace::span span("loss and gradient", "compute");
           loss = static_cast<double>(model_.loss_and_gradient(*batch));
           refresh_views();
         },

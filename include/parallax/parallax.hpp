@@ -17,6 +17,7 @@
 #include <parallax/core/reducer.hpp>
 #include <parallax/core/request.hpp>
 #include <parallax/core/ring.hpp>
+#include <parallax/core/trace.hpp>
 
 #include <parallax/data/batch.hpp>
 #include <parallax/data/csv.hpp>

@@ -7,6 +7,7 @@
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
@@ -141,7 +142,10 @@ std::optional<error> capture(F&& f, std::string_view context) {
 inline void agree(const mpi::communicator& comm, const std::optional<error>& failure) {
   int mine = failure ? 1 : 0;
   int any = 0;
-  mpi::all_reduce(comm, mine, any, mpi::maximum<int>());
+  {
+    trace::span span("agree", "sync");
+    mpi::all_reduce(comm, mine, any, mpi::maximum<int>());
+  }
   if (!any) return;
   // Rare path: gather every rank's failure (small metadata, serialized).
   detail::failure_record record;
@@ -196,7 +200,10 @@ std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::ar
   std::array<double, N + 1> mine{}, total{};
   std::copy(values.begin(), values.end(), mine.begin());
   mine[N] = failure ? 1.0 : 0.0;
-  mpi::all_reduce(comm, mine.data(), static_cast<int>(N + 1), total.data(), std::plus<double>());
+  {
+    trace::span span("sum and agree", "sync");
+    mpi::all_reduce(comm, mine.data(), static_cast<int>(N + 1), total.data(), std::plus<double>());
+  }
   if (total[N] > 0) agree(comm, failure);
   std::array<double, N> sums{};
   std::copy_n(total.begin(), N, sums.begin());

@@ -9,6 +9,7 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/core/stall.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
@@ -178,6 +179,8 @@ inline operation::operation(const mpi::communicator& comm, std::string_view name
   if (s.failed) throw *s.failed;
   sequence_ = ++s.entered;
   if (s.size == 1) return;
+  // On the timeline: the wait for every rank to enter the operation.
+  trace::span span([&] { return std::string(name); }, "sync");
   const auto o = stall_settings();
   detail::operation_record me;
   me.sequence = sequence_;

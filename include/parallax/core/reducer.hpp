@@ -9,6 +9,7 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/core/ring.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/detail/mpi.hpp>
 
 #include <boost/mpi/communicator.hpp>
@@ -113,6 +114,7 @@ void gradient_reducer<T>::contribute_nothing(bool first) {
 
 template <std::floating_point T>
 bool gradient_reducer<T>::reduce_bucket(std::size_t k, T scale) {
+  trace::span span("all-reduce", "communication", static_cast<std::int64_t>(k));
   return allreduce_scaled(comm_, buckets_.bucket(k), scale, &workspace_);
 }
 

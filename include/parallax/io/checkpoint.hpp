@@ -16,6 +16,7 @@
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/core/operation.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/element_type.hpp>
 #include <parallax/detail/number_text.hpp>
@@ -238,6 +239,7 @@ template <class Trainer>
 std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler* sampler, std::source_location site) {
   static_assert(check_checkpointable<Trainer>());
   operation op(comm_, "Checkpointer::save()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
+  trace::span span("checkpoint save", "io");
   using T = typename Trainer::value_type;
   namespace fs = std::filesystem;
   const std::uint64_t step = trainer.optimizer().steps();
@@ -355,6 +357,7 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
                         std::source_location site) {
   static_assert(check_checkpointable<Trainer>());
   operation op(comm_, "Checkpointer::load()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
+  trace::span span("checkpoint load", "io");
   using T = typename Trainer::value_type;
   detail::checkpoint_contents<T> contents;
   optim::optimizer_state<T> state;

@@ -6,6 +6,7 @@
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/chain.hpp>
 #include <parallax/detail/tensor_list.hpp>
@@ -239,8 +240,13 @@ void Sequential<Parts...>::forward_all(const input_type& x) {
       (void)output_shape(shape);
       checked_shape_ = std::move(shape);
     }
+    auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
+      auto& layer = std::get<I>(parts_);
+      trace::span span([&] { return parallax::detail::layer_name(layer, I); }, "forward", static_cast<std::int64_t>(I));
+      layer.forward(layer_input<I>(x), std::get<I>(outputs_));
+    };
     [&]<std::size_t... I>(std::index_sequence<I...>) {
-      (std::get<I>(parts_).forward(layer_input<I>(x), std::get<I>(outputs_)), ...);
+      (one(std::integral_constant<std::size_t, I>{}), ...);
     }(std::make_index_sequence<layer_count>{});
   }
 }
@@ -253,6 +259,7 @@ void Sequential<Parts...>::backward_all(const input_type& x) {
   if constexpr (chain_ok_) {
     auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
       auto& layer = std::get<I>(parts_);
+      trace::span span([&] { return parallax::detail::layer_name(layer, I); }, "backward", static_cast<std::int64_t>(I));
       if constexpr (I == 0 && HasParameterBackward<part_t<0>>) {
         layer.backward_parameters(layer_input<0>(x), std::get<0>(outputs_), std::get<0>(output_grads_));
       } else {

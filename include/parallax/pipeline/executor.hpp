@@ -4,6 +4,7 @@
 /// (pipeline/schedule.hpp) in order, handing each to a worker that knows
 /// what the operation does; any schedule, any worker.
 
+#include <parallax/core/trace.hpp>
 #include <parallax/pipeline/schedule.hpp>
 
 #include <cstddef>
@@ -25,7 +26,21 @@ concept worker = requires(W& w, std::size_t mb) {
   w.send_gradient(mb);
 };
 
-/// Runs `ops` (one stage's list) on `w`, in order.
+/// The name of an op kind on the trace's timeline.
+constexpr const char* op_name(op_kind k) {
+  switch (k) {
+    case op_kind::recv_activation: return "receive activation";
+    case op_kind::forward: return "forward";
+    case op_kind::send_activation: return "send activation";
+    case op_kind::recv_gradient: return "receive gradient";
+    case op_kind::backward: return "backward";
+    case op_kind::send_gradient: return "send gradient";
+  }
+  return "op";
+}
+
+/// Runs `ops` (one stage's list) on `w`, in order (each op a span of the
+/// trace, core/trace.hpp).
 template <worker W>
 void execute(std::span<const op> ops, W& w);
 
@@ -35,6 +50,7 @@ template <worker W>
 void execute(std::span<const op> ops, W& w) {
   for (const auto& o : ops) {
     w.progress(o.micro_batch);
+    trace::span span(op_name(o.kind), "pipeline", static_cast<std::int64_t>(o.micro_batch));
     switch (o.kind) {
       case op_kind::recv_activation: w.receive_activation(o.micro_batch); break;
       case op_kind::forward: w.forward(o.micro_batch); break;

@@ -8,6 +8,8 @@
 
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/trace.hpp>
+#include <parallax/detail/chain.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/pipeline/nonfinite.hpp>
 
@@ -256,7 +258,10 @@ template <class... Parts>
 void stage<Parts...>::forward_to(activations& a, std::size_t hi, bool recompute, nonfinite_watch* watch) {
   for_range<layer_count>(begin_, hi, [&](auto I) {
     auto& y = output_of<I()>(a, recompute);
-    std::get<I()>(parts_)->forward(input_of<I()>(a, recompute), y);
+    auto& layer = *std::get<I()>(parts_);
+    trace::span span([&] { return parallax::detail::layer_name(layer, I()); }, recompute ? "recompute" : "forward",
+                     static_cast<std::int64_t>(I()));
+    layer.forward(input_of<I()>(a, recompute), y);
     if (watch) watch->output(I(), y);
   });
 }
@@ -273,6 +278,7 @@ void stage<Parts...>::backward(activations& a, bool recompute) {
   if (recompute) forward_to(a, end_ - 1, true, nullptr);  // the inner outputs, from the saved stage input
   for_range_reverse<layer_count>(begin_, end_, [&](auto I) {
     auto& layer = *std::get<I()>(parts_);
+    trace::span span([&] { return parallax::detail::layer_name(layer, I()); }, "backward", static_cast<std::int64_t>(I()));
     const auto& y = output_of<I()>(a, recompute);
     const auto& dy = [&]() -> const out_t<I()>& {
       if constexpr (I() + 1 < layer_count) {

@@ -6,6 +6,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/evaluation.hpp>
@@ -89,6 +90,7 @@ void for_each_batch(const D& dataset, std::size_t begin, std::size_t end, std::s
     indices.clear();
     for (std::size_t i = at; i < std::min(end, at + batch_size); ++i) indices.push_back(i);
     const std::span<const std::size_t> view(indices);
+    trace::span span("evaluate batch", "evaluate", static_cast<std::int64_t>(at / batch_size));
     auto load = [&] { data::load_batch(dataset, view, batch); };
     if constexpr (std::invocable<F&, const B&, std::size_t, std::optional<error>>) {
       auto failed = parallax::detail::capture(load, "the dataset's batch(): ");

@@ -8,6 +8,7 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
 #include <parallax/core/operation.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/training/trainer.hpp>
@@ -108,8 +109,14 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
   const std::size_t steps = sampler.steps_per_epoch();
   for (std::size_t s = sampler.position(); s < steps && !report.stopped; ++s) {
     const auto t0 = clock::now();
+    trace::span step_span("step", "train", static_cast<std::int64_t>(s));
     const auto indices = trainer.step_indices(sampler, s);
-    auto load_failure = detail::capture([&] { data::load_batch(dataset, indices, batch); }, "the dataset's batch(): ");
+    auto load_failure = detail::capture(
+        [&] {
+          trace::span span("batch", "data", static_cast<std::int64_t>(s));
+          data::load_batch(dataset, indices, batch);
+        },
+        "the dataset's batch(): ");
     const std::uint64_t skipped_before = trainer.skipped_steps();
     const double loss = load_failure ? trainer.fail_step(std::move(*load_failure)) : trainer.train_step(batch);
     const std::size_t step_samples = sampler.global_batch();
@@ -121,6 +128,7 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
                            std::chrono::duration<double>(clock::now() - t0).count(),
                            trainer.skipped_steps() > skipped_before};
     if (hooked) {
+      trace::span hooks_span("hooks", "train");
       // Every hook runs, the first failure is kept; one all-reduce carries
       // the stop votes and the failures (0 go on, 1 stop, 2 failed), and the
       // failure is agreed only then.

@@ -8,6 +8,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/trace.hpp>
 #include <parallax/optim/clip.hpp>
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
@@ -186,6 +187,7 @@ bool updater<T>::apply(optim::Optimizer<T>& optimizer, const std::vector<std::sp
     const double factor = optim::clip_factor(std::sqrt(sq), options_.clip_norm);
     if (factor < 1) optim::scale<T>(grads, static_cast<T>(factor));
   }
+  trace::span span("optimizer", "update");
   if (options_.lr_schedule) optimizer.set_learning_rate(options_.lr_schedule(optimizer.steps()));
   optimizer.step(params, grads_const);
   return true;
