@@ -49,7 +49,8 @@ struct Affine {
 static_assert(parallax::Layer<Affine>);
 
 namespace nn = parallax::nn;
-using Net = nn::Sequential<nn::Linear<double>, Affine, nn::Tanh<double>, nn::Linear<double>, nn::SoftmaxCrossEntropy<double>>;
+using Net =
+    nn::Sequential<nn::Linear<double>, Affine, nn::Tanh<double>, nn::Linear<double>, nn::SoftmaxCrossEntropy<double>>;
 
 // The largest difference between the chain's gradient of Affine's scale and
 // central differences of its loss.
@@ -73,7 +74,8 @@ double gradient_error(Net net, const Net::batch_type& batch) {
 int main(int argc, char** argv) {
   boost::mpi::environment env(argc, argv);
   const auto train = blobs<double>(1200, 1);
-  Net net(nn::Linear<double>(2, 8), Affine(8), nn::Tanh<double>{}, nn::Linear<double>(8, 3), nn::SoftmaxCrossEntropy<double>{});
+  Net net(nn::Linear<double>(2, 8), Affine(8), nn::Tanh<double>{}, nn::Linear<double>(8, 3),
+          nn::SoftmaxCrossEntropy<double>{});
   net.initialize(1);
   const std::vector<std::size_t> first = {0, 1, 2, 3, 4, 5, 6, 7};
   const double check = gradient_error(net, train.batch(first));

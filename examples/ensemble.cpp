@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
   // with the replica's number): the replicas start from different weights.
   parallax::Ensemble<Net> ensemble(
       [](std::uint64_t seed) {
-        Net net(nn::Linear<float>(2, 16), nn::Tanh<float>{}, nn::Linear<float>(16, 3), nn::SoftmaxCrossEntropy<float>{});
+        Net net(nn::Linear<float>(2, 16), nn::Tanh<float>{}, nn::Linear<float>(16, 3),
+                nn::SoftmaxCrossEntropy<float>{});
         net.initialize(seed);
         return net;
       },

@@ -32,9 +32,10 @@ int main(int argc, char** argv) {
   const parallax::optim::SGD<double> sgd({.lr = 0.1, .momentum = 0.9});
 
   // One tuple of constructor arguments per part; a stage constructs only its
-  // own parts. The partition is balanced by parameter count.
+  // own parts (the loss's tuple is left out: it is default-constructible).
+  // The partition is balanced by parameter count.
   parallax::ModelParallel<L, T, L, T, L, Loss> pipe(
-      std::tuple{std::tuple{2, 32}, std::tuple{}, std::tuple{32, 32}, std::tuple{}, std::tuple{32, 3}, std::tuple{}}, sgd,
+      std::tuple{std::tuple{2, 32}, std::tuple{}, std::tuple{32, 32}, std::tuple{}, std::tuple{32, 3}}, sgd,
       {.micro_batches = 4, .schedule = parallax::pipeline::schedule_kind::one_f_one_b, .seed = 1});
 
   // The reference: the same chain, unsplit, initialised from the same seed.

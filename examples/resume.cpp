@@ -38,7 +38,8 @@ struct run {
       : trainer(make_net(), parallax::optim::Adam<double>({.lr = 0.01}), {}, comm),
         sampler(trainer.make_sampler(train.size(), 64, {.seed = 5})) {}
   static Net make_net() {
-    Net net(nn::Linear<double>(2, 16), nn::Tanh<double>{}, nn::Linear<double>(16, 3), nn::SoftmaxCrossEntropy<double>{});
+    Net net(nn::Linear<double>(2, 16), nn::Tanh<double>{}, nn::Linear<double>(16, 3),
+            nn::SoftmaxCrossEntropy<double>{});
     net.initialize(1);
     return net;
   }
@@ -48,7 +49,8 @@ struct run {
   }
   std::vector<double> parameters() {  // every tensor, keyed by (layer, index), in order
     std::vector<double> out;
-    trainer.for_each_keyed_tensor([&](std::uint64_t, std::uint64_t, auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+    trainer.for_each_keyed_tensor(
+        [&](std::uint64_t, std::uint64_t, auto& t) { out.insert(out.end(), t.begin(), t.end()); });
     return out;
   }
 };
