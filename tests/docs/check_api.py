@@ -444,7 +444,7 @@ def field_tables(doc_text, struct):
     return tables
 
 
-def check(root, headers, docs):
+def check(headers, docs):
     """Prints the verdict per check; returns the number of failures."""
     corpus = "\n".join(text for _, text in docs)
     words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", corpus))
@@ -542,30 +542,26 @@ PARALLAX_FAKE_MACRO Documented visible_member fake_kind first_value second_value
 def self_test():
     """The extractor finds exactly the public names of a fake header, and
     both checks fail on a fake doc that omits two names and misorders a table."""
-    failures = 0
+    results = []
+
+    def expect(holds, ok, failed):
+        results.append(holds)
+        print(f"ok: self-test: {ok}" if holds else f"FAILED: self-test: {failed}")
+
     names = {n for n, *_ in extract("fake.hpp", FAKE_HEADER)}
-    if names != FAKE_EXPECTED:
-        failures += 1
-        print(f"FAILED: self-test: extracted {sorted(names)}; expected {sorted(FAKE_EXPECTED)}")
-    else:
-        print("ok: self-test: the extractor finds exactly the fake header's public names")
+    expect(names == FAKE_EXPECTED, "the extractor finds exactly the fake header's public names",
+           f"extracted {sorted(names)}; expected {sorted(FAKE_EXPECTED)}")
     headers = [("fake.hpp", FAKE_HEADER)]
-    passed, failed = check(None, headers, [("fake.md", FAKE_DOC)])
     # undocumented_member, undocumented_free, the misordered table, no complete table
-    if failed != 4:
-        failures += 1
-        print(f"FAILED: self-test: the fake doc gave {failed} failures; expected 4")
-    else:
-        print("ok: self-test: the check fails on two undocumented names and on a misordered table")
+    _, failed = check(headers, [("fake.md", FAKE_DOC)])
+    expect(failed == 4, "the check fails on two undocumented names and on a misordered table",
+           f"the fake doc gave {failed} failures; expected 4")
     fixed = FAKE_DOC.replace("| `gamma` | g |\n| `beta` | b |", "| `beta` | b |\n| `gamma` | g |")
     fixed += "undocumented_member undocumented_free\n"
-    passed, failed = check(None, headers, [("fake.md", fixed)])
-    if failed != 0:
-        failures += 1
-        print(f"FAILED: self-test: the fixed fake doc gave {failed} failures; expected 0")
-    else:
-        print("ok: self-test: the check passes once the fake doc is complete")
-    return failures
+    _, failed = check(headers, [("fake.md", fixed)])
+    expect(failed == 0, "the check passes once the fake doc is complete",
+           f"the fixed fake doc gave {failed} failures; expected 0")
+    return results.count(False)
 
 
 def main(argv):
@@ -582,7 +578,7 @@ def main(argv):
         return 0
     root = pathlib.Path(argv[1])
     headers, docs = read_tree(root)
-    passed, failed = check(root, headers, docs)
+    passed, failed = check(headers, docs)
     print(f"parallax-test-cases: {passed} passed, {failed} failed (docs)")
     return 1 if failed else 0
 
