@@ -80,7 +80,9 @@ struct checkpoint_options {
 ///   checkpoints.resume_latest(trainer, &sampler);           // no-op on a fresh folder
 ///   trainer_options.after_step = [&](auto&) { checkpoints.maybe_save(trainer, &sampler); };
 /// @endcode
-/// Every member function is collective over the communicator.
+/// The constructor, save, maybe_save, load and resume_latest are collective
+/// over the communicator; list(), directory(), last_step() and skipped() are
+/// local (list() reads the folder on the calling rank).
 class Checkpointer {
  public:
   /// Checks the options and compares them between the ranks (one small
