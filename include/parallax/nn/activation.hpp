@@ -1,8 +1,8 @@
 #pragma once
 // SPDX-License-Identifier: BSL-1.0
-/// Elementwise activations ReLU, Tanh and Sigmoid over tensors of any rank:
-/// stateless layers whose backward reads the input (ReLU) or the output
-/// (Tanh, Sigmoid), whichever gives the derivative directly. NaN and
+/// Elementwise activations ReLU, Tanh, Sigmoid and GELU over tensors of any
+/// rank: stateless layers whose backward reads the input (ReLU, GELU) or the
+/// output (Tanh, Sigmoid), whichever gives the derivative directly. NaN and
 /// infinities go through them as through PyTorch's.
 
 #include <parallax/core/error.hpp>
@@ -20,8 +20,8 @@ namespace parallax::nn {
 namespace detail {
 
 /// The shared body of an elementwise layer: Derived provides
-/// `static T value(T x)`, `static T slope(T x, T y)` (dy/dx from x and y)
-/// and `static constexpr const char* name`.
+/// `T value(T x) const`, `T slope(T x, T y) const` (dy/dx from x and y;
+/// both may be static) and `static constexpr const char* name`.
 template <class Derived, class T, std::size_t N>
 class Elementwise {
  public:
@@ -39,7 +39,7 @@ class Elementwise {
     const T* in = x.data();
     T* out = y.data();
     const std::size_t n = x.size();
-    for (std::size_t i = 0; i < n; ++i) out[i] = Derived::value(in[i]);
+    for (std::size_t i = 0; i < n; ++i) out[i] = self().value(in[i]);
   }
 
   /// dx = f'(x) * dy elementwise, with f' from x or y.
@@ -55,7 +55,7 @@ class Elementwise {
     const T* g = dy.data();
     T* d = dx.data();
     const std::size_t n = x.size();
-    for (std::size_t i = 0; i < n; ++i) d[i] = Derived::slope(in[i], out[i]) * g[i];
+    for (std::size_t i = 0; i < n; ++i) d[i] = self().slope(in[i], out[i]) * g[i];
   }
 
   /// The layer's name, e.g. "ReLU".
@@ -69,6 +69,9 @@ class Elementwise {
 
   /// Stateless: 0.
   static std::size_t parameter_count() { return 0; }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
 };
 
 }  // namespace detail
@@ -109,6 +112,57 @@ class Sigmoid : public detail::Elementwise<Sigmoid<T, N>, T, N> {
     return e / (T(1) + e);
   }
   static T slope(T /*x*/, T y) { return y * (T(1) - y); }
+};
+
+/// Which formula GELU evaluates, as PyTorch's `approximate` argument:
+/// `exact` is x Phi(x) through erf, `tanh` the tanh approximation.
+enum class gelu_approximation { exact, tanh };
+
+/// x Phi(x), Phi the standard normal CDF, as PyTorch's F.gelu:
+///   exact: 0.5 x (1 + erf(x / sqrt(2)))
+///   tanh:  0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+/// The slope is the derivative of the formula chosen (from x); evaluated in
+/// double. A NaN gives NaN forward and backward.
+/// @code
+///   parallax::nn::GELU<float, 3> exact;                                       // [batch, sequence, width]
+///   parallax::nn::GELU<float> fast(parallax::nn::gelu_approximation::tanh);
+/// @endcode
+template <class T, std::size_t N = 2>
+class GELU : public detail::Elementwise<GELU<T, N>, T, N> {
+ public:
+  static constexpr const char* name = "GELU";
+
+  explicit GELU(gelu_approximation approximation = gelu_approximation::exact) : approximation_(approximation) {}
+
+  gelu_approximation approximation() const { return approximation_; }
+
+  T value(T x) const {
+    const double v = static_cast<double>(x);
+    if (approximation_ == gelu_approximation::exact) return static_cast<T>(0.5 * v * (1.0 + std::erf(v * sqrt1_2)));
+    return static_cast<T>(0.5 * v * (1.0 + std::tanh(sqrt_2_pi * (v + coefficient * v * v * v))));
+  }
+  T slope(T x, T /*y*/) const {
+    const double v = static_cast<double>(x);
+    if (approximation_ == gelu_approximation::exact) {
+      // Phi(x) + x phi(x).
+      const double pdf = inv_sqrt_2pi * std::exp(-0.5 * v * v);
+      return static_cast<T>(0.5 * (1.0 + std::erf(v * sqrt1_2)) + v * pdf);
+    }
+    const double t = std::tanh(sqrt_2_pi * (v + coefficient * v * v * v));
+    return static_cast<T>(0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * sqrt_2_pi * (1.0 + 3.0 * coefficient * v * v));
+  }
+
+  /// "GELU" or "GELU(tanh)".
+  std::string describe() const { return approximation_ == gelu_approximation::exact ? "GELU" : "GELU(tanh)"; }
+  /// Stateless: 0 (the approximation is not a parameter).
+  static std::size_t parameter_count(gelu_approximation = gelu_approximation::exact) { return 0; }
+
+ private:
+  static constexpr double sqrt1_2 = 0.70710678118654752440;       // 1 / sqrt(2)
+  static constexpr double sqrt_2_pi = 0.79788456080286535588;     // sqrt(2 / pi)
+  static constexpr double inv_sqrt_2pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
+  static constexpr double coefficient = 0.044715;
+  gelu_approximation approximation_;
 };
 
 }  // namespace parallax::nn
