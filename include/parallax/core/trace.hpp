@@ -85,7 +85,8 @@ class span {
 namespace detail {
 
 struct event {
-  std::string name;
+  const char* name;   // a span's literal name, or null: `made` holds it
+  std::string made;   // a name made when tracing was on (a layer's description)
   const char* category;
   std::int64_t index;
   std::int64_t begin;  // microseconds, system clock (the same on ranks of one host)
@@ -144,7 +145,8 @@ inline std::string events_json(const std::vector<event>& events, int rank, std::
   out += ",{\"name\":\"process_sort_index\",\"ph\":\"M\",\"pid\":" + track + ",\"tid\":0,\"args\":{\"sort_index\":" +
          track + "}}";
   for (const auto& e : events) {
-    out += ",{\"name\":" + json_text(e.name) + ",\"cat\":" + json_text(e.category) +
+    const std::string_view name = e.name ? std::string_view(e.name) : std::string_view(e.made);
+    out += ",{\"name\":" + json_text(name) + ",\"cat\":" + json_text(e.category) +
            ",\"ph\":\"X\",\"pid\":" + track + ",\"tid\":0,\"ts\":" + std::to_string(e.begin - origin) +
            ",\"dur\":" + std::to_string(e.duration);
     if (e.index >= 0) out += ",\"args\":{\"index\":" + std::to_string(e.index) + "}";
@@ -286,7 +288,7 @@ inline span::~span() {
   if (!s.on) return;
   const std::int64_t end = detail::now_us();
   try {
-    s.events.push_back({name_ ? std::string(name_) : std::move(made_name_), category_, index_, begin_, end - begin_});
+    s.events.push_back({name_, std::move(made_name_), category_, index_, begin_, end - begin_});
     detail::write_at_finalize();
   } catch (...) {
     // A trace that cannot grow drops the span; training goes on.
