@@ -316,10 +316,9 @@ TEST_CASE("hdf5: files that are missing, not HDF5, truncated or garbled") {
                {"truncated.h5': cannot open the file: truncated or damaged (HDF5: truncated file"});
   check_agreed(agreed(world, load("header-only.h5")), error_kind::damaged_file,
                {"header-only.h5': cannot open the file: truncated or damaged (HDF5: "});
-  const auto garbled = agreed(world, load("garbled.h5"));
-  INFO(garbled.message);
-  CHECK(contains(garbled.message, "garbled.h5'"));
-  CHECK((garbled.kind == error_kind::damaged_file || garbled.kind == error_kind::incompatible));
+  // Bytes overwritten in the root group's heap and the object headers:
+  // HDF5 cannot read them (which of them it meets first is its business).
+  check_agreed(agreed(world, load("garbled.h5")), error_kind::damaged_file, {"garbled.h5': cannot ", "(HDF5: "});
   // read_hdf5_info is local and gives the same errors.
   check_error([&] { data::read_hdf5_info(dir / "truncated.h5"); }, error_kind::damaged_file,
               {"read_hdf5_info(): '", "truncated file"});
