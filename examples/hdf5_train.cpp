@@ -5,7 +5,7 @@
 // labels 0-3, as the datasets "inputs" and "targets".
 //   mpiexec -n 2 build/examples/hdf5_train [FILE.h5]
 #include <parallax/data/hdf5.hpp>
-#include <parallax/data/sampler.hpp>
+#include <parallax/data/shard_batches.hpp>
 #include <parallax/data_parallel.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
@@ -54,21 +54,17 @@ int main(int argc, char** argv) {
   namespace nn = parallax::nn;
   parallax::DataParallel trainer(nn::Sequential{nn::Linear<float>(2, 4), nn::SoftmaxCrossEntropy<float>{}},
                                  parallax::optim::SGD<float>({.lr = 0.2f}));
-  // A sampler over this rank's rows alone; every rank runs as many steps
-  // as the smallest shard has full local batches.
-  const std::size_t local_batch = 32;
-  const std::size_t steps = shard.size() / static_cast<std::size_t>(comm.size()) / local_batch;
-  parallax::data::DistributedSampler sampler(shard.local().size(), local_batch, 1, 0,
-                                             {.seed = 7 + static_cast<std::uint64_t>(comm.rank()),
-                                              .tail = parallax::data::tail_policy::drop});
+  // Each rank draws its batches from its own rows; every rank runs as many
+  // steps as the smallest shard has full local batches.
+  parallax::data::shard_batches batches(comm, shard, 32, 7);
   for (int epoch = 0; epoch < 5; ++epoch) {
     double loss = 0;
-    for (std::size_t s = 0; s < steps; ++s) loss += trainer.train_step(shard.local().batch(sampler.local_indices(s)));
-    sampler.next_epoch();
+    for (std::size_t s = 0; s < batches.steps(); ++s) loss += trainer.train_step(batches.batch(s));
+    batches.next_epoch();
     const auto result = trainer.evaluate(shard);  // each rank scores the rows it holds
     if (comm.rank() == 0)
       std::cout << "epoch " << epoch << ": rows [" << shard.rows().begin << ", " << shard.rows().end
-                << ") on rank 0, train loss " << loss / static_cast<double>(steps) << ", accuracy "
+                << ") on rank 0, train loss " << loss / static_cast<double>(batches.steps()) << ", accuracy "
                 << *result.accuracy << "\n";
   }
   const double accuracy = *trainer.evaluate(shard).accuracy;
