@@ -39,8 +39,8 @@ parallax_build() {
   set -- -Dhdf5=enabled "$@"
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$PARALLAX_ROOT" "$@" >/dev/null || { meson setup "$dir" "$PARALLAX_ROOT" "$@"; return 1; }
-  else
-    meson configure "$dir" -Dhdf5=enabled >/dev/null
+  elif ! grep -q '"name": "hdf5", "value": "enabled"' "$dir/meson-info/intro-buildoptions.json" 2>/dev/null; then
+    meson configure "$dir" -Dhdf5=enabled >/dev/null  # a folder configured before the feature existed
   fi
   meson compile -C "$dir" -j "$(nproc)" | grep -v '^\[\|^INFO\|^ninja: Entering' || true
   test "${PIPESTATUS[0]}" = 0
