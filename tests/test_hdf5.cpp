@@ -162,6 +162,9 @@ TEST_CASE("hdf5: each rank reads its own rows, by either transfer") {
     // Rows of the caller's choosing, different on every rank, one rank none.
     const parallax::block asked = world.rank() == 1 ? parallax::block{5, 5} : parallax::block{rank, n - rank};
     check_rows(data::load_hdf5_shard<X, Y>(world, dir / "d.h5", asked, options), asked, n);
+    // Every row to rank 0, none to the others (they still join a collective read).
+    const parallax::block first = world.rank() == 0 ? parallax::block{0, n} : parallax::block{n, n};
+    check_rows(data::load_hdf5_shard<X, Y>(world, dir / "d.h5", first, options), first, n);
     const auto all = data::load_hdf5_dataset<X, Y>(world, dir / "d.h5", options);
     check_rows(data::ShardDataset<X, Y>(all, 0, n), {0, n}, n);
   }
