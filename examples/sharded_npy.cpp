@@ -6,7 +6,7 @@
 #include <parallax/core/agree.hpp>
 #include <parallax/core/block.hpp>
 #include <parallax/data/npy.hpp>
-#include <parallax/data/sampler.hpp>
+#include <parallax/data/shard_batches.hpp>
 #include <parallax/data_parallel.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
@@ -65,21 +65,17 @@ int main(int argc, char** argv) {
   namespace nn = parallax::nn;
   parallax::DataParallel trainer(nn::Sequential{nn::Linear<float>(2, 3), nn::SoftmaxCrossEntropy<float>{}},
                                  parallax::optim::SGD<float>({.lr = 0.2f}));
-  // A sampler over this rank's rows alone (world of one, numbered from 0 in
-  // shard.local()). Every rank runs the same number of steps: as many full
-  // local batches as the smallest shard holds.
-  const std::size_t local_batch = 32;
-  const std::size_t steps = shard.size() / static_cast<std::size_t>(comm.size()) / local_batch;
-  parallax::data::DistributedSampler sampler(shard.local().size(), local_batch, 1, 0,
-                                             {.seed = 7 + static_cast<std::uint64_t>(comm.rank()),
-                                              .tail = parallax::data::tail_policy::drop});
+  // Batches from this rank's rows alone (a sampler over shard.local(),
+  // seeded 7 + rank). Every rank runs the same number of steps: as many full
+  // local batches of 32 as the smallest shard holds.
+  parallax::data::shard_batches batches(comm, shard, 32, 7);
   for (int epoch = 0; epoch < 5; ++epoch) {
     double loss = 0;
-    for (std::size_t s = 0; s < steps; ++s) loss += trainer.train_step(shard.local().batch(sampler.local_indices(s)));
-    sampler.next_epoch();
+    for (std::size_t s = 0; s < batches.steps(); ++s) loss += trainer.train_step(batches.batch(s));
+    batches.next_epoch();
     const auto result = trainer.evaluate(shard);  // each rank scores its own block: the shard it holds
     if (comm.rank() == 0)
-      std::cout << "epoch " << epoch << ": train loss " << loss / static_cast<double>(steps) << ", accuracy "
+      std::cout << "epoch " << epoch << ": train loss " << loss / static_cast<double>(batches.steps()) << ", accuracy "
                 << *result.accuracy << "\n";
   }
   const double accuracy = *trainer.evaluate(shard).accuracy;

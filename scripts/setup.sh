@@ -9,7 +9,7 @@ PARALLAX_PACKAGES=(
   g++ meson ninja-build pkg-config cmake python3
   libboost-mpi-dev libboost-serialization-dev libopenmpi-dev openmpi-bin
   libxtensor-dev libxtensor-blas-dev libopenblas-dev
-  doctest-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libxxhash-dev
+  doctest-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libxxhash-dev libhdf5-openmpi-dev
   clang libclang-rt-14-dev gzip
   dataset-fashion-mnist
   iproute2
@@ -33,11 +33,15 @@ parallax_install_missing() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# parallax_build DIR [meson options...]: configure once, then build.
+# parallax_build DIR [meson options...]: configure once, then build. The
+# optional HDF5 datasets (meson feature hdf5) are on: -Dhdf5=enabled.
 parallax_build() {
   local dir=$1; shift
+  set -- -Dhdf5=enabled "$@"
   if [ ! -f "$dir/build.ninja" ]; then
     meson setup "$dir" "$PARALLAX_ROOT" "$@" >/dev/null || { meson setup "$dir" "$PARALLAX_ROOT" "$@"; return 1; }
+  elif ! grep -q '"name": "hdf5", "value": "enabled"' "$dir/meson-info/intro-buildoptions.json" 2>/dev/null; then
+    meson configure "$dir" -Dhdf5=enabled >/dev/null  # a folder configured before the feature existed
   fi
   meson compile -C "$dir" -j "$(nproc)" | grep -v '^\[\|^INFO\|^ninja: Entering' || true
   test "${PIPESTATUS[0]}" = 0

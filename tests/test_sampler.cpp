@@ -1,19 +1,23 @@
 // SPDX-License-Identifier: BSL-1.0
 // Suite data_parallel: DistributedSampler — disjoint shards, every sample
 // visited, a new order every epoch, the same plan on every rank, weighted
-// shares and bootstrap draws.
+// shares and bootstrap draws; shard_batches — a fixed split's batches from
+// each rank's own rows, the same steps on every rank.
 
 #include <parallax/core/comm.hpp>
 #include <parallax/data/sampler.hpp>
+#include <parallax/data/shard_batches.hpp>
 
 #include <doctest/doctest.h>
 
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
+#include <boost/serialization/string.hpp>
 
 #include <algorithm>
 #include <map>
 #include <set>
+#include <string>
 #include <vector>
 
 using parallax::data::DistributedSampler;
@@ -162,3 +166,56 @@ TEST_CASE("sampler: bootstrap draws with replacement, differently per seed") {
   CHECK(da.size() > 100);
   CHECK(!std::equal(ia.begin(), ia.end(), ib.begin()));
 }
+
+TEST_CASE("shard_batches: each rank's batches come from its own rows, the same steps on every rank") {
+  const communicator world;
+  using X = xt::xtensor<double, 2>;
+  using Y = xt::xtensor<std::int64_t, 1>;
+  // Rank r holds 40 + 7 r rows starting at 100 r; inputs and targets carry
+  // the row's number in the whole dataset.
+  const std::size_t rank = static_cast<std::size_t>(world.rank()), rows = 40 + 7 * rank, first = 100 * rank;
+  X x = xt::zeros<double>({rows, std::size_t{2}});
+  Y y = xt::zeros<std::int64_t>({rows});
+  for (std::size_t i = 0; i < rows; ++i) {
+    x(i, 0) = x(i, 1) = static_cast<double>(first + i);
+    y(i) = static_cast<std::int64_t>(first + i);
+  }
+  const parallax::data::ShardDataset<X, Y> shard({x, y}, first, 100 * static_cast<std::size_t>(world.size()));
+  parallax::data::shard_batches batches(world, shard, 8, 3);
+  CHECK(batches.steps() == 5);  // rank 0's 40 rows: 5 full batches of 8, the fewest
+  std::vector<std::vector<std::int64_t>> epochs;
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    std::vector<std::int64_t> seen;
+    for (std::size_t s = 0; s < batches.steps(); ++s) {
+      const auto b = batches.batch(s);
+      REQUIRE(b.size() == 8);
+      for (std::size_t i = 0; i < 8; ++i) {
+        CHECK(b.inputs(i, 0) == static_cast<double>(b.targets(i)));
+        CHECK(b.targets(i) >= static_cast<std::int64_t>(first));
+        CHECK(b.targets(i) < static_cast<std::int64_t>(first + rows));
+        seen.push_back(b.targets(i));
+      }
+    }
+    CHECK(std::set<std::int64_t>(seen.begin(), seen.end()).size() == seen.size());  // no row twice in an epoch
+    epochs.push_back(seen);
+    batches.next_epoch();
+  }
+  CHECK(epochs[0] != epochs[1]);  // a new shuffle each epoch
+  // A shard without one full batch on the last rank: the same error on every rank.
+  const std::size_t few = world.rank() == world.size() - 1 ? 3 : 20;
+  const parallax::data::ShardDataset<X, Y> small({X(xt::view(x, xt::range(0, few), xt::all())), Y(xt::view(y, xt::range(0, few)))},
+                                                 first, 100 * static_cast<std::size_t>(world.size()));
+  std::string message;
+  try {
+    parallax::data::shard_batches tiny(world, small, 8, 3);
+  } catch (const parallax::error& e) {
+    message = e.what();
+  }
+  std::vector<std::string> all;
+  parallax::mpi::all_gather(world, message, all);
+  for (const auto& m : all) CHECK(m == message);
+  CHECK(message.find("shard_batches: this rank's shard of 3 rows: ") != std::string::npos);
+  CHECK(message.find("3 samples make no full global batch of 8") != std::string::npos);
+  CHECK(message.find("[rank " + std::to_string(world.size() - 1) + "]") != std::string::npos);
+}
+

@@ -2,7 +2,9 @@
 # SPDX-License-Identifier: BSL-1.0
 # Suite install: installs parallax into a temporary prefix and builds a small
 # consumer three ways (pkg-config, CMake find_package, meson subproject), then
-# runs each at 2 ranks. Each way is one test case. Usage: check_install.sh SOURCE_DIR
+# runs each at 2 ranks; with the MPI-enabled HDF5 installed, an HDF5 consumer
+# through pkg-config parallax-hdf5 too. Each way is one test case.
+# Usage: check_install.sh SOURCE_DIR
 set -uo pipefail
 src=$(cd "$1" && pwd)
 here="$src/tests/install/consumer"
@@ -43,6 +45,16 @@ via_pkg_config() {
   # shellcheck disable=SC2046
   c++ "$here/consumer.cpp" -o "$tmp/consumer_pc" $(pkg-config --cflags --libs parallax) && run2 "$tmp/consumer_pc"
 }
+via_pkg_config_hdf5() {
+  local pc
+  pc=$(find "$tmp/prefix" -name parallax-hdf5.pc | head -n 1)
+  [ -n "$pc" ] || { echo "parallax-hdf5.pc was not installed"; return 1; }
+  export PKG_CONFIG_PATH
+  PKG_CONFIG_PATH=$(dirname "$pc")
+  # shellcheck disable=SC2046
+  c++ "$here/consumer_hdf5.cpp" -o "$tmp/consumer_hdf5" $(pkg-config --cflags --libs parallax-hdf5) &&
+    mpiexec "${flags[@]}" -n 2 "$tmp/consumer_hdf5" | tee /dev/stderr | grep -q "consumer: parallax-hdf5, 2 ranks, sum of rows 45 ok"
+}
 via_cmake() {
   cmake -S "$here" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release &&
     cmake --build "$tmp/cmake" && run2 "$tmp/cmake/consumer"
@@ -58,6 +70,11 @@ via_meson_subproject() {
 if install_parallax >>"$log" 2>&1; then
   case_ "pkg-config consumer at 2 ranks" via_pkg_config
   case_ "CMake find_package consumer at 2 ranks" via_cmake
+  if pkg-config --exists hdf5-openmpi; then
+    case_ "pkg-config parallax-hdf5 consumer (HDF5 shard read) at 2 ranks" via_pkg_config_hdf5
+  else
+    echo "skipped pkg-config parallax-hdf5 consumer: no hdf5-openmpi (libhdf5-openmpi-dev)"
+  fi
 else
   echo "FAILED  meson install into a temporary prefix"; tail -n 40 "$log"
   failed=$((failed + 2))

@@ -5,7 +5,8 @@
 # themselves, and the summary line the test command sums.
 #
 # Every script is called as: SCRIPT CKPT_TOOL MPIEXEC [MPIEXEC_FLAGS...]
-# (two_hosts.sh takes the fashion_mnist program, or "none", after MPIEXEC).
+# (two_hosts.sh takes the fashion_mnist program and the hdf5_shard_tool, or
+# "none" for either, after MPIEXEC).
 
 set -uo pipefail
 

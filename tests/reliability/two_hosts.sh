@@ -12,15 +12,19 @@
 #     traffic crossed the veth;
 #   - ckpt_tool (DataParallel and a 2-stage pipeline) reaches bitwise the
 #     single-host parameters, and a checkpoint written on one host resumes
-#     on two hosts to bitwise the same parameters.
+#     on two hosts to bitwise the same parameters;
+#   - hdf5_shard_tool (when built: the meson feature hdf5): each host reads
+#     its own rows of one HDF5 file through MPI-IO, independent and
+#     collective, each rank in its own host's namespace.
 # Needs root and iproute2 (`ip`); otherwise the test reports itself skipped
 # (exit 77). The namespaces and the veth are removed at exit.
-# Usage: two_hosts.sh CKPT_TOOL MPIEXEC FASHION_MNIST|none [MPIEXEC_FLAGS...]
+# Usage: two_hosts.sh CKPT_TOOL MPIEXEC FASHION_MNIST|none HDF5_SHARD_TOOL|none [MPIEXEC_FLAGS...]
 here=$(dirname "$0")
 # shellcheck source=common.sh
 . "$here/common.sh"
 fashion=$1
-shift
+hdf5_tool=$2
+shift 2
 mpi_flags=("$@")
 
 skip() {
@@ -143,4 +147,19 @@ moved_case() {
   same_bits "$scratch/dp-one.bin" "$scratch/moved.bin"
 }
 case_ "a checkpoint written on one host resumes on two hosts, bitwise equal to the uninterrupted run" moved_case
+# --- an HDF5 shard read: each host its own rows ------------------------------------
+if [ "$hdf5_tool" != none ] && [ -x "$hdf5_tool" ]; then
+  hdf5_case() {
+    local transfer=$1 out="$scratch/hdf5-$1.out" ns1_id ns2_id
+    ns1_id=$(ip netns exec "$ns1" readlink /proc/self/ns/net)
+    ns2_id=$(ip netns exec "$ns2" readlink /proc/self/ns/net)
+    two_hosts "$hdf5_tool" "$scratch/shard.h5" "$transfer" | tee "$out" || return 1
+    grep -qxF "rank 0 netns $ns1_id rows [0, 501) ok" "$out" || { echo "rank 0 did not read rows [0, 501) in $ns1"; return 1; }
+    grep -qxF "rank 1 netns $ns2_id rows [501, 1001) ok" "$out" || { echo "rank 1 did not read rows [501, 1001) in $ns2"; return 1; }
+  }
+  case_ "HDF5 shard read through MPI-IO, independent: each host reads its own rows" hdf5_case independent
+  case_ "HDF5 shard read through MPI-IO, collective: each host reads its own rows" hdf5_case collective
+else
+  note "hdf5_shard_tool is not built (meson feature hdf5 off): no HDF5 read across the two hosts"
+fi
 finish "reliability two hosts"

@@ -6,6 +6,7 @@
 /// survives conversion to the element type asked for.
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -13,12 +14,23 @@
 
 namespace parallax::detail {
 
+/// The kinds of element type a type code tells apart.
+enum class type_kind : std::uint64_t { floating = 1, signed_integer = 2, unsigned_integer = 3 };
+
+/// The type code of an element of `kind` and `size` bytes (a file's element
+/// type, known only when it is read).
+constexpr std::uint64_t make_type_code(type_kind kind, std::size_t size) {
+  return (static_cast<std::uint64_t>(kind) << 8) | size;
+}
+
 /// Identifies an element type on the wire and on disk: kind (1 float, 2
 /// signed, 3 unsigned) and size in bytes.
 template <class T>
 constexpr std::uint64_t type_code() {
-  const std::uint64_t kind = std::is_floating_point_v<T> ? 1 : std::is_signed_v<T> ? 2 : 3;
-  return (kind << 8) | sizeof(T);
+  return make_type_code(std::is_floating_point_v<T> ? type_kind::floating
+                        : std::is_signed_v<T>       ? type_kind::signed_integer
+                                                    : type_kind::unsigned_integer,
+                        sizeof(T));
 }
 
 /// "float32", "int8", "uint64", ... for a type code.
