@@ -75,7 +75,7 @@ class span {
   std::string made_name_;
   const char* category_ = nullptr;
   std::int64_t index_ = -1;
-  std::int64_t begin_ = -1;  // microseconds since the epoch; -1: not recording
+  std::int64_t begin_ = -1;  // nanoseconds (detail::now_ns); -1: not recording
 };
 
 // ===========================================================================
@@ -89,8 +89,8 @@ struct event {
   std::string made;   // a name made when tracing was on (a layer's description)
   const char* category;
   std::int64_t index;
-  std::int64_t begin;  // microseconds, system clock (the same on ranks of one host)
-  std::int64_t duration;
+  std::int64_t begin;  // nanoseconds, detail::now_ns
+  std::int64_t duration;  // nanoseconds
 };
 
 struct state {
@@ -112,9 +112,24 @@ inline state& the_state() {
   return s;
 }
 
-inline std::int64_t now_us() noexcept {
-  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+/// Nanoseconds of the steady clock (never steps back, so a span's end is
+/// never before its begin), moved once per process onto the system clock so
+/// that the ranks' tracks line up (exactly on one host, as closely as the
+/// hosts' clocks agree across hosts).
+inline std::int64_t now_ns() noexcept {
+  using namespace std::chrono;
+  static const std::int64_t to_system =
+      duration_cast<nanoseconds>(system_clock::now().time_since_epoch()).count() -
+      duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+  return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count() + to_system;
+}
+
+/// "1234.567": nanoseconds as the microseconds a trace event's "ts" and
+/// "dur" hold (fractions keep the order of spans shorter than a microsecond).
+inline std::string micros_text(std::int64_t ns) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%lld.%03lld", static_cast<long long>(ns / 1000), static_cast<long long>(ns % 1000));
+  return text;
 }
 
 /// The JSON text of a string (quotes and control characters escaped).
@@ -147,8 +162,8 @@ inline std::string events_json(const std::vector<event>& events, int rank, std::
   for (const auto& e : events) {
     const std::string_view name = e.name ? std::string_view(e.name) : std::string_view(e.made);
     out += ",{\"name\":" + json_text(name) + ",\"cat\":" + json_text(e.category) +
-           ",\"ph\":\"X\",\"pid\":" + track + ",\"tid\":0,\"ts\":" + std::to_string(e.begin - origin) +
-           ",\"dur\":" + std::to_string(e.duration);
+           ",\"ph\":\"X\",\"pid\":" + track + ",\"tid\":0,\"ts\":" + micros_text(e.begin - origin) +
+           ",\"dur\":" + micros_text(e.duration);
     if (e.index >= 0) out += ",\"args\":{\"index\":" + std::to_string(e.index) + "}";
     out += "}";
   }
@@ -269,7 +284,7 @@ inline span::span(const char* name, const char* category, std::int64_t index) no
   name_ = name;
   category_ = category;
   index_ = index;
-  begin_ = detail::now_us();
+  begin_ = detail::now_ns();
 }
 
 template <class MakeName>
@@ -279,14 +294,14 @@ span::span(MakeName&& make_name, const char* category, std::int64_t index) {
   made_name_ = make_name();
   category_ = category;
   index_ = index;
-  begin_ = detail::now_us();
+  begin_ = detail::now_ns();
 }
 
 inline span::~span() {
   if (begin_ < 0) return;
   auto& s = detail::the_state();
   if (!s.on) return;
-  const std::int64_t end = detail::now_us();
+  const std::int64_t end = detail::now_ns();
   try {
     s.events.push_back({name_, std::move(made_name_), category_, index_, begin_, end - begin_});
     detail::write_at_finalize();
