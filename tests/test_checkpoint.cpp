@@ -8,6 +8,7 @@
 
 #include "agreed.hpp"
 #include "toy_model.hpp"
+#include "toy_optimizer.hpp"
 
 #include <parallax/data_parallel.hpp>
 #include <parallax/io/checkpoint.hpp>
@@ -222,6 +223,31 @@ TEST_CASE("checkpoint: DataParallel resumes exactly (parameters, Adam state, sam
   CHECK(s.epoch() == 1);
   CHECK(s.position() == 3);
   CHECK(resumed.optimizer_steps() == 8 + 3);
+  resumed.train_epoch(data, s);
+  CHECK(flat_parameters<double>(resumed.model().parameters()) == flat_parameters<double>(full.model().parameters()));
+  CHECK(resumed.optimizer().state() == full.optimizer().state());
+}
+
+TEST_CASE("checkpoint: an optimizer that implements only state() saves through the default state_view()") {
+  communicator world;
+  scratch_dir dir(world);
+  const auto data = toy::make_data<double>(48, features, 6);
+  const toy::last_gradient<double> rule(0.05);
+  parallax::DataParallel full(toy::TinyMLP<double>(features, hidden, 3), rule, {}, world);
+  auto s_full = full.make_sampler(data.size(), 12, {.seed = 2});
+  full.train_epoch(data, s_full);
+  full.train_epoch(data, s_full);
+  parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+  {
+    parallax::DataParallel first(toy::TinyMLP<double>(features, hidden, 3), rule, {}, world);
+    auto s = first.make_sampler(data.size(), 12, {.seed = 2});
+    first.train_epoch(data, s);
+    checkpoints.save(first, &s);
+  }
+  parallax::DataParallel resumed(toy::TinyMLP<double>(features, hidden, 8), rule, {}, world);
+  auto s = resumed.make_sampler(data.size(), 12, {.seed = 2});
+  REQUIRE(checkpoints.resume_latest(resumed, &s).has_value());
+  CHECK(resumed.optimizer().state().slots.at(0).size() == 4);  // TinyMLP's four tensors
   resumed.train_epoch(data, s);
   CHECK(flat_parameters<double>(resumed.model().parameters()) == flat_parameters<double>(full.model().parameters()));
   CHECK(resumed.optimizer().state() == full.optimizer().state());

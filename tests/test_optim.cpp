@@ -11,6 +11,8 @@
 
 #include <parallax/core/error.hpp>
 
+#include "toy_optimizer.hpp"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -463,6 +465,33 @@ TEST_CASE_TEMPLATE("Optimizer: state() reports the kind, steps, learning rate an
   // m = 0.1 g, v = 0.001 g^2
   check_values(s.slots[0], {{0.05, -0.1}, {0.2}});
   check_values(s.slots[1], {{0.00025, 0.001}, {0.004}});
+}
+
+TEST_CASE_TEMPLATE("Optimizer: state_view() lends the buffers state() copies; the default views a copy", T, float,
+                   double) {
+  auto every = every_kind<T>();
+  every.push_back([] { return std::make_unique<toy::last_gradient<T>>(); });
+  for (std::size_t kind = 0; kind < every.size(); ++kind) {
+    CAPTURE(kind);
+    auto o = every[kind]();
+    auto p = make<T>({{0.5, -1.5}, {2, 0.25, -0.75}, {}});
+    for (int i = 0; i < 2; ++i) {
+      // Before the first step and after it: the view shows what state() holds.
+      const auto view = o->state_view();
+      CHECK(parallax::optim::detail::copy_state(view) == o->state());
+      CHECK(view.slots.size() == view.slot_names.size());
+      const bool lends = kind + 1 < every.size();  // the library's optimizers
+      CHECK((view.copy == nullptr) == lends);
+      if (i == 1 && !view.slots.empty()) {
+        // Lent spans point at the optimizer's buffers: the same memory on
+        // every call; the default's point into its own copy.
+        const auto again = o->state_view();
+        CHECK((again.slots[0][0].data() == view.slots[0][0].data()) == lends);
+        if (!lends) CHECK(view.slots[0][0].data() == view.copy->slots[0][0].data());
+      }
+      step(*o, p, gradients<T>(i));
+    }
+  }
 }
 
 TEST_CASE_TEMPLATE("Optimizer: load_state() rejects another kind, other slots and malformed states", T, float,

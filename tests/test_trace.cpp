@@ -2,7 +2,8 @@
 // Suite comm: timeline traces (core/trace.hpp) at 1 to 4 ranks: spans are
 // recorded only while tracing is on, write() gathers every rank's spans into
 // one Chrome trace-event file on rank 0 and tells every rank alike whether it
-// was written, and names are escaped as JSON strings.
+// was written, leaves the file alone when nothing new was recorded, and names
+// are escaped as JSON strings.
 
 #include <parallax/core/trace.hpp>
 
@@ -13,6 +14,7 @@
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -63,6 +65,20 @@ TEST_CASE("trace: spans of every rank in one file, only while tracing is on") {
     CHECK(occurrences(json, "\"name\":\"inner 2\"") == static_cast<std::size_t>(world.size()));
     CHECK(occurrences(json, "\"ph\":\"X\"") == static_cast<std::size_t>(4 * world.size()));
     CHECK(json.find("before") == std::string::npos);
+  }
+
+  // Nothing recorded since: the file is left as it is (here: not made
+  // again); one more span on one rank writes it again, with every span.
+  world.barrier();
+  if (world.rank() == 0) std::filesystem::remove(path);
+  CHECK(trace::write());
+  if (world.rank() == 0) CHECK_FALSE(std::filesystem::exists(path));
+  if (world.rank() == world.size() - 1) trace::span late("late", "test");
+  CHECK(trace::write());
+  if (world.rank() == 0) {
+    const std::string json = read_all(path);
+    CHECK(occurrences(json, "\"name\":\"late\"") == 1);
+    CHECK(occurrences(json, "\"name\":\"outer\"") == static_cast<std::size_t>(world.size()));
   }
 
   // Off again: what was recorded is dropped, nothing more is written.

@@ -68,7 +68,7 @@ part_payload<T> make_part(const std::vector<std::vector<T>>& values, bool steppe
     r.index = i == 1 ? 1 : 0;
     r.shape = shapes[i];
     r.view = values[i];
-    for (int k = 0; k < 2; ++k) r.slots.push_back(stepped ? values[i] : std::vector<T>{});
+    for (int k = 0; k < 2; ++k) r.slot_views.push_back(stepped ? std::span<const T>(values[i]) : std::span<const T>{});
     p.tensors.push_back(std::move(r));
   }
   return p;

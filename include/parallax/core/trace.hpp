@@ -48,8 +48,11 @@ void set_file(std::string path);
 
 /// Collective over MPI_COMM_WORLD: every rank's spans so far into the file
 /// (rank 0 writes it; each call replaces it with everything recorded since
-/// tracing began). Returns, on every rank alike, whether the file was
-/// written; true when tracing is off (nothing to write). A rank that does
+/// tracing began). When no rank recorded a span since the file was last
+/// written, the file is left as it is (so the write at MPI_Finalize after an
+/// explicit write() costs one small reduction). Returns, on every rank
+/// alike, whether the file holds every span; true when tracing is off
+/// (nothing to write). A rank that does
 /// not take part within 10 s leaves each waiting rank to write its own spans
 /// to "<file>.rank<r>" instead and return false; a file rank 0 cannot write
 /// is named on its standard error and every rank returns false.
@@ -98,6 +101,7 @@ struct state {
   bool at_finalize = false;  // MPI_Finalize writes the trace
   std::string path;
   std::vector<event> events;
+  std::size_t written = static_cast<std::size_t>(-1);  // events in the file written last; -1: none written
 };
 
 inline state& the_state() {
@@ -223,6 +227,7 @@ inline void set_file(std::string path) {
   auto& s = detail::the_state();
   s.on = !path.empty();
   s.path = std::move(path);
+  s.written = static_cast<std::size_t>(-1);
   if (!s.on) s.events.clear();
   else detail::write_at_finalize();
 }
@@ -235,8 +240,11 @@ inline bool write() {
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   std::int64_t first = s.events.empty() ? INT64_MAX : s.events.front().begin;
   for (const auto& e : s.events) first = std::min(first, e.begin);
-  // The origin: the earliest span of any rank (one nonblocking reduction).
-  std::int64_t origin = first;
+  // The origin, the earliest span of any rank, and whether any rank has a
+  // span the file lacks: one nonblocking reduction (minimum of first and of
+  // -fresh).
+  const std::int64_t mine_now[2] = {first, s.events.size() != s.written ? -1 : 0};
+  std::int64_t agreed[2] = {first, 0};
   MPI_Request request = MPI_REQUEST_NULL;
   const auto own_file = [&] {
     const std::string path = s.path + ".rank" + std::to_string(rank);
@@ -245,9 +253,10 @@ inline bool write() {
     detail::write_file(path, "{\"traceEvents\":[" + detail::events_json(s.events, rank, first) + "]}\n");
     return false;
   };
-  MPI_Iallreduce(&first, &origin, 1, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &request);
+  MPI_Iallreduce(mine_now, agreed, 2, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &request);
   if (!detail::wait_for(request, 10)) return own_file();
-  if (origin == INT64_MAX) origin = 0;
+  if (agreed[1] == 0) return true;  // the file holds every rank's spans already
+  const std::int64_t origin = agreed[0] == INT64_MAX ? 0 : agreed[0];
   const std::string mine = detail::events_json(s.events, rank, origin);
   const int length = static_cast<int>(std::min<std::size_t>(mine.size(), INT32_MAX));
   std::vector<int> lengths(static_cast<std::size_t>(size), 0);
@@ -276,6 +285,7 @@ inline bool write() {
   // Every rank learns whether rank 0 wrote the file (same deadline).
   MPI_Ibcast(&written, 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
   if (!detail::wait_for(request, 10)) return false;
+  if (written == 1) s.written = s.events.size();
   return written == 1;
 }
 

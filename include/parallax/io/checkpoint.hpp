@@ -296,7 +296,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
       payload.where.dataset_size = sampler->dataset_size();
       payload.where.global_batch = sampler->global_batch();
     }
-    auto state = trainer.optimizer().state();
+    const auto state = trainer.optimizer().state_view();
     payload.optimizer_kind = state.kind;
     payload.learning_rate = state.learning_rate;
     payload.optimizer_steps = state.steps;
@@ -308,7 +308,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
       r.index = j;
       r.shape.assign(t.shape().begin(), t.shape().end());
       r.view = std::span<const T>(t.data(), t.size());
-      for (auto& slot : state.slots) r.slots.push_back(i < slot.size() ? std::move(slot[i]) : std::vector<T>{});
+      for (const auto& slot : state.slots) r.slot_views.push_back(i < slot.size() ? slot[i] : std::span<const T>{});
       payload.tensors.push_back(std::move(r));
       ++i;
     });

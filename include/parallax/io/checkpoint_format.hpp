@@ -18,6 +18,8 @@
 
 #include <boost/archive/binary_oarchive.hpp>
 #include <boost/serialization/array_wrapper.hpp>
+#include <boost/serialization/collection_size_type.hpp>
+#include <boost/serialization/item_version_type.hpp>
 #include <boost/serialization/split_member.hpp>
 #include <boost/serialization/string.hpp>
 #include <boost/serialization/vector.hpp>
@@ -47,16 +49,40 @@ using parallax::detail::throw_error;
 using parallax::detail::type_code;
 using parallax::detail::type_code_name;
 
+/// Spans saved as Boost saves a std::vector<std::vector<T>> (decode_part()
+/// reads them as one): the count, item version 0, then each span's size and
+/// values. Its class header, written before the first one, is the vector's
+/// too: not tracked, version 0.
+template <class T>
+struct span_list {
+  std::span<const std::span<const T>> items;
+
+  template <class Archive>
+  void save(Archive& a, unsigned) const {
+    const boost::serialization::collection_size_type count(items.size());
+    const boost::serialization::item_version_type item_version(0);
+    a << count << item_version;
+    for (const auto item : items) {
+      const boost::serialization::collection_size_type n(item.size());
+      a << n;
+      if (!item.empty()) a << boost::serialization::make_array(item.data(), item.size());
+    }
+  }
+  BOOST_SERIALIZATION_SPLIT_MEMBER()
+};
+
 /// One parameter tensor, keyed by (global layer index, index within the layer).
-/// Saving writes the values straight from the tensor (`view`), without a copy.
+/// Saving writes the values and the optimizer state straight from where the
+/// trainer and the optimizer keep them (`view`, `slot_views`), without a copy.
 template <class T>
 struct tensor_record {
   std::uint64_t layer = 0;
   std::uint64_t index = 0;
   std::vector<std::uint64_t> shape;
-  std::vector<T> values;              ///< filled when loading
-  std::span<const T> view;            ///< what saving writes
-  std::vector<std::vector<T>> slots;  ///< optimizer state per slot
+  std::vector<T> values;                   ///< filled when loading
+  std::span<const T> view;                 ///< what saving writes
+  std::vector<std::vector<T>> slots;       ///< optimizer state per slot, filled when loading
+  std::vector<std::span<const T>> slot_views;  ///< what saving writes for the slots
 
   // Only written through Boost: decode_part() reads it back.
   template <class Archive>
@@ -64,7 +90,8 @@ struct tensor_record {
     const std::uint64_t n = view.size();
     a << layer << index << shape << n;
     if (n > 0) a << boost::serialization::make_array(view.data(), view.size());
-    a << slots;
+    const span_list<T> state{slot_views};
+    a << state;
   }
   BOOST_SERIALIZATION_SPLIT_MEMBER()
 };

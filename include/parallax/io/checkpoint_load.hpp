@@ -71,16 +71,16 @@ checkpoint_contents<T> read_checkpoint(const std::string& path, std::pair<std::u
                             payload.where.step == c.m.step && payload.trainer == c.m.trainer,
                         error_kind::damaged_file,
                         "checkpoint file '" + file + "' does not belong to this checkpoint's manifest");
+    auto tensors = std::move(payload.tensors);
     if (first) {
-      c.meta = payload;
-      c.meta.tensors.clear();
+      c.meta = std::move(payload);
       first = false;
     } else {
       PARALLAX_CHECK_KIND(
           payload.optimizer_kind == c.meta.optimizer_kind && payload.optimizer_steps == c.meta.optimizer_steps,
           error_kind::damaged_file, "checkpoint file '" + file + "' disagrees with the other parts on the optimizer");
     }
-    for (auto& r : payload.tensors)
+    for (auto& r : tensors)
       if (r.layer >= begin && r.layer < end) c.records[{r.layer, r.index}] = std::move(r);
   }
   return c;
@@ -127,8 +127,8 @@ optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::Distrib
   state.slots.assign(meta.slot_names.size(), {});
   if (meta.optimizer_steps > 0)
     for (std::size_t k = 0; k < meta.slot_names.size(); ++k)
-      for (const auto& key : wanted) state.slots[k].push_back(c.records[key].slots.at(k));
-  const auto current = trainer.optimizer().state();
+      for (const auto& key : wanted) state.slots[k].push_back(std::move(c.records[key].slots.at(k)));
+  const auto current = trainer.optimizer().state_view();
   check(current.kind == state.kind, where + " holds " + state.kind + " optimizer state, the trainer uses " + current.kind);
   check(current.slot_names == state.slot_names,
         where + " holds " + state.kind + " state with slots " + optim::detail::slots_text(state.slot_names) +

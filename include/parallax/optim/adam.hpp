@@ -45,6 +45,8 @@ class adam_family : public Optimizer<T> {
   std::unique_ptr<Optimizer<T>> clone() const override;
   /// kind "adam" or "adamw", slots {"m", "v"}.
   optimizer_state<T> state() const override;
+  /// state() without the copy: views of the moments.
+  optimizer_state_view<T> state_view() const override;
   void load_state(const optimizer_state<T>& s) override;
 
   /// The options this optimizer was built with (lr as at construction).
@@ -106,11 +108,6 @@ template <std::floating_point T>
 void adam_step(std::string_view who, std::span<const std::span<T>> params, std::span<const std::span<const T>> grads,
                double lr, std::uint64_t steps, const adam_options& o, bool decoupled,
                std::vector<std::vector<T>>& m, std::vector<std::vector<T>>& v);
-
-/// The state of Adam or AdamW.
-template <std::floating_point T>
-optimizer_state<T> adam_state(std::string kind, std::uint64_t steps, double lr, const std::vector<std::vector<T>>& m,
-                              const std::vector<std::vector<T>>& v);
 
 }  // namespace detail
 
@@ -187,22 +184,6 @@ void adam_step(std::string_view who, std::span<const std::span<T>> params, std::
     adam_kernel(params[k].data(), grads[k].data(), m[k].data(), v[k].data(), params[k].size(), c);
 }
 
-template <std::floating_point T>
-optimizer_state<T> adam_state(std::string kind, std::uint64_t steps, double lr, const std::vector<std::vector<T>>& m,
-                              const std::vector<std::vector<T>>& v) {
-  optimizer_state<T> s;
-  s.kind = std::move(kind);
-  s.steps = steps;
-  s.learning_rate = lr;
-  s.slot_names = {"m", "v"};
-  s.slots = {m, v};
-  return s;
-}
-
-}  // namespace detail
-
-namespace detail {
-
 template <std::floating_point T, bool Decoupled, class Derived>
 adam_family<T, Decoupled, Derived>::adam_family(adam_options options) : Optimizer<T>(options.lr), options_(options) {
   this->check_later([&] { check_adam_options(constructor_name, options); });
@@ -224,7 +205,12 @@ std::unique_ptr<Optimizer<T>> adam_family<T, Decoupled, Derived>::clone() const 
 
 template <std::floating_point T, bool Decoupled, class Derived>
 optimizer_state<T> adam_family<T, Decoupled, Derived>::state() const {
-  return adam_state(kind(), this->steps_, this->learning_rate_, m_, v_);
+  return copy_state(state_view());
+}
+
+template <std::floating_point T, bool Decoupled, class Derived>
+optimizer_state_view<T> adam_family<T, Decoupled, Derived>::state_view() const {
+  return {kind(), this->steps_, this->learning_rate_, {"m", "v"}, {slot_view(m_), slot_view(v_)}, nullptr};
 }
 
 template <std::floating_point T, bool Decoupled, class Derived>

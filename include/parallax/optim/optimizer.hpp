@@ -1,7 +1,8 @@
 #pragma once
 // SPDX-License-Identifier: BSL-1.0
 /// The optimizer interface every update rule implements (SGD, Adam, AdamW),
-/// and optimizer_state, the plain data a checkpoint saves to resume one.
+/// optimizer_state, the plain data a checkpoint saves to resume one, and
+/// optimizer_state_view, the same state lent without a copy.
 ///
 /// Optimizers work on flat buffers: one std::span per parameter tensor and one
 /// per gradient tensor, in the same order. Their own state (momentum, Adam's
@@ -53,6 +54,24 @@ struct optimizer_state {
   friend bool operator==(const optimizer_state&, const optimizer_state&) = default;
 };
 
+/// The state as views of an optimizer's own buffers: what a checkpoint
+/// writes, without the copy state() makes. The fields are state()'s, each
+/// slot one span per tensor. Valid until the optimizer's next step(),
+/// load_state() or destruction.
+template <std::floating_point T>
+struct optimizer_state_view {
+  std::string kind;
+  std::uint64_t steps = 0;
+  double learning_rate = 0;
+  std::vector<std::string> slot_names;
+  /// [slot][tensor index] -> the values where the optimizer keeps them.
+  std::vector<std::vector<std::span<const T>>> slots;
+  /// What the spans point into when the optimizer lends no buffers of its
+  /// own (the default Optimizer::state_view() copies state() here); null
+  /// when they point into the optimizer.
+  std::shared_ptr<const optimizer_state<T>> copy;
+};
+
 /// The interface of every optimizer. Copying goes through clone(), so a
 /// caller holding an Optimizer<T>& never slices.
 template <std::floating_point T>
@@ -79,6 +98,11 @@ class Optimizer {
   virtual std::unique_ptr<Optimizer<T>> clone() const = 0;
   /// A copy of the state, for a checkpoint.
   virtual optimizer_state<T> state() const = 0;
+  /// The state without a copy, for a checkpoint to write (see
+  /// optimizer_state_view; the library's optimizers lend their buffers).
+  /// The default copies state() and views the copy, so an optimizer that
+  /// implements only state() still saves.
+  virtual optimizer_state_view<T> state_view() const;
   /// Restores a state saved by state(). Throws parallax::error, and changes
   /// nothing, when the kind or the slot names differ from this optimizer's
   /// (e.g. a state saved with momentum loaded into SGD without momentum) or
@@ -138,6 +162,15 @@ template <std::floating_point T>
 void check_step(std::string_view who, std::span<const std::span<T>> params,
                 std::span<const std::span<const T>> grads, const std::vector<std::vector<T>>* buffers);
 
+/// Views of every tensor's buffer of one slot.
+template <std::floating_point T>
+std::vector<std::span<const T>> slot_view(const std::vector<std::vector<T>>& buffers);
+
+/// The state a view shows, copied: what state() returns, built from
+/// state_view().
+template <std::floating_point T>
+optimizer_state<T> copy_state(const optimizer_state_view<T>& view);
+
 /// Slot names for messages: {"m", "v"}, or {} for none.
 inline std::string slots_text(const std::vector<std::string>& names) {
   std::string text = "{";
@@ -174,7 +207,30 @@ std::uint64_t Optimizer<T>::steps() const {
   return steps_;
 }
 
+template <std::floating_point T>
+optimizer_state_view<T> Optimizer<T>::state_view() const {
+  auto copy = std::make_shared<const optimizer_state<T>>(state());
+  optimizer_state_view<T> v{copy->kind, copy->steps, copy->learning_rate, copy->slot_names, {}, copy};
+  for (const auto& slot : copy->slots) v.slots.push_back(detail::slot_view(slot));
+  return v;
+}
+
 namespace detail {
+
+template <std::floating_point T>
+std::vector<std::span<const T>> slot_view(const std::vector<std::vector<T>>& buffers) {
+  return {buffers.begin(), buffers.end()};
+}
+
+template <std::floating_point T>
+optimizer_state<T> copy_state(const optimizer_state_view<T>& view) {
+  optimizer_state<T> s{view.kind, view.steps, view.learning_rate, view.slot_names, {}};
+  for (const auto& slot : view.slots) {
+    auto& buffers = s.slots.emplace_back();
+    for (const auto t : slot) buffers.emplace_back(t.begin(), t.end());
+  }
+  return s;
+}
 
 inline void check_non_negative(std::string_view who, std::string_view option, double value) {
   PARALLAX_CHECK(std::isfinite(value) && value >= 0,

@@ -50,6 +50,8 @@ class SGD final : public Optimizer<T> {
   std::unique_ptr<Optimizer<T>> clone() const override;
   /// kind "sgd"; slot {"momentum"} when momentum > 0, else no slots.
   optimizer_state<T> state() const override;
+  /// state() without the copy: views of the momentum buffers.
+  optimizer_state_view<T> state_view() const override;
   void load_state(const optimizer_state<T>& s) override;
 
   /// The options this optimizer was built with (lr as at construction; see
@@ -142,12 +144,13 @@ std::unique_ptr<Optimizer<T>> SGD<T>::clone() const {
 
 template <std::floating_point T>
 optimizer_state<T> SGD<T>::state() const {
-  optimizer_state<T> s;
-  s.kind = "sgd";
-  s.steps = this->steps_;
-  s.learning_rate = this->learning_rate_;
-  s.slot_names = slot_names();
-  if (options_.momentum > 0) s.slots.push_back(momentum_);
+  return detail::copy_state(state_view());
+}
+
+template <std::floating_point T>
+optimizer_state_view<T> SGD<T>::state_view() const {
+  optimizer_state_view<T> s{"sgd", this->steps_, this->learning_rate_, slot_names(), {}, nullptr};
+  if (options_.momentum > 0) s.slots.push_back(detail::slot_view(momentum_));
   return s;
 }
 

@@ -120,7 +120,7 @@ std::vector<setting> update_settings(const update_options& options, const optim:
       {"on_nonfinite", 0, options.on_nonfinite == nonfinite_policy::error ? "error" : "skip_step"},
       {"clip_norm", options.clip_norm},
       {"lr_schedule", 0, options.lr_schedule ? "set" : "none"},
-      {"optimizer", 0, optimizer.state().kind},
+      {"optimizer", 0, optimizer.state_view().kind},
       {"lr", optimizer.learning_rate()}};
   if (options.lr_schedule) {
     for (const auto step : schedule_probe_steps)
