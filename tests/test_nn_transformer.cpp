@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
-// The layers of a small transformer, so far GELU (exact and tanh forms).
-// Forward values computed independently (Python's math.erf and math.tanh on
-// the formulas PyTorch documents, or by hand), finite-difference gradients
-// (double), NaN propagation and shape errors.
+// The layers of a small transformer, so far GELU (exact and tanh forms) and
+// LayerNorm. Forward values computed independently (Python's math.erf and
+// math.tanh on the formulas PyTorch documents, Python's decimal module on
+// nn.LayerNorm's formulas, or by hand),
+// finite-difference gradients (double), NaN propagation and shape errors.
 
 #include <parallax/nn/activation.hpp>
+#include <parallax/nn/layer_norm.hpp>
 
 #include "error_of.hpp"
 #include "gradcheck.hpp"
@@ -18,12 +20,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 using parallax::nn::GELU;
 using parallax::nn::gelu_approximation;
+using parallax::nn::LayerNorm;
 
 template <class T, std::size_t N>
 xt::xtensor<T, N> random_tensor(std::array<std::size_t, N> shape, std::uint64_t seed, double scale = 1.0) {
@@ -35,6 +40,9 @@ xt::xtensor<T, N> random_tensor(std::array<std::size_t, N> shape, std::uint64_t 
 static_assert(parallax::Layer<GELU<float>>);
 static_assert(parallax::Layer<GELU<double, 3>>);
 static_assert(!parallax::HasLayerParameters<GELU<float>>);
+static_assert(parallax::Layer<LayerNorm<float>>);
+static_assert(parallax::Layer<LayerNorm<double, 3>>);
+static_assert(parallax::HasLayerParameters<LayerNorm<float, 3>>);
 
 }  // namespace
 
@@ -88,4 +96,123 @@ TEST_CASE_TEMPLATE("GELU: a NaN gives NaN forward and backward", T, float, doubl
     CHECK(std::isnan(dx(0, 1)));  // NaN dy
     CHECK(std::isfinite(dx(0, 2)));
   }
+}
+
+// ---------------------------------------------------------------------------
+// LayerNorm
+// ---------------------------------------------------------------------------
+
+TEST_CASE("LayerNorm: forward and gradients match nn.LayerNorm's formulas") {
+  // Expected values: nn.LayerNorm's documented formula (biased variance,
+  // eps inside the square root) and its gradient, evaluated in Python's
+  // decimal module at 50 digits (not by torch, which is not installed here).
+  LayerNorm<double> norm(4);
+  CHECK(norm.width() == 4);
+  CHECK(norm.eps() == 1e-5);
+  norm.gain() = xt::xtensor<double, 1>{1.0, 0.5, -2.0, 3.0};
+  norm.bias() = xt::xtensor<double, 1>{0.0, 1.0, -1.0, 0.5};
+  const xt::xtensor<double, 2> x = {{1.0, 2.0, 4.0, 8.0}, {-0.5, 0.25, 3.0, -2.0}};
+  xt::xtensor<double, 2> y, dx;
+  norm.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {-1.025754575496193, 0.6736235441603022, -1.1865008319083987, 5.255771213664167,
+                                -0.37885954942019023, 1.0172208886100087, -4.099759949801556, -3.116386608101816},
+                            1e-14) == "");
+  const xt::xtensor<double, 2> dy = {{0.1, -0.2, 0.3, 0.4}, {1.0, 0.0, -1.0, 2.0}};
+  norm.backward(x, y, dy, dx);
+  CHECK(nonfinite::mismatch(dx, {0.15439001314142736, 0.016866008984516144, -0.295482165710986, 0.12422614358504253,
+                                 -0.9243299702964899, -1.2184953957482458, 0.8256191788768835, 1.3172061871678522},
+                            1e-13) == "");
+  CHECK(nonfinite::mismatch(std::get<0>(norm.gradients()),
+                            {-0.4814350069698095, 0.1305505823358791, -1.5219048501145185, -1.776821576912655},
+                            1e-13) == "");
+  CHECK(nonfinite::mismatch(std::get<1>(norm.gradients()), {1.1, -0.2, -0.7, 2.4}, 1e-15) == "");
+  // Gradients accumulate: a second backward doubles them.
+  norm.backward(x, y, dy, dx);
+  CHECK(std::get<1>(norm.gradients())(0) == doctest::Approx(2.2).epsilon(1e-15));
+
+  // Another eps, with the default gain 1 and bias 0.
+  LayerNorm<double> wide(4, 0.5);
+  wide.forward(x, y);
+  CHECK(nonfinite::mismatch(y, {-0.9918365981341756, -0.6311687442672026, 0.09016696346674323, 1.532838378934635,
+                                -0.353006799093124, 0.032091527190284, 1.4441187235627801, -1.12320345165994},
+                            1e-14) == "");
+  CHECK(wide.describe() == "LayerNorm(4, eps 0.5)");
+  CHECK(norm.describe() == "LayerNorm(4)");
+  CHECK(LayerNorm<float>::parameter_count(512) == 1024);
+  CHECK(LayerNorm<float, 3>(8).output_shape({2, 5, 8}) == std::vector<std::size_t>{2, 5, 8});
+}
+
+TEST_CASE("LayerNorm: initialize sets gain 1 and bias 0, whatever the seed") {
+  LayerNorm<float, 3> norm(3);
+  norm.gain().fill(7.0f);
+  norm.bias().fill(-2.0f);
+  norm.initialize(12345, 6);
+  CHECK(nonfinite::mismatch(norm.gain(), {1, 1, 1}) == "");
+  CHECK(nonfinite::mismatch(norm.bias(), {0, 0, 0}) == "");
+}
+
+TEST_CASE("LayerNorm: finite-difference gradients, rank 2 and 3, with gain, bias and eps") {
+  LayerNorm<double> n2(5);
+  gradcheck::fill_uniform(n2.gain(), 11, 0.5, 2.0);
+  gradcheck::fill_uniform(n2.bias(), 12);
+  CHECK(gradcheck::check_layer(n2, random_tensor<double, 2>({3, 5}, 1, 3.0)).max_error < 1e-6);
+  LayerNorm<double, 3> n3(4, 0.1);
+  gradcheck::fill_uniform(n3.gain(), 13, -2.0, 2.0);
+  gradcheck::fill_uniform(n3.bias(), 14);
+  CHECK(gradcheck::check_layer(n3, random_tensor<double, 3>({2, 3, 4}, 2, 3.0)).max_error < 1e-6);
+  // A constant row: the variance is 0 and eps alone keeps the scale finite.
+  LayerNorm<double> flat(3);
+  const xt::xtensor<double, 2> x = {{2.0, 2.0, 2.0}, {1.0, -1.0, 0.5}};
+  const auto r = gradcheck::check_layer(flat, x, 7, 1e-7);
+  CHECK_MESSAGE(r.max_error < 1e-5, r.where);
+}
+
+TEST_CASE_TEMPLATE("LayerNorm: a NaN makes its row NaN, and the gain gradient", T, float, double) {
+  // As PyTorch's layer_norm kernels: dgain sums dy * xhat over rows (NaN
+  // from the NaN row), dbias sums dy (finite).
+  using nonfinite::nan;
+  LayerNorm<T> norm(3);
+  const auto x = nonfinite::tensor<T, 2>({2, 3}, {nan, 1, 2, 0, 1, 3});
+  xt::xtensor<T, 2> y, dx;
+  norm.forward(x, y);
+  for (std::size_t j = 0; j < 3; ++j) {
+    CHECK(std::isnan(y(0, j)));
+    CHECK(std::isfinite(y(1, j)));
+  }
+  const auto dy = nonfinite::tensor<T, 2>({2, 3}, {1, 1, 1, 1, 1, 1});
+  norm.backward(x, y, dy, dx);
+  for (std::size_t j = 0; j < 3; ++j) {
+    CHECK(std::isnan(dx(0, j)));
+    CHECK(std::isfinite(dx(1, j)));
+    CHECK(std::isnan(std::get<0>(norm.gradients())(j)));
+    CHECK(std::get<1>(norm.gradients())(j) == T(2));
+  }
+  // A NaN gain makes its column NaN in every row.
+  norm.gain()(1) = static_cast<T>(nan);
+  norm.forward(nonfinite::tensor<T, 2>({1, 3}, {0, 1, 3}), y);
+  CHECK(std::isfinite(y(0, 0)));
+  CHECK(std::isnan(y(0, 1)));
+}
+
+TEST_CASE("LayerNorm: a wrong width or eps is an error naming the layer and the sizes") {
+  LayerNorm<float, 3> norm(4);
+  xt::xtensor<float, 3> y, dx;
+  const xt::xtensor<float, 3> x = xt::zeros<float>({2, 3, 5});
+  check_error([&] { norm.forward(x, y); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm::forward()", "(2, 3, 5)", "width 5", "expected 4"});
+  check_error([&] { norm.backward(x, x, x, dx); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm::backward()", "width 5", "expected 4"});
+  const xt::xtensor<float, 3> good = xt::zeros<float>({2, 3, 4});
+  const xt::xtensor<float, 3> dy = xt::zeros<float>({2, 2, 4});
+  check_error([&] { norm.backward(good, good, dy, dx); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm::backward(): dy has shape (2, 2, 4), expected (2, 3, 4)"});
+  check_error([&] { (void)norm.output_shape({2, 3, 5}); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm(4)", "width 5"});
+  check_error([&] { (void)norm.output_shape({2, 4}); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm(4)", "rank-3"});
+  check_error([] { LayerNorm<float> bad(0); }, parallax::error_kind::invalid_argument, {"LayerNorm", "positive"});
+  check_error([] { LayerNorm<float> bad(3, -1e-3); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm(3)", "eps", "-0.001"});
+  check_error([] { LayerNorm<float> bad(3, std::nan("")); }, parallax::error_kind::invalid_argument,
+              {"LayerNorm(3)", "eps", "nan"});
 }
