@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: BSL-1.0
-// The layers of a small transformer, so far GELU (exact and tanh forms) and
-// LayerNorm. Forward values computed independently (Python's math.erf and
-// math.tanh on the formulas PyTorch documents, Python's decimal module on
-// nn.LayerNorm's formulas, or by hand),
+// The layers of a small transformer, so far GELU (exact and tanh forms),
+// LayerNorm and Embedding. Forward values computed independently (Python's
+// math.erf and math.tanh on the formulas PyTorch documents, Python's decimal
+// module on nn.LayerNorm's formulas, or by hand),
 // finite-difference gradients (double), NaN propagation and shape errors.
 
 #include <parallax/nn/activation.hpp>
+#include <parallax/nn/embedding.hpp>
 #include <parallax/nn/layer_norm.hpp>
 
 #include "error_of.hpp"
@@ -26,9 +27,11 @@
 
 namespace {
 
+using parallax::nn::Embedding;
 using parallax::nn::GELU;
 using parallax::nn::gelu_approximation;
 using parallax::nn::LayerNorm;
+using ids = xt::xtensor<std::int64_t, 2>;
 
 template <class T, std::size_t N>
 xt::xtensor<T, N> random_tensor(std::array<std::size_t, N> shape, std::uint64_t seed, double scale = 1.0) {
@@ -43,6 +46,9 @@ static_assert(!parallax::HasLayerParameters<GELU<float>>);
 static_assert(parallax::Layer<LayerNorm<float>>);
 static_assert(parallax::Layer<LayerNorm<double, 3>>);
 static_assert(parallax::HasLayerParameters<LayerNorm<float, 3>>);
+static_assert(parallax::Layer<Embedding<float>>);
+static_assert(parallax::HasLayerParameters<Embedding<double>>);
+static_assert(parallax::HasParameterBackward<Embedding<float>>);
 
 }  // namespace
 
@@ -215,4 +221,119 @@ TEST_CASE("LayerNorm: a wrong width or eps is an error naming the layer and the 
               {"LayerNorm(3)", "eps", "-0.001"});
   check_error([] { LayerNorm<float> bad(3, std::nan("")); }, parallax::error_kind::invalid_argument,
               {"LayerNorm(3)", "eps", "nan"});
+}
+
+// ---------------------------------------------------------------------------
+// Embedding
+// ---------------------------------------------------------------------------
+
+TEST_CASE("Embedding: forward looks rows up, backward scatter-adds, computed by hand") {
+  Embedding<double> embed(5, 3);
+  CHECK(embed.vocabulary() == 5);
+  CHECK(embed.width() == 3);
+  for (std::size_t i = 0; i < 5; ++i)
+    for (std::size_t j = 0; j < 3; ++j) embed.weight()(i, j) = 10.0 * static_cast<double>(i) + static_cast<double>(j);
+  const ids x = {{2, 0, 2}, {1, 1, 4}};
+  xt::xtensor<double, 3> y;
+  embed.forward(x, y);
+  REQUIRE(y.shape() == std::array<std::size_t, 3>{2, 3, 3});
+  CHECK(nonfinite::mismatch(y, {20, 21, 22, 0, 1, 2, 20, 21, 22, 10, 11, 12, 10, 11, 12, 40, 41, 42}) == "");
+  // dy[b, s, j] = 100 b + 10 s + j; rows of repeated ids get the sums.
+  xt::xtensor<double, 3> dy(y.shape());
+  for (std::size_t b = 0; b < 2; ++b)
+    for (std::size_t s = 0; s < 3; ++s)
+      for (std::size_t j = 0; j < 3; ++j)
+        dy(b, s, j) = 100.0 * static_cast<double>(b) + 10.0 * static_cast<double>(s) + static_cast<double>(j);
+  ids dx;
+  embed.backward(x, y, dy, dx);
+  CHECK(dx.shape() == x.shape());
+  CHECK(nonfinite::mismatch(dx, {0, 0, 0, 0, 0, 0}) == "");
+  CHECK(nonfinite::mismatch(std::get<0>(embed.gradients()),
+                            {10, 11, 12,      // id 0: token (0, 1)
+                             210, 212, 214,   // id 1: (1, 0) + (1, 1) = 100 + 110
+                             20, 22, 24,      // id 2: (0, 0) + (0, 2) = 0 + 20
+                             0, 0, 0,         // id 3: unused
+                             120, 121, 122})  // id 4: (1, 2)
+        == "");
+  // backward_parameters adds the same again.
+  embed.backward_parameters(x, y, dy);
+  CHECK(std::get<0>(embed.gradients())(1, 2) == 428);
+  CHECK(std::get<0>(embed.gradients())(3, 0) == 0);
+  CHECK(embed.describe() == "Embedding(5, 3)");
+  CHECK(Embedding<float>::parameter_count(50257, 768) == 50257u * 768u);
+  CHECK(embed.output_shape({4, 7}) == std::vector<std::size_t>{4, 7, 3});
+}
+
+TEST_CASE("Embedding: the weight is N(0, 1), drawn from (seed, index) only") {
+  Embedding<double> a(1000, 10), b(1000, 10);
+  // The constructor draws as initialize(0, 0).
+  b.initialize(0, 0);
+  CHECK(a.weight() == b.weight());
+  a.initialize(3, 1);
+  b.initialize(3, 1);
+  CHECK(a.weight() == b.weight());
+  b.initialize(3, 2);
+  CHECK(a.weight() != b.weight());
+  // 10000 draws: the mean's standard error is 0.01, the variance's about 0.014.
+  double sum = 0, squares = 0;
+  for (const double w : a.weight()) {
+    sum += w;
+    squares += w * w;
+  }
+  const double mean = sum / 10000.0, var = squares / 10000.0 - mean * mean;
+  CHECK(std::abs(mean) < 0.05);
+  CHECK(std::abs(var - 1.0) < 0.07);
+  // Float draws the same numbers, rounded.
+  Embedding<float> f(1000, 10);
+  f.initialize(3, 1);
+  CHECK(f.weight()(7, 3) == static_cast<float>(a.weight()(7, 3)));
+}
+
+TEST_CASE("Embedding: finite-difference weight gradient, repeated ids included") {
+  Embedding<double> embed(6, 4);
+  embed.initialize(5, 0);
+  const ids x = {{0, 3, 3, 5}, {3, 1, 0, 0}};
+  const auto r = gradcheck::check_parameters(embed, x);
+  CHECK_MESSAGE(r.max_error < 1e-8, r.where);
+}
+
+TEST_CASE_TEMPLATE("Embedding: a NaN weight reaches the tokens of its id, a NaN dy the row of its id", T, float,
+                   double) {
+  using nonfinite::nan;
+  Embedding<T> embed(3, 2);
+  embed.weight()(1, 0) = static_cast<T>(nan);
+  const ids x = {{1, 2, 1}};
+  xt::xtensor<T, 3> y;
+  embed.forward(x, y);
+  CHECK(std::isnan(y(0, 0, 0)));
+  CHECK(std::isfinite(y(0, 0, 1)));
+  CHECK(std::isfinite(y(0, 1, 0)));
+  CHECK(std::isnan(y(0, 2, 0)));
+  const auto dy = nonfinite::tensor<T, 3>({1, 3, 2}, {1, 1, nan, 1, 1, 1});
+  embed.backward_parameters(x, y, dy);
+  const auto& g = std::get<0>(embed.gradients());
+  CHECK(g(1, 0) == T(2));
+  CHECK(std::isnan(g(2, 0)));
+  CHECK(g(2, 1) == T(1));
+  CHECK(g(0, 0) == T(0));
+}
+
+TEST_CASE("Embedding: an id outside the vocabulary is an error naming it, its position and the vocabulary") {
+  Embedding<float> embed(10, 2);
+  xt::xtensor<float, 3> y;
+  check_error([&] { embed.forward(ids{{1, 2}, {3, 10}}, y); }, parallax::error_kind::invalid_argument,
+              {"Embedding::forward(): id 10 at (1, 1) is outside the vocabulary [0, 10)"});
+  check_error([&] { embed.forward(ids{{-1, 2}}, y); }, parallax::error_kind::invalid_argument,
+              {"Embedding::forward(): id -1 at (0, 0) is outside the vocabulary [0, 10)"});
+  const ids good = {{1, 2}};
+  embed.forward(good, y);
+  check_error([&] { embed.backward_parameters(ids{{1, 12}}, y, y); }, parallax::error_kind::invalid_argument,
+              {"Embedding::backward(): id 12 at (0, 1)", "[0, 10)"});
+  const xt::xtensor<float, 3> dy = xt::zeros<float>({1, 2, 3});
+  check_error([&] { embed.backward_parameters(good, y, dy); }, parallax::error_kind::invalid_argument,
+              {"Embedding::backward(): dy has shape (1, 2, 3), expected (1, 2, 2)"});
+  check_error([&] { (void)embed.output_shape({4}); }, parallax::error_kind::invalid_argument,
+              {"Embedding(10, 2)", "rank-2"});
+  check_error([] { Embedding<float> bad(0, 4); }, parallax::error_kind::invalid_argument,
+              {"Embedding", "positive", "0 and 4"});
 }
