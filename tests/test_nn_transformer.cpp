@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: BSL-1.0
-// The layers of a small transformer, so far GELU (exact and tanh forms),
-// LayerNorm and Embedding. Forward values computed independently (Python's
-// math.erf and math.tanh on the formulas PyTorch documents, Python's decimal
-// module on nn.LayerNorm's formulas, or by hand),
+// The layers of a small transformer: GELU (exact and tanh forms),
+// LayerNorm, Embedding and TokenCrossEntropy, and a chain of them in
+// Sequential. Forward values computed independently (Python's math.erf and
+// math.tanh on the formulas PyTorch documents, Python's decimal module on
+// nn.LayerNorm's and F.cross_entropy's formulas, or by hand),
 // finite-difference gradients (double), NaN propagation and shape errors.
 
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/embedding.hpp>
 #include <parallax/nn/layer_norm.hpp>
+#include <parallax/nn/sequential.hpp>
+#include <parallax/nn/token_cross_entropy.hpp>
 
 #include "error_of.hpp"
 #include "gradcheck.hpp"
@@ -31,6 +34,7 @@ using parallax::nn::Embedding;
 using parallax::nn::GELU;
 using parallax::nn::gelu_approximation;
 using parallax::nn::LayerNorm;
+using parallax::nn::TokenCrossEntropy;
 using ids = xt::xtensor<std::int64_t, 2>;
 
 template <class T, std::size_t N>
@@ -49,6 +53,9 @@ static_assert(parallax::HasLayerParameters<LayerNorm<float, 3>>);
 static_assert(parallax::Layer<Embedding<float>>);
 static_assert(parallax::HasLayerParameters<Embedding<double>>);
 static_assert(parallax::HasParameterBackward<Embedding<float>>);
+static_assert(parallax::Loss<TokenCrossEntropy<float>>);
+static_assert(!parallax::HasCorrectCount<TokenCrossEntropy<double>>);
+static_assert(!parallax::Layer<TokenCrossEntropy<double>>);
 
 }  // namespace
 
@@ -336,4 +343,123 @@ TEST_CASE("Embedding: an id outside the vocabulary is an error naming it, its po
               {"Embedding(10, 2)", "rank-2"});
   check_error([] { Embedding<float> bad(0, 4); }, parallax::error_kind::invalid_argument,
               {"Embedding", "positive", "0 and 4"});
+}
+
+// ---------------------------------------------------------------------------
+// TokenCrossEntropy
+// ---------------------------------------------------------------------------
+
+TEST_CASE("TokenCrossEntropy: loss and gradient match F.cross_entropy over the flattened tokens") {
+  // Expected values: F.cross_entropy's formula, mean over the 6 tokens of
+  // logsumexp(row) - row[target], and its gradient (softmax - onehot) / 6,
+  // evaluated in Python's decimal module at 50 digits.
+  const xt::xtensor<double, 3> y = {{{0.0, 1.0, 2.0, 3.0}, {1.5, -0.5, 0.0, 0.25}, {10.0, 10.0, -3.0, 0.0}},
+                                    {{-1.0, -2.0, -3.0, -4.0}, {0.0, 0.0, 0.0, 0.0}, {2.0, 0.5, 1.0, 7.0}}};
+  const ids t = {{3, 0, 1}, {2, 1, 3}};
+  TokenCrossEntropy<double> ce;
+  xt::xtensor<double, 3> dy;
+  CHECK(ce.loss(y, t, dy) == doctest::Approx(0.9113716911224381).epsilon(1e-14));
+  CHECK(ce.value(y, t) == ce.loss(y, t, dy));
+  CHECK(nonfinite::mismatch(
+            dy,
+            {0.005343100546680832, 0.014524053123672095, 0.03948046968165169, -0.059347623352004615,
+             -0.06534771110804212, 0.013712029547764227, 0.02260731477986754, 0.029028366780410354,
+             0.08333134753652306, -0.0833353191301436, 1.8835629536016133e-07, 3.783237325171362e-06,
+             0.10731904331466205, 0.03948046968165169, -0.15214261354299458, 0.005343100546680832,
+             0.041666666666666664, -0.125, 0.041666666666666664, 0.041666666666666664,
+             0.0011110802326811425, 0.00024791551025589805, 0.00040874357509537485, -0.0017677393180324154},
+            1e-14) == "");
+  CHECK(ce.describe() == "TokenCrossEntropy");
+}
+
+TEST_CASE("TokenCrossEntropy: finite-difference gradient; large logits neither overflow nor lose the loss") {
+  TokenCrossEntropy<double> ce;
+  const auto y = random_tensor<double, 3>({2, 3, 5}, 21, 4.0);
+  const ids t = {{0, 4, 2}, {4, 4, 1}};
+  const auto r = gradcheck::check_loss(ce, y, t);
+  CHECK_MESSAGE(r.max_error < 1e-8, r.where);
+  TokenCrossEntropy<float> cf;
+  const xt::xtensor<float, 3> big = {{{1000.0f, 0.0f}, {-1000.0f, 1000.0f}}};
+  xt::xtensor<float, 3> dy;
+  // Token 0 is right with certainty (loss 0), token 1 wrong by 2000.
+  CHECK(cf.loss(big, ids{{0, 0}}, dy) == doctest::Approx(1000.0));
+  CHECK(std::isfinite(dy(0, 1, 0)));
+}
+
+TEST_CASE_TEMPLATE("TokenCrossEntropy: a NaN logit makes its token's loss and gradient row NaN", T, float, double) {
+  using nonfinite::nan;
+  TokenCrossEntropy<T> ce;
+  const auto y = nonfinite::tensor<T, 3>({1, 2, 3}, {0, nan, 1, 0, 1, 2});
+  xt::xtensor<T, 3> dy;
+  CHECK(std::isnan(ce.loss(y, ids{{0, 2}}, dy)));
+  for (std::size_t v = 0; v < 3; ++v) {
+    CHECK(std::isnan(dy(0, 0, v)));
+    CHECK(std::isfinite(dy(0, 1, v)));
+  }
+  CHECK(std::isnan(ce.value(y, ids{{0, 2}})));
+}
+
+TEST_CASE("TokenCrossEntropy: targets outside the vocabulary or of another shape are errors") {
+  TokenCrossEntropy<float> ce;
+  const xt::xtensor<float, 3> y = xt::zeros<float>({2, 3, 4});
+  xt::xtensor<float, 3> dy;
+  check_error([&] { (void)ce.loss(y, ids{{0, 1, 2}, {3, 4, 0}}, dy); }, parallax::error_kind::invalid_argument,
+              {"TokenCrossEntropy::loss(): target 4 of token (1, 1) is outside [0, 4)"});
+  check_error([&] { (void)ce.value(y, ids{{0, -100, 2}, {3, 0, 0}}); }, parallax::error_kind::invalid_argument,
+              {"TokenCrossEntropy::value(): target -100 of token (0, 1) is outside [0, 4)"});
+  check_error([&] { (void)ce.value(y, ids{{0, 1}, {3, 0}}); }, parallax::error_kind::invalid_argument,
+              {"TokenCrossEntropy::value(): logits of shape (2, 3, 4) but targets of shape (2, 2), expected (2, 3)"});
+  const xt::xtensor<float, 3> empty = xt::zeros<float>({0, 3, 4});
+  check_error([&] { (void)ce.value(empty, ids(std::array<std::size_t, 2>{0, 3})); },
+              parallax::error_kind::invalid_argument, {"TokenCrossEntropy::value(): there are no tokens"});
+}
+
+// ---------------------------------------------------------------------------
+// A chain of them
+// ---------------------------------------------------------------------------
+
+TEST_CASE("Sequential: Embedding, LayerNorm and GELU into TokenCrossEntropy train as one Model") {
+  using parallax::nn::Sequential;
+  // The width is the vocabulary (4): there is no rank-3 Linear yet to map
+  // the width to logits.
+  Sequential net{Embedding<double>(6, 4), LayerNorm<double, 3>(4), GELU<double, 3>{}, TokenCrossEntropy<double>{}};
+  static_assert(parallax::Model<decltype(net)>);
+  static_assert(std::is_same_v<decltype(net)::input_type, ids>);
+  net.initialize(9);
+  CHECK(net.describe() == "Sequential(Embedding(6, 4), LayerNorm(4), GELU; TokenCrossEntropy)");
+  CHECK(net.parameter_count() == 6 * 4 + 2 * 4);
+  gradcheck::fill_uniform(net.layer<1>().gain(), 3, 0.5, 1.5);
+  gradcheck::fill_uniform(net.layer<1>().bias(), 4);
+  decltype(net)::batch_type batch{ids{{0, 5, 5}, {2, 1, 0}}, ids{{1, 3, 0}, {2, 2, 3}}};
+  const double mean = net.loss_and_gradient(batch);
+  CHECK(mean == net.loss(batch));
+  // Every parameter's gradient against central differences of the loss.
+  std::vector<double*> params, grads;
+  std::vector<std::size_t> sizes;
+  parallax::detail::for_each_tensor(net.parameters(), [&](auto& p) {
+    params.push_back(p.data());
+    sizes.push_back(p.size());
+  });
+  parallax::detail::for_each_tensor(net.gradients(), [&](auto& g) { grads.push_back(g.data()); });
+  REQUIRE(params.size() == 3);
+  gradcheck::result r;
+  const double h = 1e-6;
+  for (std::size_t t = 0; t < params.size(); ++t)
+    for (std::size_t i = 0; i < sizes[t]; ++i) {
+      const double saved = params[t][i];
+      params[t][i] = saved + h;
+      const double fp = net.loss(batch);
+      params[t][i] = saved - h;
+      const double fm = net.loss(batch);
+      params[t][i] = saved;
+      gradcheck::record(r, grads[t][i], (fp - fm) / (2 * h), "param " + std::to_string(t) + "[" + std::to_string(i) + "]");
+    }
+  CHECK_MESSAGE(r.max_error < 1e-8, r.where);
+  // Ids 3 and 4 appear in no input: their rows have no gradient.
+  CHECK(grads[0][3 * 4] == 0.0);
+  CHECK(grads[0][4 * 4 + 3] == 0.0);
+  // A bad id in a batch names the layer through the chain's check.
+  decltype(net)::batch_type bad{ids{{0, 6, 5}}, ids{{1, 3, 0}}};
+  check_error([&] { (void)net.loss(bad); }, parallax::error_kind::invalid_argument,
+              {"Embedding::forward(): id 6 at (0, 1)"});
 }
