@@ -38,6 +38,42 @@ inline void record(result& r, double analytic, double numeric, const std::string
   }
 }
 
+/// The surrogate loss f(input) = sum(forward(input) * w) of a layer.
+template <class L>
+double weighted_output(L& layer, const typename L::input_type& input, const typename L::output_type& w) {
+  typename L::output_type out;
+  layer.forward(input, out);
+  double s = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) s += static_cast<double>(out.data()[i]) * w.data()[i];
+  return s;
+}
+
+/// Records every parameter gradient of `layer` (already set by a backward
+/// at x with dy = w) against central differences of weighted_output().
+template <class L>
+void record_parameters(result& r, L& layer, const typename L::input_type& x, const typename L::output_type& w,
+                       double h) {
+  std::vector<double*> params;
+  std::vector<std::size_t> sizes;
+  parallax::detail::for_each_tensor(layer.parameters(), [&](auto& p) {
+    params.push_back(p.data());
+    sizes.push_back(p.size());
+  });
+  std::vector<double*> grads;
+  parallax::detail::for_each_tensor(layer.gradients(), [&](auto& g) { grads.push_back(g.data()); });
+  REQUIRE(grads.size() == params.size());
+  for (std::size_t t = 0; t < params.size(); ++t)
+    for (std::size_t i = 0; i < sizes[t]; ++i) {
+      const double saved = params[t][i];
+      params[t][i] = saved + h;
+      const double fp = weighted_output(layer, x, w);
+      params[t][i] = saved - h;
+      const double fm = weighted_output(layer, x, w);
+      params[t][i] = saved;
+      record(r, grads[t][i], (fp - fm) / (2 * h), "param " + std::to_string(t) + "[" + std::to_string(i) + "]");
+    }
+}
+
 /// Checks a layer's backward against central differences at input x.
 /// Returns the worst relative error over dx and every parameter gradient.
 template <parallax::Layer L>
@@ -48,13 +84,6 @@ result check_layer(L& layer, typename L::input_type x, std::uint64_t seed = 7, d
   layer.forward(x, y);
   Y w = y;
   fill_uniform(w, seed);
-  auto f = [&](const X& input) {
-    Y out;
-    layer.forward(input, out);
-    double s = 0;
-    for (std::size_t i = 0; i < out.size(); ++i) s += static_cast<double>(out.data()[i]) * w.data()[i];
-    return s;
-  };
   if constexpr (parallax::HasLayerParameters<L>) {
     parallax::detail::for_each_tensor(layer.gradients(), [](auto& g) { std::fill(g.begin(), g.end(), 0); });
   }
@@ -66,29 +95,26 @@ result check_layer(L& layer, typename L::input_type x, std::uint64_t seed = 7, d
     X plus = x, minus = x;
     plus.data()[i] += h;
     minus.data()[i] -= h;
-    record(r, dx.data()[i], (f(plus) - f(minus)) / (2 * h), "dx[" + std::to_string(i) + "]");
+    record(r, dx.data()[i], (weighted_output(layer, plus, w) - weighted_output(layer, minus, w)) / (2 * h),
+           "dx[" + std::to_string(i) + "]");
   }
-  if constexpr (parallax::HasLayerParameters<L>) {
-    std::vector<double*> params;
-    std::vector<std::size_t> sizes;
-    parallax::detail::for_each_tensor(layer.parameters(), [&](auto& p) {
-      params.push_back(p.data());
-      sizes.push_back(p.size());
-    });
-    std::vector<double*> grads;
-    parallax::detail::for_each_tensor(layer.gradients(), [&](auto& g) { grads.push_back(g.data()); });
-    REQUIRE(grads.size() == params.size());
-    for (std::size_t t = 0; t < params.size(); ++t)
-      for (std::size_t i = 0; i < sizes[t]; ++i) {
-        const double saved = params[t][i];
-        params[t][i] = saved + h;
-        const double fp = f(x);
-        params[t][i] = saved - h;
-        const double fm = f(x);
-        params[t][i] = saved;
-        record(r, grads[t][i], (fp - fm) / (2 * h), "param " + std::to_string(t) + "[" + std::to_string(i) + "]");
-      }
-  }
+  if constexpr (parallax::HasLayerParameters<L>) record_parameters(r, layer, x, w, h);
+  return r;
+}
+
+/// Checks only the parameter gradients that backward_parameters(x, y, dy)
+/// adds, for a layer whose input has no gradient (Embedding's integer ids).
+template <class L>
+  requires parallax::Layer<L> && parallax::HasLayerParameters<L> && parallax::HasParameterBackward<L>
+result check_parameters(L& layer, const typename L::input_type& x, std::uint64_t seed = 7, double h = 1e-6) {
+  typename L::output_type y;
+  layer.forward(x, y);
+  typename L::output_type w = y;
+  fill_uniform(w, seed);
+  parallax::detail::for_each_tensor(layer.gradients(), [](auto& g) { std::fill(g.begin(), g.end(), 0); });
+  layer.backward_parameters(x, y, w);
+  result r;
+  record_parameters(r, layer, x, w, h);
   return r;
 }
 

@@ -34,11 +34,14 @@
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/conv2d.hpp>
 #include <parallax/nn/dropout.hpp>
+#include <parallax/nn/embedding.hpp>
 #include <parallax/nn/flatten.hpp>
+#include <parallax/nn/layer_norm.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
 #include <parallax/nn/maxpool2d.hpp>
 #include <parallax/nn/sequential.hpp>
+#include <parallax/nn/token_cross_entropy.hpp>
 
 #include <parallax/pipeline/engine.hpp>
 #include <parallax/pipeline/executor.hpp>

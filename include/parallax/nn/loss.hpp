@@ -6,8 +6,9 @@
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/softmax_row.hpp>
 
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -82,7 +83,7 @@ void SoftmaxCrossEntropy<T>::check(const input_type& y, const target_type& t, co
   PARALLAX_CHECK(batch > 0, std::string("SoftmaxCrossEntropy::") + where + "(): the batch is empty");
   const std::int32_t* labels = t.data();
   for (std::size_t b = 0; b < batch; ++b) {
-    PARALLAX_CHECK(labels[b] >= 0 && static_cast<std::size_t>(labels[b]) < classes,
+    PARALLAX_CHECK(detail::id_in_range(labels[b], classes),
                    std::string("SoftmaxCrossEntropy::") + where + "(): label " + std::to_string(labels[b]) +
                        " of sample " + std::to_string(b) + " is outside [0, " + std::to_string(classes) + ")");
   }
@@ -95,25 +96,10 @@ double SoftmaxCrossEntropy<T>::loss(const input_type& y, const target_type& t, i
   const std::size_t batch = y.shape()[0], classes = y.shape()[1];
   const double inv_batch = 1.0 / static_cast<double>(batch);
   double total = 0;
-  for (std::size_t b = 0; b < batch; ++b) {
-    const T* row = y.data() + b * classes;
-    T* grad = dy.data() + b * classes;
-    T top = row[0];
-    for (std::size_t c = 1; c < classes; ++c) top = row[c] > top ? row[c] : top;
-    // exp(y - max) goes into dy first, then becomes the softmax.
-    double sum = 0;
-    for (std::size_t c = 0; c < classes; ++c) {
-      const double e = std::exp(static_cast<double>(row[c]) - static_cast<double>(top));
-      grad[c] = static_cast<T>(e);
-      sum += e;
-    }
-    const auto label = static_cast<std::size_t>(t.data()[b]);
-    total += static_cast<double>(top) + std::log(sum) - static_cast<double>(row[label]);
-    for (std::size_t c = 0; c < classes; ++c) {
-      const double p = static_cast<double>(grad[c]) / sum;
-      grad[c] = static_cast<T>((p - (c == label ? 1.0 : 0.0)) * inv_batch);
-    }
-  }
+  for (std::size_t b = 0; b < batch; ++b)
+    total += detail::softmax_row_loss_and_gradient(y.data() + b * classes, classes,
+                                                   static_cast<std::size_t>(t.data()[b]), inv_batch,
+                                                   dy.data() + b * classes);
   return total / static_cast<double>(batch);  // exactly as value() computes it
 }
 
@@ -122,15 +108,8 @@ double SoftmaxCrossEntropy<T>::value(const input_type& y, const target_type& t) 
   check(y, t, "value");
   const std::size_t batch = y.shape()[0], classes = y.shape()[1];
   double total = 0;
-  for (std::size_t b = 0; b < batch; ++b) {
-    const T* row = y.data() + b * classes;
-    T top = row[0];
-    for (std::size_t c = 1; c < classes; ++c) top = row[c] > top ? row[c] : top;
-    double sum = 0;
-    for (std::size_t c = 0; c < classes; ++c)
-      sum += std::exp(static_cast<double>(row[c]) - static_cast<double>(top));
-    total += static_cast<double>(top) + std::log(sum) - static_cast<double>(row[t.data()[b]]);
-  }
+  for (std::size_t b = 0; b < batch; ++b)
+    total += detail::softmax_row_loss(y.data() + b * classes, classes, static_cast<std::size_t>(t.data()[b]));
   return total / static_cast<double>(batch);
 }
 

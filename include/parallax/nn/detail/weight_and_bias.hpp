@@ -4,9 +4,9 @@
 /// vector, their gradients, the accessors and PyTorch's default draw.
 
 #include <parallax/core/error.hpp>
-#include <parallax/detail/number_text.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/checks.hpp>
 
 #include <array>
 #include <cmath>
@@ -50,10 +50,8 @@ class WeightAndBias {
       bias_grad_ = xt::xtensor<T, 1>(std::array<std::size_t, 1>{bias_size}, T(0));
     } catch (const std::exception&) {  // bad_alloc, or length_error past what a vector can hold
       const double values = static_cast<double>(rows) * static_cast<double>(cols) + static_cast<double>(bias_size);
-      const double bytes = 2.0 * values * static_cast<double>(sizeof(T));
-      parallax::detail::throw_error(layer + ": cannot allocate its weight [" + std::to_string(rows) + ", " +
-                                    std::to_string(cols) + "], bias and their gradients (" +
-                                    parallax::detail::number_text(bytes) + " bytes)");
+      throw_allocation_error(layer, "its weight [" + std::to_string(rows) + ", " + std::to_string(cols) +
+                                        "], bias and their gradients", 2.0 * values, sizeof(T));
     }
   }
 

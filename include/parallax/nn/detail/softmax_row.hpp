@@ -1,0 +1,54 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// One row of logits against one class index: its softmax cross-entropy,
+/// log sum_c exp(row[c]) - row[label], and that loss's gradient, the one
+/// copy of the arithmetic SoftmaxCrossEntropy (a row per sample) and
+/// TokenCrossEntropy (a row per token) share.
+
+#include <cmath>
+#include <cstddef>
+
+namespace parallax::nn::detail {
+
+/// The largest logit of a row, as the log-sum-exp shifts by it: a NaN at
+/// position 0 stays, a later NaN is skipped (the sum then carries it).
+template <class T>
+T row_maximum(const T* row, std::size_t classes) {
+  T top = row[0];
+  for (std::size_t c = 1; c < classes; ++c) top = row[c] > top ? row[c] : top;
+  return top;
+}
+
+/// log sum_c exp(row[c]) - row[label], the log-sum-exp shifted by the row's
+/// maximum so that large logits neither overflow nor lose precision; summed
+/// in double. A NaN or +inf logit (or only -inf ones) gives NaN, a -inf
+/// logit at the label +inf, as in PyTorch.
+template <class T>
+double softmax_row_loss(const T* row, std::size_t classes, std::size_t label) {
+  const T top = row_maximum(row, classes);
+  double sum = 0;
+  for (std::size_t c = 0; c < classes; ++c) sum += std::exp(static_cast<double>(row[c]) - static_cast<double>(top));
+  return static_cast<double>(top) + std::log(sum) - static_cast<double>(row[label]);
+}
+
+/// softmax_row_loss(), and (softmax(row) - onehot(label)) * scale written
+/// into grad[0, classes): the row's part of the gradient of a mean whose
+/// divisor is 1 / scale. Returns the same bits as softmax_row_loss().
+template <class T>
+double softmax_row_loss_and_gradient(const T* row, std::size_t classes, std::size_t label, double scale, T* grad) {
+  const T top = row_maximum(row, classes);
+  // exp(y - max) goes into grad first, then becomes the softmax.
+  double sum = 0;
+  for (std::size_t c = 0; c < classes; ++c) {
+    const double e = std::exp(static_cast<double>(row[c]) - static_cast<double>(top));
+    grad[c] = static_cast<T>(e);
+    sum += e;
+  }
+  for (std::size_t c = 0; c < classes; ++c) {
+    const double p = static_cast<double>(grad[c]) / sum;
+    grad[c] = static_cast<T>((p - (c == label ? 1.0 : 0.0)) * scale);
+  }
+  return static_cast<double>(top) + std::log(sum) - static_cast<double>(row[label]);
+}
+
+}  // namespace parallax::nn::detail
