@@ -233,6 +233,8 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
       {"layers 2 to 1", with_u64(55, 2), "'layer_end' at byte offset 91: layers 2 to 1"},
       {"infinite learning rate", with_u64(136, 0x7ff0000000000000ull),
        "'learning_rate' at byte offset 164: not a finite"},
+      {"optimizer steps other than the position's", with_u64(144, 8388749),
+       "'optimizer_steps' at byte offset 172: 8388749 steps, the part's position says 1"},
       {"item version 1", patched(165, {1}), "'slot_names item version' at byte offset 193: item version 1, expected 0"},
       {"a layer outside the part", with_u64(207, 1),
        "'tensors[0].layer' at byte offset 235: layer 1 is not in the part's layers 0 to 1"},
@@ -269,7 +271,9 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
     CHECK(contains(f.message, "field 'tensors[1].layer' at byte offset 316: tensor 0 of layer 0 is there twice"));
   }
   SUBCASE("slots before the optimizer's first step") {
-    const auto f = decode_failure(with_u64(144, 0));
+    auto b = with_u64(144, 0);
+    b[76] = 0;  // where.step 0 as well: a part saved before the first step
+    const auto f = decode_failure(b);
     CHECK(contains(
         f.message,
         "'tensors[0].slots[0]' at byte offset 300: size 2, expected 0 (none before the optimizer's first step)"));

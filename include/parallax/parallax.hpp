@@ -24,6 +24,7 @@
 #include <parallax/data/idx.hpp>
 #include <parallax/data/npy.hpp>
 #include <parallax/data/sampler.hpp>
+#include <parallax/data/shard_batches.hpp>
 
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/clip.hpp>

@@ -3,7 +3,8 @@
 # Suite install: installs parallax into a temporary prefix and builds a small
 # consumer three ways (pkg-config, CMake find_package, meson subproject), then
 # runs each at 2 ranks; with the MPI-enabled HDF5 installed, an HDF5 consumer
-# through pkg-config parallax-hdf5 too. Each way is one test case.
+# through pkg-config parallax-hdf5 too; and the README's mpicxx line for a
+# clone, as it reads there. Each way is one test case.
 # Usage: check_install.sh SOURCE_DIR
 set -uo pipefail
 src=$(cd "$1" && pwd)
@@ -59,6 +60,17 @@ via_cmake() {
   cmake -S "$here" -B "$tmp/cmake" -DCMAKE_PREFIX_PATH="$tmp/prefix" -DCMAKE_BUILD_TYPE=Release &&
     cmake --build "$tmp/cmake" && run2 "$tmp/cmake/consumer"
 }
+from_a_clone() {  # the README's line for a clone, run as it reads there
+  local line
+  line=$(sed -n '/^Or without installing, straight from a clone:/,/^```$/{/^mpicxx/,/^```$/p}' "$src/README.md" |
+         grep -v '^```' | sed 's/\\$//' | tr '\n' ' ')
+  [ -n "$line" ] || { echo "README.md has no mpicxx line for a clone"; return 1; }
+  line=${line//parallax\/include/$src\/include}
+  line=${line//app.cpp/$here\/consumer.cpp}
+  line=${line//-o app/-o $tmp\/consumer_clone}
+  echo "$line"
+  eval "$line" && run2 "$tmp/consumer_clone"
+}
 via_meson_subproject() {
   mkdir -p "$tmp/sub/subprojects/parallax" &&
     cp "$here/meson.build" "$here/consumer.cpp" "$tmp/sub/" &&
@@ -80,5 +92,6 @@ else
   failed=$((failed + 2))
 fi
 case_ "meson subproject consumer at 2 ranks" via_meson_subproject
+case_ "README's mpicxx line for a clone at 2 ranks" from_a_clone
 echo "parallax-test-cases: $passed passed, $failed failed (install)"
 [ "$failed" = 0 ]

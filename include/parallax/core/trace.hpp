@@ -8,8 +8,9 @@
 /// Off unless PARALLAX_TRACE names a file or trace::set_file() does; when off
 /// a span is one test of a flag, and compiling with -DPARALLAX_NO_TRACE
 /// removes even that (tracing cannot be turned on then). The file is written
-/// by trace::write() (collective over MPI_COMM_WORLD), and by MPI_Finalize
-/// once a span was recorded. Spans are recorded by the thread that calls the
+/// by trace::write() (collective over MPI_COMM_WORLD), and by MPI_Finalize on
+/// the ranks that recorded spans the file lacks (so a program that calls
+/// write() last on every rank writes once). Spans are recorded by the thread that calls the
 /// library (one per rank); the trace is not meant for spans from other
 /// threads.
 /// @code
@@ -30,6 +31,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -49,13 +51,13 @@ void set_file(std::string path);
 /// Collective over MPI_COMM_WORLD: every rank's spans so far into the file
 /// (rank 0 writes it; each call replaces it with everything recorded since
 /// tracing began). When no rank recorded a span since the file was last
-/// written, the file is left as it is (so the write at MPI_Finalize after an
-/// explicit write() costs one small reduction). Returns, on every rank
-/// alike, whether the file holds every span; true when tracing is off
-/// (nothing to write). A rank that does
-/// not take part within 10 s leaves each waiting rank to write its own spans
-/// to "<file>.rank<r>" instead and return false; a file rank 0 cannot write
-/// is named on its standard error and every rank returns false.
+/// written, the file is left as it is. Returns, on every rank alike, whether
+/// the file holds every span; true when tracing is off (nothing to write).
+/// A rank that does not take part within 10 s leaves each waiting rank to
+/// write its own spans to "<file>.rank<r>" instead and return false; a file
+/// rank 0 cannot write is named on its standard error and every rank returns
+/// false. After a failure, write() does nothing and returns false (the ranks
+/// may no longer be in step) until set_file() is called again.
 bool write();
 
 /// One span of the trace: from construction to destruction, on this rank's
@@ -102,6 +104,7 @@ struct state {
   std::string path;
   std::vector<event> events;
   std::size_t written = static_cast<std::size_t>(-1);  // events in the file written last; -1: none written
+  bool failed = false;  // a write failed: no more collectives until set_file()
 };
 
 inline state& the_state() {
@@ -204,8 +207,12 @@ inline void write_at_finalize() {
   MPI_Initialized(&initialized);
   if (!initialized) return;
   int key = MPI_KEYVAL_INVALID;
+  // Only a rank with spans the file lacks writes: a rank that called write()
+  // last, with nothing recorded since, has nothing to add (and its peers
+  // may have finished already).
   auto on_free = [](MPI_Comm, int, void*, void*) -> int {
-    if (the_state().on) (void)write();
+    const auto& s = the_state();
+    if (s.on && !s.failed && s.events.size() != s.written) (void)write();
     return MPI_SUCCESS;
   };
   if (MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, on_free, &key, nullptr) != MPI_SUCCESS) return;
@@ -228,6 +235,7 @@ inline void set_file(std::string path) {
   s.on = !path.empty();
   s.path = std::move(path);
   s.written = static_cast<std::size_t>(-1);
+  s.failed = false;
   if (!s.on) s.events.clear();
   else detail::write_at_finalize();
 }
@@ -235,58 +243,74 @@ inline void set_file(std::string path) {
 inline bool write() {
   auto& s = detail::the_state();
   if (!enabled()) return true;
+  if (s.failed) return false;  // the ranks may no longer call write() in step
   int rank = 0, size = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  std::int64_t first = s.events.empty() ? INT64_MAX : s.events.front().begin;
-  for (const auto& e : s.events) first = std::min(first, e.begin);
+  // What the nonblocking collectives read and write. A request given up at
+  // its deadline stays pending and may still complete (when a late rank
+  // joins), even after MPI_Finalize has begun: its buffers are then left
+  // allocated on purpose, never freed under it.
+  struct exchange {
+    std::int64_t mine[2] = {INT64_MAX, 0};
+    std::int64_t agreed[2] = {INT64_MAX, 0};
+    std::string text;
+    int length = 0;
+    std::vector<int> lengths, offsets;
+    std::string all;
+    int written = 1;
+  };
+  auto x = std::make_unique<exchange>();
+  for (const auto& e : s.events) x->mine[0] = std::min(x->mine[0], e.begin);
+  const std::int64_t first = x->mine[0];
   // The origin, the earliest span of any rank, and whether any rank has a
   // span the file lacks: one nonblocking reduction (minimum of first and of
   // -fresh).
-  const std::int64_t mine_now[2] = {first, s.events.size() != s.written ? -1 : 0};
-  std::int64_t agreed[2] = {first, 0};
+  x->mine[1] = s.events.size() != s.written ? -1 : 0;
   MPI_Request request = MPI_REQUEST_NULL;
   const auto own_file = [&] {
+    s.failed = true;
+    (void)x.release();  // the pending request's buffers: see exchange
     const std::string path = s.path + ".rank" + std::to_string(rank);
     std::cerr << "parallax: trace: not every rank wrote its trace within 10 s; rank " << rank << " wrote '" << path
               << "'\n";
     detail::write_file(path, "{\"traceEvents\":[" + detail::events_json(s.events, rank, first) + "]}\n");
     return false;
   };
-  MPI_Iallreduce(mine_now, agreed, 2, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &request);
+  MPI_Iallreduce(x->mine, x->agreed, 2, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD, &request);
   if (!detail::wait_for(request, 10)) return own_file();
-  if (agreed[1] == 0) return true;  // the file holds every rank's spans already
-  const std::int64_t origin = agreed[0] == INT64_MAX ? 0 : agreed[0];
-  const std::string mine = detail::events_json(s.events, rank, origin);
-  const int length = static_cast<int>(std::min<std::size_t>(mine.size(), INT32_MAX));
-  std::vector<int> lengths(static_cast<std::size_t>(size), 0);
-  MPI_Igather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
+  if (x->agreed[1] == 0) return true;  // the file holds every rank's spans already
+  const std::int64_t origin = x->agreed[0] == INT64_MAX ? 0 : x->agreed[0];
+  x->text = detail::events_json(s.events, rank, origin);
+  x->length = static_cast<int>(std::min<std::size_t>(x->text.size(), INT32_MAX));
+  x->lengths.assign(static_cast<std::size_t>(size), 0);
+  MPI_Igather(&x->length, 1, MPI_INT, x->lengths.data(), 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
   if (!detail::wait_for(request, 10)) return own_file();
-  std::vector<int> offsets(static_cast<std::size_t>(size), 0);
+  x->offsets.assign(static_cast<std::size_t>(size), 0);
   std::size_t total = 0;
-  for (std::size_t r = 0; r < lengths.size(); ++r) {
-    offsets[r] = static_cast<int>(total);
-    total += static_cast<std::size_t>(lengths[r]);
+  for (std::size_t r = 0; r < x->lengths.size(); ++r) {
+    x->offsets[r] = static_cast<int>(total);
+    total += static_cast<std::size_t>(x->lengths[r]);
   }
-  std::string all(rank == 0 ? total : 0, '\0');
-  MPI_Igatherv(mine.data(), length, MPI_CHAR, all.data(), lengths.data(), offsets.data(), MPI_CHAR, 0, MPI_COMM_WORLD,
-               &request);
+  x->all.assign(rank == 0 ? total : 0, '\0');
+  MPI_Igatherv(x->text.data(), x->length, MPI_CHAR, x->all.data(), x->lengths.data(), x->offsets.data(), MPI_CHAR, 0,
+               MPI_COMM_WORLD, &request);
   if (!detail::wait_for(request, 10)) return own_file();
-  int written = 1;
   if (rank == 0) {
     std::string json = "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
-    for (std::size_t r = 0; r < lengths.size(); ++r) {
+    for (std::size_t r = 0; r < x->lengths.size(); ++r) {
       if (r > 0) json += ',';
-      json.append(all, static_cast<std::size_t>(offsets[r]), static_cast<std::size_t>(lengths[r]));
+      json.append(x->all, static_cast<std::size_t>(x->offsets[r]), static_cast<std::size_t>(x->lengths[r]));
     }
     json += "]}\n";
-    written = detail::write_file(s.path, json) ? 1 : 0;
+    x->written = detail::write_file(s.path, json) ? 1 : 0;
   }
   // Every rank learns whether rank 0 wrote the file (same deadline).
-  MPI_Ibcast(&written, 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
-  if (!detail::wait_for(request, 10)) return false;
-  if (written == 1) s.written = s.events.size();
-  return written == 1;
+  MPI_Ibcast(&x->written, 1, MPI_INT, 0, MPI_COMM_WORLD, &request);
+  if (!detail::wait_for(request, 10)) return own_file();
+  if (x->written == 1) s.written = s.events.size();
+  else s.failed = true;
+  return x->written == 1;
 }
 
 inline span::span(const char* name, const char* category, std::int64_t index) noexcept {

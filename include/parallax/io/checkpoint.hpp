@@ -473,7 +473,8 @@ inline std::optional<std::uint64_t> Checkpointer::last_step() const {
 }
 
 inline void Checkpointer::notice(const std::string& text) const {
-  if (comm_.rank() == 0 && !options_.quiet) std::cerr << "parallax: " << text << "\n";
+  // One write of the whole line, so other ranks' output does not land inside it.
+  if (comm_.rank() == 0 && !options_.quiet) std::cerr << ("parallax: " + text + "\n") << std::flush;
 }
 
 inline std::vector<std::string> Checkpointer::set_aside(const std::vector<std::string>& folders) {

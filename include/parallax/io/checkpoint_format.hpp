@@ -377,7 +377,11 @@ part_payload<T> decode_part(std::span<const char> bytes, const std::string& path
   p.where.global_batch = in.u64("where.global_batch");
   p.optimizer_kind = in.text("optimizer_kind", limits.max_name_bytes);
   p.learning_rate = in.finite_double("learning_rate");
+  const std::size_t steps_at = in.offset();
   p.optimizer_steps = in.u64("optimizer_steps");
+  if (p.optimizer_steps != p.where.step)  // both are the optimizer's step count when saved
+    in.fail("optimizer_steps", steps_at,
+            std::to_string(p.optimizer_steps) + " steps, the part's position says " + std::to_string(p.where.step));
   in.class_info("vector<string>", "slot_names");
   const auto slots = in.items("slot_names", 8, limits.max_slots);  // a name: its length, then its bytes
   for (std::uint64_t k = 0; k < slots; ++k)
