@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -27,6 +28,16 @@
 #include <vector>
 
 namespace bench {
+
+/// Reads `count` bytes at `offset` of the open file `fd` into `out` (pread()
+/// until done): the file-system baseline of the dataset benchmarks.
+inline void pread_all(int fd, char* out, std::size_t count, std::uint64_t offset) {
+  while (count > 0) {
+    const ssize_t got = ::pread(fd, out, count, static_cast<off_t>(offset));
+    if (got <= 0) throw std::runtime_error("pread failed");
+    out += got, count -= static_cast<std::size_t>(got), offset += static_cast<std::uint64_t>(got);
+  }
+}
 
 /// Seconds of one call of f, as the slowest rank saw it. Ranks start together.
 inline double timed(const boost::mpi::communicator& comm, const std::function<void()>& f) {
@@ -198,6 +209,49 @@ inline std::string bytes_text(std::size_t b) {
   if (b >= (1u << 20) && b % (1u << 20) == 0) return std::to_string(b >> 20) + " MiB";
   if (b >= (1u << 10) && b % (1u << 10) == 0) return std::to_string(b >> 10) + " KiB";
   return std::to_string(b) + " B";
+}
+
+/// Named ways of doing one thing, each a callable.
+using paths = std::vector<std::pair<std::string, std::function<void()>>>;
+
+/// `warmup` rounds, then `repeats` rounds of every path in turn (so a slow
+/// phase of the machine falls on all alike); [path][repeat] -> the slowest
+/// rank's seconds.
+inline std::vector<std::vector<double>> alternate(const boost::mpi::communicator& comm, const paths& ways, long warmup,
+                                                  long repeats) {
+  std::vector<std::vector<double>> times(ways.size());
+  for (long i = 0; i < warmup + repeats; ++i)
+    for (std::size_t p = 0; p < ways.size(); ++p) {
+      const double t = timed(comm, ways[p].second);
+      if (i >= warmup) times[p].push_back(t);
+    }
+  return times;
+}
+
+/// One line per path on stdout (seconds median (min-max), MB/s per rank =
+/// `bytes` / median, and the ratio to path `base`, called `base_name`) and
+/// one JSON row per path.
+inline std::vector<row> rate_rows(const paths& ways, const std::vector<std::vector<double>>& times, double bytes,
+                                  std::size_t base, const std::string& base_name, long repeats) {
+  std::size_t width = 0;
+  for (const auto& w : ways) width = std::max(width, w.first.size());
+  std::printf("%-*s seconds, median (min-max)   MB/s per rank\n", static_cast<int>(width + 1), "");
+  std::vector<row> out;
+  const auto reference = summarize(times[base]);
+  for (std::size_t p = 0; p < ways.size(); ++p) {
+    const auto s = summarize(times[p]);
+    std::printf("%-*s %-28s %8.0f   at %.2f x %s\n", static_cast<int>(width), ways[p].first.c_str(),
+                spread_text(s, 1.0, 4).c_str(), bytes / s.median / 1e6, reference.median / s.median, base_name.c_str());
+    out.push_back(row()
+                      .set("name", ways[p].first)
+                      .set("bytes_per_rank", bytes)
+                      .set("median_s", s.median)
+                      .set("min", s.min)
+                      .set("max", s.max)
+                      .set("MB_per_s_per_rank", bytes / s.median / 1e6)
+                      .set("repeats", static_cast<double>(repeats)));
+  }
+  return out;
 }
 
 }  // namespace bench

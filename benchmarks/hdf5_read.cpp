@@ -79,14 +79,6 @@ std::uint64_t offset_of(const std::string& path, const char* name) {
   return at;
 }
 
-void pread_all(int fd, char* out, std::size_t count, std::uint64_t offset) {
-  while (count > 0) {
-    const ssize_t got = ::pread(fd, out, count, static_cast<off_t>(offset));
-    if (got <= 0) throw std::runtime_error("pread failed");
-    out += got, count -= static_cast<std::size_t>(got), offset += static_cast<std::uint64_t>(got);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -125,7 +117,7 @@ int main(int argc, char** argv) {
       checksum += shard.local().inputs()(0, 1);
     };
   };
-  const std::vector<std::pair<std::string, std::function<void()>>> paths = {
+  const bench::paths paths = {
       {"load_hdf5_shard independent", ours(data::hdf5_transfer::independent)},
       {"load_hdf5_shard collective", ours(data::hdf5_transfer::collective)},
       {"HDF5 without MPI-IO (sec2)",
@@ -144,9 +136,9 @@ int main(int argc, char** argv) {
          if (fd < 0) throw std::runtime_error("cannot open " + path);
          auto xs = fresh<float>(mine.size() * features);
          auto ys = fresh<std::int32_t>(mine.size());
-         pread_all(fd, reinterpret_cast<char*>(xs.get()), mine.size() * features * sizeof(float),
+         bench::pread_all(fd, reinterpret_cast<char*>(xs.get()), mine.size() * features * sizeof(float),
                    x_at + mine.begin * features * sizeof(float));
-         pread_all(fd, reinterpret_cast<char*>(ys.get()), mine.size() * sizeof(std::int32_t),
+         bench::pread_all(fd, reinterpret_cast<char*>(ys.get()), mine.size() * sizeof(std::int32_t),
                    y_at + mine.begin * sizeof(std::int32_t));
          ::close(fd);
          checksum += xs[1];
@@ -155,42 +147,21 @@ int main(int argc, char** argv) {
        [&] {
          const int fd = ::open(path.c_str(), O_RDONLY);
          if (fd < 0) throw std::runtime_error("cannot open " + path);
-         pread_all(fd, reinterpret_cast<char*>(touched_x.data()), touched_x.size() * sizeof(float),
+         bench::pread_all(fd, reinterpret_cast<char*>(touched_x.data()), touched_x.size() * sizeof(float),
                    x_at + mine.begin * features * sizeof(float));
-         pread_all(fd, reinterpret_cast<char*>(touched_y.data()), touched_y.size() * sizeof(std::int32_t),
+         bench::pread_all(fd, reinterpret_cast<char*>(touched_y.data()), touched_y.size() * sizeof(std::int32_t),
                    y_at + mine.begin * sizeof(std::int32_t));
          ::close(fd);
          checksum += touched_x.empty() ? 0 : touched_x[1];
        }},
   };
-  std::vector<std::vector<double>> times(paths.size());
-  for (long i = 0; i < warmup + repeats; ++i) {
-    for (std::size_t p = 0; p < paths.size(); ++p) {
-      const double t = bench::timed(world, paths[p].second);
-      if (i >= warmup) times[p].push_back(t);
-    }
-  }
+  const auto times = bench::alternate(world, paths, warmup, repeats);
   world.barrier();
   if (own_file && world.rank() == 0) std::filesystem::remove(path);
   if (world.rank() != 0) return 0;
   std::printf("%s: inputs [%zu, %zu] float32 + targets [%zu] int32, %d rank(s), %.1f MB per rank (checksum %g)\n",
               path.c_str(), rows, features, rows, world.size(), bytes / 1e6, checksum);
-  std::printf("                                 seconds, median (min-max)   MB/s per rank\n");
-  std::vector<bench::row> out;
-  const auto base = bench::summarize(times[2]);
-  for (std::size_t p = 0; p < paths.size(); ++p) {
-    const auto s = bench::summarize(times[p]);
-    std::printf("%-32s %-28s %8.0f   at %.2f x HDF5 without MPI-IO\n", paths[p].first.c_str(),
-                bench::spread_text(s, 1.0, 4).c_str(), bytes / s.median / 1e6, base.median / s.median);
-    out.push_back(bench::row()
-                      .set("name", paths[p].first)
-                      .set("bytes_per_rank", bytes)
-                      .set("median_s", s.median)
-                      .set("min", s.min)
-                      .set("max", s.max)
-                      .set("MB_per_s_per_rank", bytes / s.median / 1e6)
-                      .set("repeats", static_cast<double>(repeats)));
-  }
+  const auto out = bench::rate_rows(paths, times, bytes, 2, "HDF5 without MPI-IO", repeats);
   if (!json.empty()) {
     bench::write_json(json, "hdf5_read", out,
                       bench::environment_meta(world)

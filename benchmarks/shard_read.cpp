@@ -40,14 +40,6 @@ namespace {
 using X = xt::xtensor<float, 2>;
 using Y = xt::xtensor<std::int32_t, 1>;
 
-void pread_all(int fd, char* out, std::size_t count, std::uint64_t offset) {
-  while (count > 0) {
-    const ssize_t got = ::pread(fd, out, count, static_cast<off_t>(offset));
-    if (got <= 0) throw std::runtime_error("pread failed");
-    out += got, count -= static_cast<std::size_t>(got), offset += static_cast<std::uint64_t>(got);
-  }
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -92,7 +84,7 @@ int main(int argc, char** argv) {
   const std::uint64_t x_at = data::read_npy_header(x_path).data_offset;
   const std::uint64_t y_at = data::read_npy_header(y_path).data_offset;
   double checksum = 0;
-  const std::vector<std::pair<std::string, std::function<void()>>> paths = {
+  const bench::paths paths = {
       {"load_npy_shard",
        [&] {
          const auto shard = data::load_npy_shard<X, Y>(x_path, y_path, mine);
@@ -114,41 +106,20 @@ int main(int argc, char** argv) {
                           y_at + mine.begin * sizeof(std::int32_t)}}) {
            const int fd = ::open(path.c_str(), O_RDONLY);
            if (fd < 0) throw std::runtime_error("cannot open " + path);
-           pread_all(fd, out, count, at);
+           bench::pread_all(fd, out, count, at);
            ::close(fd);
          }
          checksum += xs[1];
        }},
   };
-  std::vector<std::vector<double>> times(paths.size());
-  for (long i = 0; i < warmup + repeats; ++i) {
-    for (std::size_t p = 0; p < paths.size(); ++p) {
-      const double t = bench::timed(world, paths[p].second);
-      if (i >= warmup) times[p].push_back(t);
-    }
-  }
+  const auto times = bench::alternate(world, paths, warmup, repeats);
   world.barrier();
   if (world.rank() == 0) fs::remove_all(dir);
   if (world.rank() != 0) return 0;
   std::printf("inputs [%zu, %zu] float32 + targets [%zu] int32, %d rank(s), %.1f MB of values per rank, CSV %.0f bytes "
               "per row (checksum %g)\n",
               rows, features, rows, world.size(), bytes / 1e6, csv_bytes_per_row, checksum);
-  std::printf("                          seconds, median (min-max)   MB/s per rank\n");
-  std::vector<bench::row> out;
-  const auto base = bench::summarize(times[2]);
-  for (std::size_t p = 0; p < paths.size(); ++p) {
-    const auto s = bench::summarize(times[p]);
-    std::printf("%-25s %-28s %8.0f   at %.2f x pread\n", paths[p].first.c_str(), bench::spread_text(s, 1.0, 4).c_str(),
-                bytes / s.median / 1e6, base.median / s.median);
-    out.push_back(bench::row()
-                      .set("name", paths[p].first)
-                      .set("bytes_per_rank", bytes)
-                      .set("median_s", s.median)
-                      .set("min", s.min)
-                      .set("max", s.max)
-                      .set("MB_per_s_per_rank", bytes / s.median / 1e6)
-                      .set("repeats", static_cast<double>(repeats)));
-  }
+  const auto out = bench::rate_rows(paths, times, bytes, 2, "pread", repeats);
   if (!json.empty()) {
     bench::write_json(json, "shard_read", out,
                       bench::environment_meta(world)
