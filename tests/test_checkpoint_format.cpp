@@ -233,6 +233,8 @@ TEST_CASE("checkpoint payload: what the payload says about itself is checked") {
       {"layers 2 to 1", with_u64(55, 2), "'layer_end' at byte offset 91: layers 2 to 1"},
       {"infinite learning rate", with_u64(136, 0x7ff0000000000000ull),
        "'learning_rate' at byte offset 164: not a finite"},
+      {"a NUL in the optimizer's name", patched(134, {0}),
+       "'optimizer_kind' at byte offset 161: control character 0 at position 1 of a name"},
       {"optimizer steps other than the position's", with_u64(144, 8388749),
        "'optimizer_steps' at byte offset 172: 8388749 steps, the part's position says 1"},
       {"item version 1", patched(165, {1}), "'slot_names item version' at byte offset 193: item version 1, expected 0"},

@@ -307,6 +307,11 @@ TEST_CASE("hdf5: files that are missing, not HDF5, truncated or garbled") {
     std::string garbled = good;
     for (std::size_t i = 200; i < 1200 && i < garbled.size(); ++i) garbled[i] = static_cast<char>(i * 7);
     put("garbled.h5", garbled);
+    // Three bytes of the root group's symbol table: its lookup of 'inputs'
+    // fails while its listing still names it.
+    std::string links = good;
+    links[151] = '\x2e', links[154] = '\xb0', links[182] = '\x2f';
+    put("links.h5", links);
     fs::create_directories(dir / "folder.h5");
   }
   world.barrier();
@@ -322,6 +327,8 @@ TEST_CASE("hdf5: files that are missing, not HDF5, truncated or garbled") {
   // Bytes overwritten in the root group's heap and the object headers:
   // HDF5 cannot read them (which of them it meets first is its business).
   check_agreed(agreed(world, load("garbled.h5")), error_kind::damaged_file, {"garbled.h5': cannot ", "(HDF5: "});
+  check_agreed(agreed(world, load("links.h5")), error_kind::damaged_file,
+               {"links.h5': the file's root lists 'inputs' but looking it up fails (damaged links)"});
   // read_hdf5_info is local and gives the same errors.
   check_error([&] { data::read_hdf5_info(dir / "truncated.h5"); }, error_kind::damaged_file,
               {"read_hdf5_info(): '", "truncated file"});

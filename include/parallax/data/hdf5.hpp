@@ -121,17 +121,16 @@ void save_hdf5(const std::string& path, const X& inputs, const Y& targets, const
 namespace parallax::detail {
 
 /// The names at the file's root, for a message about a missing dataset.
-inline std::string hdf5_root_names(hid_t file) {
-  std::string names;
+inline std::vector<std::string> hdf5_root_names(hid_t file) {
+  std::vector<std::string> names;
   H5Literate(
       file, H5_INDEX_NAME, H5_ITER_INC, nullptr,
       [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-        auto& s = *static_cast<std::string*>(out);
-        s += (s.empty() ? "'" : ", '") + std::string(name) + "'";
+        static_cast<std::vector<std::string>*>(out)->emplace_back(name);
         return 0;
       },
       &names);
-  return names.empty() ? "nothing" : names;
+  return names;
 }
 
 /// The dataset `name` of `file`, opened: incompatible when there is none or
@@ -142,8 +141,16 @@ inline hdf5_id hdf5_open_dataset(hid_t file, const std::string& name, const std:
   const htri_t exists = H5Lexists(file, name.c_str(), H5P_DEFAULT);
   if (exists < 0) throw_error(error_kind::damaged_file, where + ": cannot look up '" + name + "'" + hdf5_reason());
   if (exists == 0) {
-    throw_error(error_kind::incompatible, where + ": no dataset '" + name + "' (hdf5_options::" + option +
-                                              "); the file's root holds " + hdf5_root_names(file));
+    const auto names = hdf5_root_names(file);
+    std::string listed;
+    for (const auto& n : names) listed += (listed.empty() ? "'" : ", '") + n + "'";
+    // The root lists the name its lookup did not find: the file's link
+    // index is damaged, not the options.
+    const bool listed_there = std::find(names.begin(), names.end(), name) != names.end();
+    throw_error(listed_there ? error_kind::damaged_file : error_kind::incompatible,
+                where + (listed_there ? ": the file's root lists '" + name + "' but looking it up fails (damaged links)"
+                                      : ": no dataset '" + name + "' (hdf5_options::" + option +
+                                            "); the file's root holds " + (listed.empty() ? "nothing" : listed)));
   }
   hdf5_id object = hdf5_checked(H5Oopen(file, name.c_str(), H5P_DEFAULT), H5Oclose, error_kind::damaged_file,
                                 where + ": cannot open the object '" + name + "'");

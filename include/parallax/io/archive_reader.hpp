@@ -71,7 +71,8 @@ class archive_reader {
   bool boolean(const std::string& field);
   /// A double; a NaN or an infinity is damage.
   double finite_double(const std::string& field);
-  /// A string of at most `max_bytes` bytes (and no more than remain).
+  /// A string of at most `max_bytes` bytes (and no more than remain) with no
+  /// control character (a name: it goes into messages as it is).
   std::string text(const std::string& field, std::size_t max_bytes);
   /// The size of a vector of non-arithmetic items and its item version (0):
   /// at most `max_items`, and each item needs at least `min_item_bytes`
@@ -159,7 +160,11 @@ inline std::uint64_t archive_reader::size_field(const std::string& field, std::u
 
 inline std::string archive_reader::text(const std::string& field, std::size_t max_bytes) {
   const std::uint64_t n = size_field(field, 1, max_bytes);
+  const std::size_t at = offset();
   const auto* s = take(field, static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < n; ++i)
+    if (s[i] < 0x20 || s[i] == 0x7f)
+      fail(field, at, "control character " + std::to_string(s[i]) + " at position " + std::to_string(i) + " of a name");
   return std::string(reinterpret_cast<const char*>(s), static_cast<std::size_t>(n));
 }
 
