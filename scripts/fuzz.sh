@@ -22,7 +22,7 @@ import json, sys
 for t in json.load(sys.stdin):
     if "/tests/fuzz/" in t["defined_in"]:
         print(t["name"])')
-meson compile -C "$dir" -j "$(nproc)" "${targets[@]}" >/dev/null
+meson compile -C "$dir" -j "$(parallax_cores)" "${targets[@]}" >/dev/null
 runs=${1:-1000000}
 shift || true
 status=0

@@ -43,8 +43,15 @@ parallax_build() {
   elif ! grep -q '"name": "hdf5", "value": "enabled"' "$dir/meson-info/intro-buildoptions.json" 2>/dev/null; then
     meson configure "$dir" -Dhdf5=enabled >/dev/null  # a folder configured before the feature existed
   fi
-  meson compile -C "$dir" -j "$(nproc)" | grep -v '^\[\|^INFO\|^ninja: Entering' || true
+  meson compile -C "$dir" -j "$(parallax_cores)" | grep -v '^\[\|^INFO\|^ninja: Entering' || true
   test "${PIPESTATUS[0]}" = 0
+}
+
+# parallax_cores: the cores this process may use, for the compiler's jobs.
+# GNU nproc also obeys OMP_NUM_THREADS, which this file sets to 1 for the
+# ranks, so it is asked without it.
+parallax_cores() {
+  env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc
 }
 
 # parallax_pick_blas_core: on a CPU with OpenBLAS's AVX-512 kernels
