@@ -13,6 +13,10 @@
 //   bound      rank 0 alone with one rank's share (global / N samples): no
 //              communication and nobody sharing the memory bus, so
 //              t(1 rank) / t(bound) is the most any N-rank run can gain
+//   reproducible  DataParallel with reproducible_atom = global / N (one atom
+//              per rank at N ranks), at 1 and at N ranks: its overhead
+//              against the default mode, and whether both runs end with the
+//              same loss bit for bit
 //
 // Configurations run in rounds, in a rotating order (so drift hits all alike),
 // each round a few warm-up steps then timed steps; a step's time is the slowest
@@ -23,7 +27,7 @@
 //
 //   OPENBLAS_NUM_THREADS=1 mpiexec -n 2 -x OPENBLAS_NUM_THREADS build/benchmarks/data_parallel
 //       [--global-batch 128] [--rounds 3] [--steps 10] [--warmup 3] [--buckets 1,4,16,64]
-//       [--json data_parallel.json]
+//       [--atom K (default global / N; 0: no reproducible rows)] [--json data_parallel.json]
 #include "bench.hpp"
 
 #include <parallax/data/batch.hpp>
@@ -37,6 +41,7 @@
 #include <boost/mpi/environment.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <cstdio>
 #include <iostream>
@@ -137,6 +142,7 @@ struct Config {
   bool alone = false;            // rank 0 only, over MPI_COMM_SELF
   bool share = false;            // one rank's share of the global batch (else all of it)
   std::size_t bucket_bytes = 0;  // 0: hand-written (one all-reduce per tensor)
+  std::size_t atom = 0;          // reproducible_atom of the DataParallel rows
   std::unique_ptr<parallax::DataParallel<Net>> trainer{};
   std::unique_ptr<HandWritten> hand{};
   std::vector<double> step_s{}, compute_s{}, comm_min_s{}, comm_max_s{}, update_s{};
@@ -173,6 +179,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::size_t local = global / static_cast<std::size_t>(n);
+  const auto atom = static_cast<std::size_t>(args.get("atom", static_cast<long>(local)));
 
   const Batch whole = make_batch(global, 0, global);
   const Batch mine = make_batch(global, local * static_cast<std::size_t>(world.rank()), local);
@@ -188,7 +195,8 @@ int main(int argc, char** argv) {
       const boost::mpi::communicator& comm = c.alone ? self : world;
       if (data_parallel)
         c.trainer = std::make_unique<parallax::DataParallel<Net>>(
-            make_net(), sgd, parallax::data_parallel_options{.bucket_bytes = bucket_bytes}, comm);
+            make_net(), sgd,
+            parallax::data_parallel_options{.bucket_bytes = bucket_bytes, .reproducible_atom = c.atom}, comm);
       else
         c.hand = std::make_unique<HandWritten>(make_net(), MPI_Comm(comm));
     }
@@ -205,6 +213,12 @@ int main(int argc, char** argv) {
     const std::string share = "1 rank alone, batch " + std::to_string(local);
     add({.name = "hand-written, " + share, .role = "bound", .alone = true, .share = true}, false, 0);
     add({.name = "DataParallel, " + share, .role = "bound", .alone = true, .share = true}, true, default_bucket);
+  }
+  if (atom > 0) {
+    const std::string atoms = "reproducible (atoms of " + std::to_string(atom) + "), ";
+    add({.name = "DataParallel " + atoms + "1 rank", .role = "1 rank", .alone = true, .atom = atom}, true,
+        default_bucket);
+    add({.name = "DataParallel " + atoms + all_ranks, .role = "N ranks", .atom = atom}, true, default_bucket);
   }
 
   const std::size_t parameters = make_net().parameter_count();
@@ -277,7 +291,7 @@ int main(int argc, char** argv) {
     const double efficiency = speedup / (c.role == "bound" ? n : ranks);
     const double comm = median(c.comm_min_s);
     const double share = c.trainer ? comm / st.median : 0.0;
-    if (c.trainer && c.role == "N ranks" && (best == nullptr || st.median < median(best->step_s))) best = &c;
+    if (c.trainer && c.role == "N ranks" && c.atom == 0 && (best == nullptr || st.median < median(best->step_s))) best = &c;
     auto ms = [](double seconds) { return seconds * 1e3; };
     const std::string step = bench::spread_text(st, 1e3, 2);
     if (c.trainer)
@@ -306,6 +320,7 @@ int main(int argc, char** argv) {
                        .set("comm_with_wait_s", median(c.comm_max_s))
                        .set("update_s", median(c.update_s))
                        .set("bucket_bytes", static_cast<double>(c.bucket_bytes))
+                       .set("reproducible_atom", static_cast<double>(c.atom))
                        .set("final_loss", c.last_loss));
   }
   std::printf("\nspeedup = t(1 rank, batch %zu) / t(this row), same kind; efficiency = speedup / %d; comm %% = the "
@@ -313,7 +328,8 @@ int main(int argc, char** argv) {
               global, n);
   const auto row_of = [&](const std::string& role, bool data_parallel, std::size_t bucket) -> const Config* {
     for (const auto& c : configs)
-      if (c.role == role && (c.trainer != nullptr) == data_parallel && (!data_parallel || c.bucket_bytes == bucket))
+      if (c.role == role && c.atom == 0 && (c.trainer != nullptr) == data_parallel &&
+          (!data_parallel || c.bucket_bytes == bucket))
         return &c;
     return nullptr;
   };
@@ -334,6 +350,19 @@ int main(int argc, char** argv) {
                 "free communication and no rank slowing another, %d ranks would reach a speedup of %.3f / %.3f\n",
                 local, 1e3 * median(bound_dp->step_s), 1e3 * median(bound_hand->step_s), n,
                 t1_dp / median(bound_dp->step_s), t1_hand / median(bound_hand->step_s));
+  const Config* exact_1 = nullptr;
+  const Config* exact_n = nullptr;
+  for (const auto& c : configs)
+    if (c.atom > 0) (c.alone ? exact_1 : exact_n) = &c;
+  const Config* default_n = row_of("N ranks", true, default_bucket);
+  if (exact_1 != nullptr && exact_n != nullptr && default_n != nullptr) {
+    const bool same = std::memcmp(&exact_1->last_loss, &exact_n->last_loss, sizeof(double)) == 0;
+    std::printf("reproducible mode, atoms of %zu: step time %.3fx the default mode's at %s, %.3fx at 1 rank; final "
+                "loss at 1 rank %.17g, at %s %.17g: %s\n",
+                atom, median(exact_n->step_s) / median(default_n->step_s), all_ranks.c_str(),
+                median(exact_1->step_s) / t1_dp, exact_1->last_loss, all_ranks.c_str(), exact_n->last_loss,
+                same ? "bitwise equal" : "DIFFERENT");
+  }
   if (!json.empty()) {
     bench::write_json(json, "data_parallel", rows,
                       bench::environment_meta(world)

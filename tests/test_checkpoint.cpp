@@ -30,6 +30,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -226,6 +227,44 @@ TEST_CASE("checkpoint: DataParallel resumes exactly (parameters, Adam state, sam
   resumed.train_epoch(data, s);
   CHECK(flat_parameters<double>(resumed.model().parameters()) == flat_parameters<double>(full.model().parameters()));
   CHECK(resumed.optimizer().state() == full.optimizer().state());
+}
+
+TEST_CASE("checkpoint: reproducible mode saved at every rank, resumed on one, has the bits of an uninterrupted run") {
+  communicator world;
+  scratch_dir dir(world);
+  communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+  const auto data = toy::make_data<double>(90, features, 5);
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  const parallax::data_parallel_options repro{.reproducible_atom = 3};
+  {
+    // All ranks: one epoch and a checkpoint.
+    parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+    parallax::DataParallel first(toy::TinyMLP<double>(features, hidden, 3), adam, repro, world);
+    auto s = first.make_sampler(data.size(), 12, {.seed = 4});
+    first.train_epoch(data, s);
+    checkpoints.save(first, &s);
+  }
+  int same_parameters = 0, same_state = 0;
+  if (world.rank() == 0) {
+    // One rank: two uninterrupted epochs, and the checkpoint resumed for the second.
+    parallax::DataParallel full(toy::TinyMLP<double>(features, hidden, 3), adam, repro, self);
+    auto s_full = full.make_sampler(data.size(), 12, {.seed = 4});
+    full.train_epoch(data, s_full);
+    full.train_epoch(data, s_full);
+    parallax::io::Checkpointer checkpoints(dir.path, {}, self);
+    parallax::DataParallel resumed(toy::TinyMLP<double>(features, hidden, 99), adam, repro, self);  // other init
+    auto s = resumed.make_sampler(data.size(), 12, {.seed = 4});
+    REQUIRE(checkpoints.resume_latest(resumed, &s).has_value());
+    resumed.train_epoch(data, s);
+    const auto a = flat_parameters<double>(resumed.model().parameters());
+    const auto b = flat_parameters<double>(full.model().parameters());
+    same_parameters = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+    same_state = resumed.optimizer().state() == full.optimizer().state();
+  }
+  parallax::mpi::broadcast(world, same_parameters, 0);
+  parallax::mpi::broadcast(world, same_state, 0);
+  CHECK(same_parameters == 1);
+  CHECK(same_state == 1);
 }
 
 TEST_CASE("checkpoint: an optimizer that implements only state() saves through the default state_view()") {

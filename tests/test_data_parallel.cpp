@@ -5,6 +5,7 @@
 // failures that must end the same way on every rank.
 
 #include "agreed.hpp"
+#include "serial_reference.hpp"
 #include "toy_model.hpp"
 
 #include <parallax/data_parallel.hpp>
@@ -44,29 +45,13 @@ std::vector<std::span<const T>> const_spans_of(auto&& list) {
   return out;
 }
 
-/// Single-process training on the sampler's global batches: `accumulate`
-/// consecutive global batches form one batch of the reference run.
+/// Single-process training on the sampler's global batches (serial_reference.hpp).
 template <class T>
 toy::TinyMLP<T> train_serial(const toy::dataset<T>& data, parallax::data::DistributedSampler plan,
                              const parallax::optim::Optimizer<T>& optimizer, std::size_t optimizer_steps,
                              std::size_t accumulate = 1, std::size_t width = hidden) {
-  toy::TinyMLP<T> model(features, width, init_seed);
-  auto opt = optimizer.clone();
-  std::size_t s = 0;
-  for (std::size_t step = 0; step < optimizer_steps; ++step) {
-    std::vector<std::size_t> indices;
-    for (std::size_t k = 0; k < accumulate; ++k, ++s) {
-      if (s == plan.steps_per_epoch()) {
-        plan.next_epoch();
-        s = 0;
-      }
-      const auto g = plan.global_indices(s);
-      indices.insert(indices.end(), g.begin(), g.end());
-    }
-    model.loss_and_gradient(data.batch(indices));
-    opt->step(spans_of<T>(model.parameters()), const_spans_of<T>(model.gradients()));
-  }
-  return model;
+  return toy::train_serial(toy::TinyMLP<T>(features, width, init_seed), data, std::move(plan), optimizer,
+                           optimizer_steps, accumulate);
 }
 
 /// The same steps through DataParallel (micro-steps = optimizer steps * accumulation).

@@ -139,6 +139,27 @@ TEST_CASE("sampler: weighted shares follow the weights and sum to the global bat
   CHECK(u.local_batch_size(1) == 5);
 }
 
+TEST_CASE("sampler: with an atom, shares are whole atoms and the last rank ends with the short one") {
+  // 14 samples in atoms of 4: atoms of 4, 4, 4 and 2; over 3 ranks 2, 1, 1 atoms.
+  DistributedSampler s(100, 14, 3, 0, {.atom = 4});
+  CHECK(s.local_batch_size(0) == 8);
+  CHECK(s.local_batch_size(1) == 4);
+  CHECK(s.local_batch_size(2) == 2);
+  // Weights share out atoms: 5 atoms over weights 1, 3 -> 1.25 and 3.75 -> 1 and 4.
+  DistributedSampler w(100, 10, 2, 1, {.weights = {1, 3}, .atom = 2});
+  CHECK(w.local_batch_size(0) == 2);
+  CHECK(w.local_batch_size(1) == 8);
+  // Atom 1 is the plan without atoms.
+  DistributedSampler one(100, 10, 3, 0, {.atom = 1});
+  DistributedSampler plain(100, 10, 3, 0);
+  for (int r = 0; r < 3; ++r) CHECK(one.local_batch_size(r) == plain.local_batch_size(r));
+  CHECK_THROWS_WITH_AS(DistributedSampler(100, 8, 3, 0, {.atom = 4}),
+                       doctest::Contains("the global batch of 8 makes 2 atoms of 4 samples, fewer than the 3 ranks"),
+                       parallax::error);
+  CHECK_THROWS_WITH_AS(DistributedSampler(100, 8, 1, 0, {.atom = 0}), doctest::Contains("the atom is 0 samples"),
+                       parallax::error);
+}
+
 TEST_CASE("sampler: bad plans are errors") {
   CHECK_THROWS_WITH_AS(DistributedSampler(10, 0, 2, 0), doctest::Contains("global batch size is 0"), parallax::error);
   CHECK_THROWS_WITH_AS(DistributedSampler(0, 4, 2, 0), doctest::Contains("dataset is empty"), parallax::error);

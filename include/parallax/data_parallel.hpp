@@ -16,6 +16,7 @@
 #include <parallax/core/operation.hpp>
 #include <parallax/core/reducer.hpp>
 #include <parallax/core/trace.hpp>
+#include <parallax/data/batch.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
@@ -24,6 +25,7 @@
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
 #include <parallax/training/evaluate.hpp>
+#include <parallax/training/exact_sum.hpp>
 #include <parallax/training/local_sgd.hpp>
 #include <parallax/training/loop.hpp>
 #include <parallax/training/replicas.hpp>
@@ -74,6 +76,17 @@ struct data_parallel_options {
   /// (weighted by the samples each rank saw). k = 1 with SGD equals
   /// synchronous SGD.
   std::size_t average_every = 0;
+  /// 0: off. k >= 1: reproducible mode (docs/reproducible.md). Each global
+  /// batch is cut into atoms of k consecutive samples (the last may be
+  /// shorter), each atom's gradient is computed on its own, and the atoms'
+  /// gradients and losses are summed exactly, so the parameters, the
+  /// optimizer state, every returned loss and evaluate()'s results are
+  /// bitwise the same at any number of ranks (same program, data, seed,
+  /// global batch and options). Needs samplers from make_sampler() (whole
+  /// atoms per rank, at least one each); every micro-step communicates;
+  /// not with local SGD. Results differ in the last bits from the default
+  /// mode's.
+  std::size_t reproducible_atom = 0;
   nonfinite_policy on_nonfinite = nonfinite_policy::error;
   /// Clip the averaged gradient to this global L2 norm (0: no clipping).
   double clip_norm = 0;
@@ -97,7 +110,8 @@ template <std::floating_point T>
 std::vector<setting> data_parallel_settings(const data_parallel_options& o, const optim::Optimizer<T>& optimizer) {
   std::vector<setting> out = {{"accumulation_steps", static_cast<double>(o.accumulation_steps)},
                               {"average_every", static_cast<double>(o.average_every)},
-                              {"bucket_bytes", static_cast<double>(o.bucket_bytes)}};
+                              {"bucket_bytes", static_cast<double>(o.bucket_bytes)},
+                              {"reproducible_atom", static_cast<double>(o.reproducible_atom)}};
   const auto update = training::update_settings({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer);
   out.insert(out.end(), update.begin(), update.end());
   return out;
@@ -134,7 +148,8 @@ class DataParallel {
   /// Collective. One micro-step on this rank's batch. Returns the global mean
   /// loss of the samples of the optimizer step this micro-step completes; on
   /// a micro-step that does not complete one (accumulation) and in local SGD,
-  /// this rank's mean loss. A failure on any rank (an exception in the model,
+  /// this rank's mean loss; in reproducible mode, the global mean loss of
+  /// this micro-step's samples. A failure on any rank (an exception in the model,
   /// an empty batch) becomes the same error on every rank, at the latest on
   /// the communicating micro-step.
   double train_step(const batch_type& batch, std::source_location site = std::source_location::current()) {
@@ -197,12 +212,17 @@ class DataParallel {
   std::span<const std::size_t> step_indices(const data::DistributedSampler& sampler, std::size_t step) const {
     return sampler.local_indices(step);
   }
-  /// Collective: the sampler must be this rank's shard of a plan for comm's size.
+  /// Collective: the sampler must be this rank's shard of a plan for comm's
+  /// size, in reproducible mode one of whole atoms.
   void check_sampler(const data::DistributedSampler& sampler) const {
     training::check_sampler(sampler, comm_.size(), comm_.rank(), "DataParallel::train_epoch()");
+    check_atoms(sampler, "DataParallel::train_epoch()");
   }
-  /// Accumulation and local SGD return this rank's loss on some steps.
-  bool step_losses_are_global() const { return options_.average_every == 0 && options_.accumulation_steps == 1; }
+  /// Accumulation and local SGD return this rank's loss on some steps
+  /// (reproducible mode communicates every micro-step: never).
+  bool step_losses_are_global() const {
+    return options_.average_every == 0 && (options_.accumulation_steps == 1 || options_.reproducible_atom > 0);
+  }
   /// Where the time of the last completed optimizer step went.
   const step_timing& last_timing() const { return last_timing_; }
 
@@ -239,6 +259,19 @@ class DataParallel {
 
   void refresh_views();
   double synchronize_gradients();
+  /// Reproducible mode: this rank's batch atom by atom into exact_; returns
+  /// this rank's mean loss.
+  double compute_atoms(const batch_type& batch, std::size_t n);
+  /// Reproducible mode, collective: this micro-step's exact sums over the
+  /// ranks (`samples`: this rank's part); returns its global mean loss.
+  double synchronize_exact(double samples);
+  /// Reproducible mode: the optimizer step from the exact sums so far.
+  void apply_exact();
+  /// Throws when the sampler's atom is not reproducible_atom (reproducible mode).
+  void check_atoms(const data::DistributedSampler& sampler, const std::string& who) const;
+  /// The update from the mean gradient in reducer_'s views (both modes);
+  /// `loss_sum`: this rank's, for naming the ranks of a non-finite loss.
+  void apply_update(bool nonfinite_gradient, bool nonfinite, double loss_sum);
   /// Collective, before any member is built from them: the options' checks,
   /// agreed, so that an option bad on one rank is one error on every rank.
   static data_parallel_options checked_options(const mpi::communicator& comm, data_parallel_options o,
@@ -263,6 +296,13 @@ class DataParallel {
   gradient_reducer<T> reducer_;     // its buckets hold the averaged gradient
   training::updater<T> updater_;
   training::local_sgd local_sgd_;
+  training::exact_sum<T> exact_;  // reproducible mode's sums
+  struct exact_step {
+    double samples = 0;       ///< global samples of the optimizer step so far
+    bool loss_finite = true;  ///< every micro-step's global loss was finite
+    bool held = false;        ///< exact_ holds the step's total over micro-steps
+  } exact_step_;
+  batch_type atom_{};  // one atom of the batch, when it holds several
 
   std::size_t micro_ = 0;               // micro-steps accumulated towards the next optimizer step
   std::optional<error> failure_;        // first failure of this rank since the last communication
@@ -292,7 +332,8 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
       options_(checked_options(comm_, std::move(options), optimizer, site)),
       reducer_(comm_, options_.bucket_bytes),
       updater_({options_.on_nonfinite, options_.clip_norm, options_.lr_schedule}),
-      local_sgd_(options_.average_every) {
+      local_sgd_(options_.average_every),
+      exact_(comm_, options_.bucket_bytes) {
   warn_if_slow_blas(comm_);
   // Settings that differ between ranks would hang or silently diverge.
   agree_settings(comm_, data_parallel_settings(options_, *optimizer_), "DataParallel");
@@ -311,6 +352,7 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
   for (auto b : broadcast_buckets) parallax::broadcast(comm_, b, 0);
   broadcast_buckets.unpack(params_);
   reducer_.plan(grads_);
+  if (options_.reproducible_atom) exact_.plan(sizes_);
 }
 
 template <class M>
@@ -320,6 +362,13 @@ data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& 
   operation op(comm, "DataParallel::DataParallel()", -1, site);  // the constructor's first collective
   agree(comm, [&] {
     PARALLAX_CHECK(o.accumulation_steps >= 1, "DataParallel: accumulation_steps must be at least 1");
+    PARALLAX_CHECK(!(o.reproducible_atom && o.average_every),
+                   "DataParallel: reproducible_atom and average_every (local SGD) do not go together: local SGD's "
+                   "ranks train apart, so its result depends on the number of ranks");
+#ifdef __FAST_MATH__
+    PARALLAX_CHECK(!o.reproducible_atom, "DataParallel: reproducible_atom needs IEEE arithmetic; this program is "
+                                         "built with -ffast-math, which lets the compiler reorder sums");
+#endif
     training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer, "DataParallel");
     Bucketer<T>{o.bucket_bytes};  // its check of the cap
   });
@@ -357,6 +406,10 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
   } else if (!failure_) {  // after a failure the step throws when it communicates: no need to compute
     auto failure = detail::capture(
         [&] {
+          if (options_.reproducible_atom) {
+            loss = compute_atoms(*batch, n);
+            return;
+          }
           // Layers with step-keyed randomness (dropout) see the optimizer step,
           // so a resumed run draws the same masks as an uninterrupted one.
           if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
@@ -371,15 +424,22 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
   // Accumulate n * (mean gradient) = this rank's gradient sum into the
   // buckets; a failed rank contributes nothing (its gradients may be garbage).
   const bool first = micro_ == 0;
+  const bool exact = options_.reproducible_atom > 0;
   if (ok) {
-    reducer_.accumulate(grads_, static_cast<T>(n), first);
+    if (!exact) reducer_.accumulate(grads_, static_cast<T>(n), first);
     meta_.loss_sum += loss * static_cast<double>(n);
     meta_.samples += static_cast<double>(n);
+  } else if (exact) {
+    exact_.drop();
   } else {
     reducer_.contribute_nothing(first);
   }
   ++micro_;
   timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
+  if (exact) {
+    operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
+    return synchronize_exact(ok ? static_cast<double>(n) : 0.0);
+  }
   if (micro_ < options_.accumulation_steps) return loss;
   if (local_sgd_.enabled()) return local_step();  // communicates only when it averages: its own operation
   // fail_step() is the same operation: it meets the other ranks' train_step().
@@ -392,6 +452,7 @@ void DataParallel<M>::reset_accumulation() {
   micro_ = 0;
   failure_.reset();
   meta_ = {};
+  exact_step_ = {};
 }
 
 template <class M>
@@ -409,8 +470,15 @@ double DataParallel<M>::synchronize_gradients() {
   // as a non-finite gradient even when the gradients look finite.
   const bool nonfinite_gradient = reducer_.reduce(T(1) / static_cast<T>(samples));
   const bool nonfinite = nonfinite_gradient || !std::isfinite(loss_sum);
+  timing_.communicate = std::chrono::duration<double>(clock::now() - t0).count();
+  apply_update(nonfinite_gradient, nonfinite, mine.loss_sum);
+  return loss_sum / samples;
+}
+
+template <class M>
+void DataParallel<M>::apply_update(bool nonfinite_gradient, bool nonfinite, double loss_sum) {
+  using clock = std::chrono::steady_clock;
   const auto t1 = clock::now();
-  timing_.communicate = std::chrono::duration<double>(t1 - t0).count();
   const bool applied =
       updater_.apply(*optimizer_, params_, reducer_.views(), reducer_.const_views(), nonfinite, std::nullopt, [&] {
         if (nonfinite_gradient)
@@ -419,7 +487,7 @@ double DataParallel<M>::synchronize_gradients() {
         // Called on every rank alike (the verdict is agreed): gather which
         // ranks' losses were not finite.
         std::vector<int> all;
-        mpi::all_gather(comm_, std::isfinite(mine.loss_sum) ? -1 : detail::world_rank(), all);
+        mpi::all_gather(comm_, std::isfinite(loss_sum) ? -1 : detail::world_rank(), all);
         std::vector<int> ranks;
         std::copy_if(all.begin(), all.end(), std::back_inserter(ranks), [](int r) { return r >= 0; });
         return error(error_kind::nonfinite, nonfinite_message(std::nullopt, ""), std::move(ranks));
@@ -429,7 +497,89 @@ double DataParallel<M>::synchronize_gradients() {
     last_timing_ = timing_;
     timing_ = {};
   }
-  return loss_sum / samples;
+}
+
+template <class M>
+double DataParallel<M>::compute_atoms(const batch_type& batch, std::size_t n) {
+  const std::size_t k = options_.reproducible_atom;
+  const std::size_t atoms = n / k + (n % k != 0);
+  // Only the last rank's share may end with a short atom (the sampler's
+  // rule), or the atoms would not be those of one process.
+  PARALLAX_CHECK(n % k == 0 || comm_.rank() + 1 == comm_.size(),
+                 "DataParallel::train_step(): reproducible mode: the batch of " + std::to_string(n) +
+                     " samples is not a whole number of atoms of " + std::to_string(k) +
+                     " (only the last rank's may end with a shorter atom; make the sampler with make_sampler())");
+  constexpr bool sliceable = detail::SliceableBatch<batch_type>;
+  PARALLAX_CHECK(sliceable || atoms == 1,
+                 "DataParallel::train_step(): reproducible mode: the batch of " + std::to_string(n) + " samples holds " +
+                     std::to_string(atoms) + " atoms of " + std::to_string(k) +
+                     " and its type has no slice_batch() to cut them; see docs/reproducible.md");
+  double loss_sum = 0;
+  for (std::size_t a = 0; a < atoms; ++a) {
+    const std::size_t rows = std::min(k, n - a * k);
+    const batch_type* atom = &batch;
+    if constexpr (sliceable) {
+      if (atoms > 1) {
+        detail::slice_samples(batch, a * k, rows, atom_);
+        atom = &atom_;
+      }
+    }
+    if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
+    trace::span span("loss and gradient", "compute", static_cast<std::int64_t>(a));
+    const double loss = static_cast<double>(model_.loss_and_gradient(*atom));
+    refresh_views();
+    const double weight = static_cast<double>(rows);
+    exact_.add(grads_, weight, loss * weight, a + 1 < atoms);
+    loss_sum += loss * weight;
+  }
+  return loss_sum / static_cast<double>(n);
+}
+
+template <class M>
+double DataParallel<M>::synchronize_exact(double samples) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  const auto failure = std::move(failure_);
+  failure_.reset();
+  std::array<double, 2> sums{};
+  try {
+    sums = sum_and_agree(comm_, std::array{samples, static_cast<double>(exact_.atoms())}, failure);
+  } catch (...) {  // the whole optimizer step is dropped, as in the default mode
+    exact_.drop();
+    reset_accumulation();
+    throw;
+  }
+  const double loss_sum = exact_.reduce(static_cast<std::size_t>(sums[1]));
+  auto& step = exact_step_;
+  step.samples += sums[0];
+  step.loss_finite = step.loss_finite && std::isfinite(loss_sum);
+  const bool first = micro_ == 1;
+  const bool last = micro_ >= options_.accumulation_steps;
+  if (!(first && last)) {
+    exact_.hold(first);
+    step.held = true;
+  }
+  timing_.communicate += std::chrono::duration<double>(clock::now() - t0).count();
+  if (last) apply_exact();
+  return loss_sum / sums[0];
+}
+
+template <class M>
+void DataParallel<M>::apply_exact() {
+  const auto step = exact_step_;
+  const double loss_sum = meta_.loss_sum;
+  reset_accumulation();
+  const bool nonfinite_gradient = exact_.mean_into(reducer_.views(), step.samples, step.held);
+  apply_update(nonfinite_gradient, nonfinite_gradient || !step.loss_finite, loss_sum);
+}
+
+template <class M>
+void DataParallel<M>::check_atoms(const data::DistributedSampler& sampler, const std::string& who) const {
+  const std::size_t k = options_.reproducible_atom;
+  PARALLAX_CHECK(k == 0 || sampler.options().atom == k,
+                 who + ": reproducible mode cuts batches into atoms of " + std::to_string(k) +
+                     " samples, the sampler's shares are of atoms of " + std::to_string(sampler.options().atom) +
+                     " (make it with DataParallel::make_sampler())");
 }
 
 template <class M>
@@ -463,6 +613,7 @@ void DataParallel<M>::flush(std::source_location site) {
   if (micro_ == 0) return;
   operation op(comm_, "DataParallel::flush()", static_cast<std::int64_t>(optimizer_->steps()), site);
   if (local_sgd_.enabled()) local_step();
+  else if (options_.reproducible_atom) apply_exact();  // the micro-steps are already summed
   else synchronize_gradients();
 }
 
@@ -470,8 +621,13 @@ template <class M>
 data::DistributedSampler DataParallel<M>::make_sampler(std::size_t dataset_size, std::size_t global_batch,
                                                        data::sampler_options options,
                                                        std::source_location site) const {
-  return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(), comm_.rank(),
-                                "DataParallel::make_sampler()", site);
+  // Reproducible mode: shares of whole atoms (an atom chosen by the caller
+  // must be the mode's).
+  if (options_.reproducible_atom && options.atom == 1) options.atom = options_.reproducible_atom;
+  auto sampler = training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(),
+                                        comm_.rank(), "DataParallel::make_sampler()", site);
+  if (options_.reproducible_atom) agree(comm_, [&] { check_atoms(sampler, "DataParallel::make_sampler()"); });
+  return sampler;
 }
 
 template <class M>
@@ -490,10 +646,22 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
                                      std::source_location site) {
   operation op(comm_, "DataParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()), site);
   const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "DataParallel::evaluate()");
-  // [samples, loss sum, correct, metric sums...]
-  std::vector<double> sums(3 + metrics.size(), 0.0);
+  // [samples, loss sum, correct, metric sums...]; in reproducible mode one
+  // such row per chunk of batch_size samples (each rank evaluates whole
+  // chunks, the rows of the others stay 0), added up in chunk order after
+  // the all-reduce, so that the sums do not depend on the rank count.
+  const std::size_t fields = 3 + metrics.size();
+  const bool exact = options_.reproducible_atom > 0;
+  const std::size_t chunks = n / batch_size + (n % batch_size != 0);
+  std::vector<double> sums((exact ? chunks : 1) * fields, 0.0);
   agree(comm_, [&] {
-    const auto mine = block_of(n, comm_.size(), comm_.rank());
+    auto mine = block_of(n, comm_.size(), comm_.rank());
+    std::size_t chunk = 0;  // reproducible mode: the row of the next batch
+    if (exact) {
+      const auto held = block_of(chunks, comm_.size(), comm_.rank());
+      mine = {held.begin * batch_size, std::min(n, held.end * batch_size)};
+      chunk = held.begin;
+    }
     training::eval_mode guard([&](bool training) {
       if constexpr (requires { model_.set_training(training); }) model_.set_training(training);
     });
@@ -503,14 +671,18 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
       double loss = 0;
       if constexpr (HasEvalLoss<M>) loss = static_cast<double>(model_.loss(b));
       else loss = static_cast<double>(model_.loss_and_gradient(b));
-      sums[0] += n;
-      sums[1] += loss * n;
-      if constexpr (HasAccuracy<M>) sums[2] += static_cast<double>(model_.correct(b));
-      for (std::size_t m = 0; m < metrics.size(); ++m) sums[3 + m] += metrics[m].sum(model_, b);
+      double* row = sums.data() + (exact ? chunk++ * fields : 0);
+      row[0] += n;
+      row[1] += loss * n;
+      if constexpr (HasAccuracy<M>) row[2] += static_cast<double>(model_.correct(b));
+      for (std::size_t m = 0; m < metrics.size(); ++m) row[3 + m] += metrics[m].sum(model_, b);
     });
   });
-  std::vector<double> total(sums.size());
-  mpi::all_reduce(comm_, sums.data(), static_cast<int>(sums.size()), total.data(), std::plus<double>());
+  std::vector<double> all(sums.size());
+  mpi::all_reduce(comm_, sums.data(), static_cast<int>(sums.size()), all.data(), std::plus<double>());
+  std::vector<double> total(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(fields));
+  for (std::size_t c = 1; c < (exact ? chunks : 1); ++c)
+    for (std::size_t f = 0; f < fields; ++f) total[f] += all[c * fields + f];
   std::vector<std::string> names;
   for (const auto& m : metrics) names.push_back(m.name);
   return training::make_evaluation({total[0], total[1], total[2]}, HasAccuracy<M>, names,

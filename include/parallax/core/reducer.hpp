@@ -42,6 +42,8 @@ class gradient_reducer {
 
   /// Lays out the buckets for tensors of these sizes.
   void plan(const std::vector<std::span<T>>& tensors);
+  /// Lays out the buckets for tensors of these sizes (elements).
+  void plan(const std::vector<std::size_t>& sizes);
 
   /// Adds weight * tensors into the buckets; `first` overwrites what is
   /// there (the first micro-step of an optimizer step).
@@ -87,9 +89,22 @@ gradient_reducer<T>::gradient_reducer(mpi::communicator comm, std::size_t bucket
 
 template <std::floating_point T>
 void gradient_reducer<T>::plan(const std::vector<std::span<T>>& tensors) {
-  buckets_.plan(tensors);
+  std::vector<std::size_t> sizes;
+  for (const auto& t : tensors) sizes.push_back(t.size());
+  plan(sizes);
+}
+
+template <std::floating_point T>
+void gradient_reducer<T>::plan(const std::vector<std::size_t>& sizes) {
+  struct extent {  // what Bucketer::plan reads of a tensor
+    std::size_t n;
+    std::size_t size() const { return n; }
+  };
+  std::vector<extent> extents;
+  for (auto n : sizes) extents.push_back({n});
+  buckets_.plan(extents);
   views_.clear();
-  for (std::size_t i = 0; i < tensors.size(); ++i) views_.push_back(buckets_.segment(i));
+  for (std::size_t i = 0; i < sizes.size(); ++i) views_.push_back(buckets_.segment(i));
   const_views_.assign(views_.begin(), views_.end());
 }
 

@@ -61,6 +61,36 @@ void slice_rows(const E& source, std::size_t begin, std::size_t count, E& out) {
   std::copy_n(source.data() + begin * row, count * row, out.data());
 }
 
+/// Copies samples [begin, begin + count) of `source` into `out`.
+/// DataParallel's reproducible mode cuts a batch into atoms with it; a batch
+/// type of one's own gets the same by declaring
+/// `void slice_batch(const MyBatch&, std::size_t begin, std::size_t count, MyBatch& out)`
+/// in its namespace.
+template <class X, class Y>
+void slice_batch(const Batch<X, Y>& source, std::size_t begin, std::size_t count, Batch<X, Y>& out) {
+  slice_rows(source.inputs, begin, count, out.inputs);
+  slice_rows(source.targets, begin, count, out.targets);
+}
+
+}  // namespace parallax::data
+
+namespace parallax::detail {
+
+using data::slice_batch;  // with the user's overloads, found by argument-dependent lookup
+
+/// Whether samples of a B can be cut out: slice_batch(b, begin, count, out).
+template <class B>
+concept SliceableBatch = requires(const B& b, B& out) { slice_batch(b, std::size_t{}, std::size_t{}, out); };
+
+template <SliceableBatch B>
+void slice_samples(const B& b, std::size_t begin, std::size_t count, B& out) {
+  slice_batch(b, begin, count, out);
+}
+
+}  // namespace parallax::detail
+
+namespace parallax::data {
+
 /// An in-memory dataset of inputs [n, ...] and targets [n, ...]; meets the
 /// Dataset concept for Batch<X, Y>.
 template <class X, class Y>

@@ -40,6 +40,13 @@ struct sampler_options {
   /// Draw the epoch's samples with replacement (bootstrap) instead of a
   /// permutation; used by Ensemble replicas.
   bool bootstrap = false;
+  /// Samples per atom: every rank's share of a global batch is a whole
+  /// number of atoms of this many consecutive samples, except that the last
+  /// rank's share ends with the batch's last, possibly shorter, atom; the
+  /// weights then share out atoms instead of samples. 1: shares of any size.
+  /// DataParallel's reproducible mode sets it (data_parallel_options::
+  /// reproducible_atom), so that no atom is cut between ranks.
+  std::size_t atom = 1;
 };
 
 /// Splits each global batch of an epoch between ranks.
@@ -112,8 +119,15 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
   const auto p = static_cast<std::size_t>(world_);
   PARALLAX_CHECK(n_ >= p, where + "the dataset has " + std::to_string(n_) + " samples, fewer than the " +
                               std::to_string(p) + " ranks: some rank would have no data");
-  PARALLAX_CHECK(batch_ >= p, where + "the global batch of " + std::to_string(batch_) + " is smaller than the " +
-                                  std::to_string(p) + " ranks: some rank would get an empty shard");
+  const std::size_t atom = options_.atom;
+  PARALLAX_CHECK(atom >= 1, where + "the atom is 0 samples");
+  // Shares are counted in atoms (with atom 1, in samples).
+  const std::size_t units = batch_ / atom + (batch_ % atom != 0);
+  PARALLAX_CHECK(units >= p, where + "the global batch of " + std::to_string(batch_) +
+                                 (atom > 1 ? " makes " + std::to_string(units) + " atoms of " + std::to_string(atom) +
+                                                 " samples, fewer than the "
+                                           : " is smaller than the ") +
+                                 std::to_string(p) + " ranks: some rank would get an empty shard");
   // Padding allows a batch larger than the dataset (tail_policy::drop refuses
   // it below); it repeats samples within a step, which is rarely meant.
   if (batch_ > n_ && detail::world_rank() == 0 && options_.tail == tail_policy::pad)
@@ -138,7 +152,7 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
   std::vector<double> remainder(p);
   std::size_t given = 0;
   for (std::size_t r = 0; r < p; ++r) {
-    const double exact = static_cast<double>(batch_) * w[r] / total;
+    const double exact = static_cast<double>(units) * w[r] / total;
     shares_[r] = static_cast<std::size_t>(std::floor(exact));
     remainder[r] = exact - static_cast<double>(shares_[r]);
     given += shares_[r];
@@ -147,7 +161,9 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
   std::iota(by_remainder.begin(), by_remainder.end(), std::size_t{0});
   std::stable_sort(by_remainder.begin(), by_remainder.end(),
                    [&](std::size_t a, std::size_t b) { return remainder[a] > remainder[b]; });
-  for (std::size_t i = 0; given < batch_; ++i, ++given) ++shares_[by_remainder[i % p]];
+  for (std::size_t i = 0; given < units; ++i, ++given) ++shares_[by_remainder[i % p]];
+  for (auto& share : shares_) share *= atom;
+  shares_[p - 1] -= units * atom - batch_;  // the last atom may be short: it ends the last rank's share
   offsets_.assign(p, 0);
   for (std::size_t r = 0; r < p; ++r) {
     PARALLAX_CHECK(shares_[r] > 0, where + "rank " + std::to_string(r) + "'s weight gives it no sample of a global batch of " +

@@ -49,7 +49,8 @@ inline data::DistributedSampler make_sampler(const mpi::communicator& comm, std:
                   {"shuffle", 0, options.shuffle ? "true" : "false"},
                   {"tail", 0, options.tail == data::tail_policy::pad ? "pad" : "drop"},
                   {"weights", 0, "{" + weights + "}"},
-                  {"bootstrap", 0, options.bootstrap ? "true" : "false"}},
+                  {"bootstrap", 0, options.bootstrap ? "true" : "false"},
+                  {"atom", static_cast<double>(options.atom)}},
                  who);
   return agree(comm, [&] { return data::DistributedSampler(dataset_size, global_batch, shards, shard, std::move(options)); });
 }
