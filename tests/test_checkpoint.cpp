@@ -229,42 +229,88 @@ TEST_CASE("checkpoint: DataParallel resumes exactly (parameters, Adam state, sam
   CHECK(resumed.optimizer().state() == full.optimizer().state());
 }
 
-TEST_CASE("checkpoint: reproducible mode saved at every rank, resumed on one, has the bits of an uninterrupted run") {
+TEST_CASE("checkpoint: reproducible mode saved mid-epoch at every rank, resumed on one, has the bits of an uninterrupted run") {
+  communicator world;
+  communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+  const auto data = toy::make_data<double>(90, features, 5);  // 8 steps of 12 per epoch
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  for (const std::size_t accumulation : {std::size_t{1}, std::size_t{3}}) {
+    CAPTURE(accumulation);
+    scratch_dir dir(world);
+    const parallax::data_parallel_options repro{.accumulation_steps = accumulation, .reproducible_atom = 3};
+    {
+      // All ranks: one epoch, then a checkpoint after every optimizer step
+      // of the second until it stops after its 5th micro-step (a crash:
+      // nothing after is saved). Without accumulation the newest checkpoint
+      // is at position 5; with accumulation 3 at position 3, since
+      // maybe_save() is not due while micro-steps are pending.
+      parallax::io::Checkpointer checkpoints(dir.path, {.every_steps = 1}, world);
+      int micro = -1;  // -1: the first epoch, no checkpoints
+      const parallax::data::DistributedSampler* sampler = nullptr;
+      parallax::data_parallel_options o = repro;
+      o.stop_when = [&](const parallax::step_report&) { return micro >= 0 && ++micro == 5; };
+      parallax::DataParallel first(toy::TinyMLP<double>(features, hidden, 3), adam, o, world);
+      first.set_after_step([&](const parallax::step_report&) {
+        if (micro >= 0) checkpoints.maybe_save(first, sampler);
+      });
+      auto s = first.make_sampler(data.size(), 12, {.seed = 4});
+      sampler = &s;
+      first.train_epoch(data, s);
+      micro = 0;
+      first.train_epoch(data, s);
+      CHECK(checkpoints.last_step() == (accumulation == 1 ? 8u + 5u : 3u + 1u));
+    }
+    int same_parameters = 0, same_state = 0, position = -1;
+    if (world.rank() == 0) {
+      // One rank: three uninterrupted epochs, and the newest checkpoint resumed for the rest.
+      parallax::DataParallel full(toy::TinyMLP<double>(features, hidden, 3), adam, repro, self);
+      auto s_full = full.make_sampler(data.size(), 12, {.seed = 4});
+      for (int epoch = 0; epoch < 3; ++epoch) full.train_epoch(data, s_full);
+      parallax::io::Checkpointer checkpoints(dir.path, {}, self);
+      parallax::DataParallel resumed(toy::TinyMLP<double>(features, hidden, 99), adam, repro, self);  // other init
+      auto s = resumed.make_sampler(data.size(), 12, {.seed = 4});
+      REQUIRE(checkpoints.resume_latest(resumed, &s).has_value());
+      position = static_cast<int>(s.position());
+      resumed.train_epoch(data, s);  // the rest of the second epoch
+      resumed.train_epoch(data, s);
+      const auto a = flat_parameters<double>(resumed.model().parameters());
+      const auto b = flat_parameters<double>(full.model().parameters());
+      same_parameters = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+      same_state = resumed.optimizer().state() == full.optimizer().state();
+    }
+    parallax::mpi::broadcast(world, position, 0);
+    parallax::mpi::broadcast(world, same_parameters, 0);
+    parallax::mpi::broadcast(world, same_state, 0);
+    CHECK(position == (accumulation == 1 ? 5 : 3));
+    CHECK(same_parameters == 1);
+    CHECK(same_state == 1);
+  }
+}
+
+TEST_CASE("checkpoint: save() while micro-steps are accumulated is an error on every rank; flush() makes it possible") {
   communicator world;
   scratch_dir dir(world);
-  communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
-  const auto data = toy::make_data<double>(90, features, 5);
-  parallax::optim::Adam<double> adam({.lr = 0.01});
-  const parallax::data_parallel_options repro{.reproducible_atom = 3};
-  {
-    // All ranks: one epoch and a checkpoint.
-    parallax::io::Checkpointer checkpoints(dir.path, {}, world);
-    parallax::DataParallel first(toy::TinyMLP<double>(features, hidden, 3), adam, repro, world);
-    auto s = first.make_sampler(data.size(), 12, {.seed = 4});
-    first.train_epoch(data, s);
-    checkpoints.save(first, &s);
+  const auto data = toy::make_data<double>(48, features, 6);
+  parallax::optim::SGD<double> sgd({.lr = 0.05});
+  for (const std::size_t atom : {std::size_t{0}, std::size_t{2}}) {
+    CAPTURE(atom);
+    parallax::DataParallel trainer(toy::TinyMLP<double>(features, hidden, 3), sgd,
+                                   {.accumulation_steps = 3, .reproducible_atom = atom}, world);
+    auto s = trainer.make_sampler(data.size(), 8, {.seed = 2});
+    for (int i = 0; i < 2; ++i) trainer.train_step(data.batch(s.local_indices(i)));
+    REQUIRE(trainer.pending_micro_steps() == 2);
+    parallax::io::Checkpointer checkpoints(dir.path + "-" + std::to_string(atom), {}, world);
+    CHECK(agreed_error(world, [&] { checkpoints.save(trainer, &s); })
+              .find("Checkpointer::save(): 2 micro-steps are accumulated towards optimizer step 1 and a checkpoint "
+                    "does not hold their gradients: save after the optimizer step (maybe_save() waits for it) or "
+                    "call flush() first") != std::string::npos);
+    CHECK_FALSE(fs::exists(dir.path + "-" + std::to_string(atom) + "/step-000000000000"));
+    CHECK_FALSE(checkpoints.maybe_save(trainer, &s));
+    trainer.flush();
+    CHECK(trainer.pending_micro_steps() == 0);
+    CHECK(fs::exists(checkpoints.save(trainer, &s) + "/MANIFEST"));
+    if (world.rank() == 0) fs::remove_all(dir.path + "-" + std::to_string(atom));
   }
-  int same_parameters = 0, same_state = 0;
-  if (world.rank() == 0) {
-    // One rank: two uninterrupted epochs, and the checkpoint resumed for the second.
-    parallax::DataParallel full(toy::TinyMLP<double>(features, hidden, 3), adam, repro, self);
-    auto s_full = full.make_sampler(data.size(), 12, {.seed = 4});
-    full.train_epoch(data, s_full);
-    full.train_epoch(data, s_full);
-    parallax::io::Checkpointer checkpoints(dir.path, {}, self);
-    parallax::DataParallel resumed(toy::TinyMLP<double>(features, hidden, 99), adam, repro, self);  // other init
-    auto s = resumed.make_sampler(data.size(), 12, {.seed = 4});
-    REQUIRE(checkpoints.resume_latest(resumed, &s).has_value());
-    resumed.train_epoch(data, s);
-    const auto a = flat_parameters<double>(resumed.model().parameters());
-    const auto b = flat_parameters<double>(full.model().parameters());
-    same_parameters = a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
-    same_state = resumed.optimizer().state() == full.optimizer().state();
-  }
-  parallax::mpi::broadcast(world, same_parameters, 0);
-  parallax::mpi::broadcast(world, same_state, 0);
-  CHECK(same_parameters == 1);
-  CHECK(same_state == 1);
 }
 
 TEST_CASE("checkpoint: an optimizer that implements only state() saves through the default state_view()") {

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -255,6 +256,46 @@ TEST_CASE("DataParallel reproducible: the default mode is what differs (at 2 or 
   bool some_differ = false;
   for (std::size_t w = 1; w < runs.size(); ++w) some_differ = some_differ || runs[w].bytes != runs[0].bytes;
   CHECK(some_differ);
+}
+
+TEST_CASE("DataParallel reproducible: evaluate() of an empty dataset, and of the shards evaluation_rows() names") {
+  communicator world;
+  const auto data = toy::make_data<double>(37, features, 5);  // 5 chunks of 8
+  parallax::optim::SGD<double> sgd({.lr = 0.1});
+  const auto runs = at_every_world_size(world, [&](const communicator& comm) {
+    parallax::DataParallel dp(toy::TinyMLP<double>(features, hidden, init_seed), sgd, {.reproducible_atom = 2}, comm);
+    const auto empty = dp.evaluate(toy::make_data<double>(0, features, 5), 8);
+    CHECK(empty.samples == 0);
+    const auto whole = dp.evaluate(data, 8);
+    // This rank's rows: whole chunks of 8, not block_of(37, size, rank).
+    const auto rows = dp.evaluation_rows(data.size(), 8);
+    CHECK(rows.begin % 8 == 0);
+    std::vector<std::size_t> mine(rows.size());
+    std::iota(mine.begin(), mine.end(), rows.begin);
+    auto b = data.batch(mine);
+    const parallax::data::ShardDataset shard(toy::dataset<double>(std::move(b.inputs), std::move(b.targets)), rows.begin,
+                                             data.size());
+    const auto from_shard = dp.evaluate(shard, 8);
+    CHECK(std::memcmp(&from_shard.loss, &whole.loss, sizeof(double)) == 0);
+    CHECK(from_shard.samples == 37);
+    if (comm.size() == 2) {
+      // block_of(37, 2, r) is [0, 19) and [19, 37); the chunks are [0, 24) and [24, 37).
+      const auto held = parallax::block_of(data.size(), comm.size(), comm.rank());
+      std::vector<std::size_t> other(held.size());
+      std::iota(other.begin(), other.end(), held.begin);
+      auto c = data.batch(other);
+      const parallax::data::ShardDataset misfit(toy::dataset<double>(std::move(c.inputs), std::move(c.targets)),
+                                                held.begin, data.size());
+      const auto message = agreed_error(comm, [&] { dp.evaluate(misfit, 8); });
+      CHECK(message.find("DataParallel::evaluate(): this rank evaluates rows [0, 24) but its shard holds [0, 19); "
+                         "load the rows trainer.evaluation_rows(37, 8) gives") != std::string::npos);
+    }
+    fingerprint f;
+    f.add(whole.loss);
+    f.add(empty.loss);
+    return f;
+  });
+  check_bitwise_equal(runs);
 }
 
 TEST_CASE("DataParallel reproducible: misuse is one clear error on every rank") {

@@ -158,6 +158,13 @@ TEST_CASE("sampler: with an atom, shares are whole atoms and the last rank ends 
                        parallax::error);
   CHECK_THROWS_WITH_AS(DistributedSampler(100, 8, 1, 0, {.atom = 0}), doctest::Contains("the atom is 0 samples"),
                        parallax::error);
+  // 15 samples in atoms of 4 make 4 atoms; weights 1, 1, 0.3 give 1.74, 1.74
+  // and 0.52 of them -> 2, 2, 0: the last rank would hold no atom at all.
+  CHECK_THROWS_WITH_AS(DistributedSampler(100, 15, 3, 2, {.weights = {1, 1, 0.3}, .atom = 4}),
+                       doctest::Contains("rank 2's weight gives it no atom of a global batch of 15"), parallax::error);
+  // The same weights over samples leave rank 2 two of them.
+  DistributedSampler samples(100, 15, 3, 2, {.weights = {1, 1, 0.3}});
+  CHECK(samples.local_batch_size(2) == 2);
 }
 
 TEST_CASE("sampler: bad plans are errors") {

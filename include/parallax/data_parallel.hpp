@@ -10,6 +10,7 @@
 /// evaluation are the training core's (training/).
 
 #include <parallax/core/blas.hpp>
+#include <parallax/core/block.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/concepts.hpp>
 #include <parallax/core/error.hpp>
@@ -195,6 +196,13 @@ class DataParallel {
   evaluation evaluate(const D& dataset, std::size_t batch_size = 256, const std::vector<metric<M>>& metrics = {},
                       std::source_location site = std::source_location::current());
 
+  /// The rows [begin, end) of a dataset of n samples that this rank
+  /// evaluates in evaluate(dataset, batch_size): block_of(n, size, rank),
+  /// or in reproducible mode whole runs of batch_size samples (the chunks
+  /// block_of(chunks, size, rank)). A ShardDataset holding these rows fits
+  /// evaluate().
+  block evaluation_rows(std::size_t n, std::size_t batch_size) const;
+
   /// Sets the hook called after every step of train_epoch on every rank
   /// (see data_parallel_options::after_step), e.g. once a Checkpointer that
   /// needs this trainer exists.
@@ -235,6 +243,9 @@ class DataParallel {
   std::pair<std::uint64_t, std::uint64_t> checkpoint_local_layers() const { return {0, checkpoint_layers()}; }
   bool writes_checkpoint() const { return comm_.rank() == 0; }  // one writer: the replicas are equal
   bool checkpoint_replicated() const { return true; }
+  /// Micro-steps accumulated towards the next optimizer step (the same on
+  /// every rank); a checkpoint is saved only when there are none.
+  std::size_t pending_micro_steps() const { return micro_; }
   template <class F>
   void for_each_keyed_tensor(F&& f) {
     if constexpr (requires { M::layer_count; model_.template layer<0>(); }) {
@@ -365,10 +376,10 @@ data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& 
     PARALLAX_CHECK(!(o.reproducible_atom && o.average_every),
                    "DataParallel: reproducible_atom and average_every (local SGD) do not go together: local SGD's "
                    "ranks train apart, so its result depends on the number of ranks");
-#ifdef __FAST_MATH__
-    PARALLAX_CHECK(!o.reproducible_atom, "DataParallel: reproducible_atom needs IEEE arithmetic; this program is "
-                                         "built with -ffast-math, which lets the compiler reorder sums");
-#endif
+    if constexpr (training::exact_sum_unavailable != nullptr)
+      PARALLAX_CHECK(!o.reproducible_atom,
+                     std::string("DataParallel: reproducible_atom needs IEEE double arithmetic; ") +
+                         training::exact_sum_unavailable);
     training::check({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer, "DataParallel");
     Bucketer<T>{o.bucket_bytes};  // its check of the cap
   });
@@ -398,6 +409,7 @@ template <class M>
 double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error> cause, std::source_location site) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
+  if (micro_ == 0) timing_ = {};  // an optimizer step starts (a failed one left its times behind)
   const std::size_t n = batch ? parallax::batch_size(*batch) : 0;
   double loss = 0;
   if (cause && !failure_) failure_ = std::move(cause);
@@ -495,7 +507,6 @@ void DataParallel<M>::apply_update(bool nonfinite_gradient, bool nonfinite, doub
   if (applied) {
     timing_.update = std::chrono::duration<double>(clock::now() - t1).count();
     last_timing_ = timing_;
-    timing_ = {};
   }
 }
 
@@ -514,6 +525,7 @@ double DataParallel<M>::compute_atoms(const batch_type& batch, std::size_t n) {
                  "DataParallel::train_step(): reproducible mode: the batch of " + std::to_string(n) + " samples holds " +
                      std::to_string(atoms) + " atoms of " + std::to_string(k) +
                      " and its type has no slice_batch() to cut them; see docs/reproducible.md");
+  if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
   double loss_sum = 0;
   for (std::size_t a = 0; a < atoms; ++a) {
     const std::size_t rows = std::min(k, n - a * k);
@@ -524,7 +536,6 @@ double DataParallel<M>::compute_atoms(const batch_type& batch, std::size_t n) {
         atom = &atom_;
       }
     }
-    if constexpr (requires { model_.set_step(std::uint64_t{}); }) model_.set_step(optimizer_->steps());
     trace::span span("loss and gradient", "compute", static_cast<std::int64_t>(a));
     const double loss = static_cast<double>(model_.loss_and_gradient(*atom));
     refresh_views();
@@ -652,16 +663,22 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
   // the all-reduce, so that the sums do not depend on the rank count.
   const std::size_t fields = 3 + metrics.size();
   const bool exact = options_.reproducible_atom > 0;
-  const std::size_t chunks = n / batch_size + (n % batch_size != 0);
-  std::vector<double> sums((exact ? chunks : 1) * fields, 0.0);
+  const std::size_t rows = exact ? std::max<std::size_t>(n / batch_size + (n % batch_size != 0), 1) : 1;
+  std::vector<double> sums;
+  int count = 0;
   agree(comm_, [&] {
-    auto mine = block_of(n, comm_.size(), comm_.rank());
-    std::size_t chunk = 0;  // reproducible mode: the row of the next batch
-    if (exact) {
-      const auto held = block_of(chunks, comm_.size(), comm_.rank());
-      mine = {held.begin * batch_size, std::min(n, held.end * batch_size)};
-      chunk = held.begin;
+    count = detail::checked_count(rows * fields, "DataParallel::evaluate()'s sums");
+    sums.assign(rows * fields, 0.0);
+    const block mine = evaluation_rows(n, batch_size);
+    if constexpr (requires { { dataset.rows() } -> std::same_as<block>; }) {
+      const block held = dataset.rows();
+      PARALLAX_CHECK(mine.size() == 0 || (held.begin <= mine.begin && mine.end <= held.end),
+                     "DataParallel::evaluate(): this rank evaluates rows [" + std::to_string(mine.begin) + ", " +
+                         std::to_string(mine.end) + ") but its shard holds [" + std::to_string(held.begin) + ", " +
+                         std::to_string(held.end) + "); load the rows trainer.evaluation_rows(" + std::to_string(n) +
+                         ", " + std::to_string(batch_size) + ") gives (docs/datasets.md)");
     }
+    std::size_t chunk = exact ? mine.begin / batch_size : 0;  // reproducible mode: the row of the next batch
     training::eval_mode guard([&](bool training) {
       if constexpr (requires { model_.set_training(training); }) model_.set_training(training);
     });
@@ -679,14 +696,21 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
     });
   });
   std::vector<double> all(sums.size());
-  mpi::all_reduce(comm_, sums.data(), static_cast<int>(sums.size()), all.data(), std::plus<double>());
+  mpi::all_reduce(comm_, sums.data(), count, all.data(), std::plus<double>());
   std::vector<double> total(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(fields));
-  for (std::size_t c = 1; c < (exact ? chunks : 1); ++c)
+  for (std::size_t c = 1; c < rows; ++c)
     for (std::size_t f = 0; f < fields; ++f) total[f] += all[c * fields + f];
   std::vector<std::string> names;
   for (const auto& m : metrics) names.push_back(m.name);
   return training::make_evaluation({total[0], total[1], total[2]}, HasAccuracy<M>, names,
                                    std::span<const double>(total).subspan(3));
+}
+
+template <class M>
+block DataParallel<M>::evaluation_rows(std::size_t n, std::size_t batch_size) const {
+  if (!options_.reproducible_atom || batch_size == 0) return block_of(n, comm_.size(), comm_.rank());
+  const auto chunks = block_of(n / batch_size + (n % batch_size != 0), comm_.size(), comm_.rank());
+  return {std::min(n, chunks.begin * batch_size), std::min(n, chunks.end * batch_size)};
 }
 
 }  // namespace parallax

@@ -162,14 +162,14 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
   std::stable_sort(by_remainder.begin(), by_remainder.end(),
                    [&](std::size_t a, std::size_t b) { return remainder[a] > remainder[b]; });
   for (std::size_t i = 0; given < units; ++i, ++given) ++shares_[by_remainder[i % p]];
+  for (std::size_t r = 0; r < p; ++r)
+    PARALLAX_CHECK(shares_[r] > 0, where + "rank " + std::to_string(r) + "'s weight gives it no " +
+                                       (atom > 1 ? "atom" : "sample") + " of a global batch of " +
+                                       std::to_string(batch_) + ": an empty shard");
   for (auto& share : shares_) share *= atom;
   shares_[p - 1] -= units * atom - batch_;  // the last atom may be short: it ends the last rank's share
   offsets_.assign(p, 0);
-  for (std::size_t r = 0; r < p; ++r) {
-    PARALLAX_CHECK(shares_[r] > 0, where + "rank " + std::to_string(r) + "'s weight gives it no sample of a global batch of " +
-                                       std::to_string(batch_) + ": an empty shard");
-    if (r > 0) offsets_[r] = offsets_[r - 1] + shares_[r - 1];
-  }
+  for (std::size_t r = 1; r < p; ++r) offsets_[r] = offsets_[r - 1] + shares_[r - 1];
   if (options_.tail == tail_policy::drop) {
     steps_ = n_ / batch_;
     PARALLAX_CHECK(steps_ > 0, where + "with tail_policy::drop, " + std::to_string(n_) +

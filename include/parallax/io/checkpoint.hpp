@@ -248,6 +248,17 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
   const fs::path folder = fs::path(dir_) / detail::step_folder_name(step);
   const fs::path manifest_path = folder / "MANIFEST";
   const auto [begin, end] = trainer.checkpoint_local_layers();
+  // Accumulated micro-steps are gradients, which a checkpoint does not hold:
+  // saved mid-accumulation, a resumed run would group its micro-steps anew.
+  if constexpr (HasPendingMicroSteps<Trainer>) {
+    agree(comm_, [&] {
+      PARALLAX_CHECK(trainer.pending_micro_steps() == 0,
+                     "Checkpointer::save(): " + std::to_string(trainer.pending_micro_steps()) +
+                         " micro-steps are accumulated towards optimizer step " + std::to_string(step + 1) +
+                         " and a checkpoint does not hold their gradients: save after the optimizer step "
+                         "(maybe_save() waits for it) or call flush() first");
+    });
+  }
   // A run that neither resumed from this folder nor looked for something to
   // resume must not replace or prune another run's checkpoints.
   if (!claimed_) {
@@ -453,6 +464,10 @@ bool Checkpointer::maybe_save(Trainer& trainer, const data::DistributedSampler* 
   operation op(comm_, "Checkpointer::maybe_save()", static_cast<std::int64_t>(trainer.optimizer().steps()), site);
   const std::uint64_t step = trainer.optimizer().steps();
   if (step == last_saved_step_) return false;
+  // Mid-accumulation nothing is due: the same on every rank (micro-steps
+  // are counted in lockstep), so the ranks still decide alike.
+  if constexpr (HasPendingMicroSteps<Trainer>)
+    if (trainer.pending_micro_steps() > 0) return false;
   bool due = options_.every_steps > 0 && step % options_.every_steps == 0;
   if (options_.every_seconds > 0) {
     // Clocks differ between ranks: rank 0 decides for everyone.

@@ -15,6 +15,7 @@
 #include <boost/mpi/communicator.hpp>
 
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -69,6 +70,15 @@ void for_each_layer_tensor(std::uint64_t layer_key, L& layer, F& f) {
     parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { f(layer_key, j++, t); });
   }
 }
+
+/// Optional: `pending_micro_steps()`, the micro-steps accumulated towards an
+/// optimizer step not yet taken (DataParallel with accumulation_steps > 1).
+/// Their gradients are not part of a checkpoint, so save() refuses while
+/// there are any and maybe_save() waits for the optimizer step.
+template <class T>
+concept HasPendingMicroSteps = requires(const T& ct) {
+  { ct.pending_micro_steps() } -> std::convertible_to<std::size_t>;
+};
 
 /// A trainer io::Checkpointer can save and load.
 /// @code

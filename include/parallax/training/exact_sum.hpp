@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <concepts>
@@ -24,6 +25,20 @@
 #include <vector>
 
 namespace parallax::training {
+
+/// Why this build cannot sum exactly, or nullptr. exact_sum's rounding needs
+/// double arithmetic done as written, in double: -ffast-math and
+/// -funsafe-math-optimizations (which define __ASSOCIATIVE_MATH__) let the
+/// compiler fold (x + c) - c into x, and x87 arithmetic (FLT_EVAL_METHOD 2)
+/// rounds it in extended precision.
+inline constexpr const char* exact_sum_unavailable =
+#if defined(__FAST_MATH__) || defined(__ASSOCIATIVE_MATH__)
+    "this program is built with -ffast-math or -funsafe-math-optimizations, which let the compiler reorder sums";
+#elif !defined(FLT_EVAL_METHOD) || FLT_EVAL_METHOD != 0
+    "this build evaluates double arithmetic in extended precision (FLT_EVAL_METHOD is not 0, e.g. x87 code)";
+#else
+    nullptr;
+#endif
 
 /// Exact sums over atoms, for DataParallel's reproducible mode.
 /// @code
@@ -36,10 +51,9 @@ namespace parallax::training {
 /// @endcode
 /// Each atom's term (n_a times its mean gradient, element by element) is
 /// rounded to a multiple of a power of two q_t fixed per tensor from the
-/// largest term of that tensor over all atoms, so small enough that every
-/// term keeps 51 - ceil(log2(atoms)) bits below that largest term; sums of
-/// such multiples are exact in double whatever their order, on one rank or
-/// in the ring all-reduce.
+/// largest term of that tensor over all atoms: at most 2^(h - 50) of that
+/// largest term, h = ceil(log2(atoms)); sums of such multiples are exact in
+/// double whatever their order, on one rank or in the ring all-reduce.
 template <std::floating_point T>
 class exact_sum {
  public:
@@ -73,6 +87,12 @@ class exact_sum {
  private:
   /// Exponent E with |m| < 2^E; very low for 0, `infinite` for inf.
   static int exponent_of(double m);
+  /// x rounded to an integer (ties to even, in the default rounding mode),
+  /// for |x| <= 2^51: after adding 1.5 * 2^52 no fraction bit is left.
+  static double to_integer(double x) {
+    constexpr double magic = 0x1.8p52;
+    return (x + magic) - magic;
+  }
   static constexpr int infinite = INT_MAX;
   static constexpr int zero = INT_MIN / 4;
 
@@ -180,7 +200,6 @@ double exact_sum<T>::reduce(std::size_t atoms) {
   // 2^h atoms it stays below 2^51: exact in double. The floor on the shift
   // keeps weight * 2^-shift finite (it only coarsens tensors below 1e-250).
   const int h = std::bit_width(std::max<std::size_t>(atoms, 1) - 1);
-  constexpr double magic = 0x1.8p52;  // x + magic - magic rounds |x| <= 2^51 to an integer (ties to even)
   const auto& out = sums_.views();
   for (std::size_t t = 0; t < slots; ++t) {
     auto dst = out[t];
@@ -192,14 +211,13 @@ double exact_sum<T>::reduce(std::size_t atoms) {
     std::fill(dst.begin(), dst.end(), 0.0);
     for (const auto& a : atoms_) {
       if (t == sizes_.size()) {
-        dst[0] += (std::ldexp(a.loss_sum, -shift_[t]) + magic) - magic;
+        dst[0] += to_integer(std::ldexp(a.loss_sum, -shift_[t]));
         continue;
       }
       const double c = std::ldexp(a.weight, -shift_[t]);
       const auto g = tensor(a, t);
       for (std::size_t i = 0; i < g.size(); ++i) {
-        const double x = static_cast<double>(g[i]) * c;
-        dst[i] += (x + magic) - magic;
+        dst[i] += to_integer(static_cast<double>(g[i]) * c);
       }
     }
   }
