@@ -266,6 +266,8 @@ TEST_CASE("DataParallel reproducible: evaluate() of an empty dataset, and of the
     parallax::DataParallel dp(toy::TinyMLP<double>(features, hidden, init_seed), sgd, {.reproducible_atom = 2}, comm);
     const auto empty = dp.evaluate(toy::make_data<double>(0, features, 5), 8);
     CHECK(empty.samples == 0);
+    CHECK(std::isnan(empty.loss));  // no sample, no mean
+    if (empty.accuracy) CHECK(std::isnan(*empty.accuracy));
     const auto whole = dp.evaluate(data, 8);
     // This rank's rows: whole chunks of 8, not block_of(37, size, rank).
     const auto rows = dp.evaluation_rows(data.size(), 8);
@@ -315,17 +317,26 @@ TEST_CASE("DataParallel reproducible: misuse is one clear error on every rank") 
     const std::size_t batch = 4 * static_cast<std::size_t>(world.size() - 1);  // one atom too few
     const auto message = agreed_error(world, [&] { dp.make_sampler(data.size(), batch); });
     CHECK(message.find("the global batch of " + std::to_string(batch) + " makes " + std::to_string(world.size() - 1) +
-                       " atoms of 4 samples, fewer than the " + std::to_string(world.size()) + " ranks") !=
+                       (world.size() == 2 ? " atom" : " atoms") + " of 4 samples, fewer than the " +
+                       std::to_string(world.size()) + " ranks") !=
           std::string::npos);
   }
   SUBCASE("a sampler of other atoms") {
     auto dp = make({.reproducible_atom = 2});
     const auto message = agreed_error(world, [&] { dp.make_sampler(data.size(), 12, {.atom = 3}); });
-    CHECK(message.find("reproducible mode cuts batches into atoms of 2 samples, the sampler's shares are of atoms of 3") !=
+    CHECK(message.find("reproducible mode cuts batches into atoms of 2 samples, the sampler's shares are of atoms of 3 "
+                       "(leave sampler_options::atom at 1: make_sampler() sets it to reproducible_atom)") !=
           std::string::npos);
     parallax::data::DistributedSampler plain(data.size(), 8, world.size(), world.rank());
     const auto in_epoch = agreed_error(world, [&] { dp.train_epoch(data, plain); });
     CHECK(in_epoch.find("atoms of 1 (make it with DataParallel::make_sampler())") != std::string::npos);
+  }
+  SUBCASE("evaluate() with batch sizes that differ between ranks") {
+    if (world.size() < 2) return;
+    auto dp = make({.reproducible_atom = 2});
+    const auto message = agreed_error(world, [&] { dp.evaluate(data, world.rank() == 1 ? 16 : 8); });
+    CHECK(message.find("DataParallel::evaluate(): batch_size differs between ranks: rank 0 has 8, rank 1 has 16") !=
+          std::string::npos);
   }
   SUBCASE("a rank's batch that is not whole atoms, below the last rank") {
     if (world.size() < 2) return;

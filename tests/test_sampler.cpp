@@ -158,6 +158,10 @@ TEST_CASE("sampler: with an atom, shares are whole atoms and the last rank ends 
                        parallax::error);
   CHECK_THROWS_WITH_AS(DistributedSampler(100, 8, 1, 0, {.atom = 0}), doctest::Contains("the atom is 0 samples"),
                        parallax::error);
+  CHECK_THROWS_WITH_AS(DistributedSampler(100, 7, 2, 0, {.atom = 8}),
+                       doctest::Contains("the global batch of 7 makes 1 atom of 8 samples (the last one shorter), "
+                                         "fewer than the 2 ranks"),
+                       parallax::error);
   // 15 samples in atoms of 4 make 4 atoms; weights 1, 1, 0.3 give 1.74, 1.74
   // and 0.52 of them -> 2, 2, 0: the last rank would hold no atom at all.
   CHECK_THROWS_WITH_AS(DistributedSampler(100, 15, 3, 2, {.weights = {1, 1, 0.3}, .atom = 4}),

@@ -223,6 +223,61 @@ TEST_CASE("training: a stop_when hook on one rank stops every rank at the same s
   for (auto s : steps) CHECK(s == 5);
 }
 
+TEST_CASE("training: stopped mid-accumulation, the next train_epoch continues the optimizer step the stop left") {
+  communicator world;
+  const auto data = toy::make_data<double>(40, features, 3);
+  const parallax::optim::SGD<double> sgd({.lr = 0.05, .momentum = 0.9});
+  auto parameters = [](Toy& m) {
+    std::vector<double> out;
+    parallax::detail::for_each_tensor(m.parameters(), [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+    return out;
+  };
+  // 5 micro-steps per epoch in pairs: optimizer steps after micro-steps 2
+  // and 4, and the epoch's end applies the fifth alone.
+  parallax::DataParallel full(Toy(features, hidden, 1), sgd, {.accumulation_steps = 2}, world);
+  auto s_full = full.make_sampler(data.size(), 8, {.seed = 4});
+  for (int e = 0; e < 2; ++e) full.train_epoch(data, s_full);
+  REQUIRE(full.optimizer_steps() == 6);
+  parallax::DataParallel dp(Toy(features, hidden, 1), sgd,
+                            {.accumulation_steps = 2,
+                             .stop_when = [&](const parallax::step_report& r) { return r.epoch == 0 && r.step == 2; }},
+                            world);
+  auto sampler = dp.make_sampler(data.size(), 8, {.seed = 4});
+  CHECK(dp.train_epoch(data, sampler).stopped);
+  CHECK(dp.optimizer_steps() == 1);
+  CHECK(dp.pending_micro_steps() == 1);  // not applied alone at the stop
+  dp.train_epoch(data, sampler);         // micro-step 4 completes the pair of 3 and 4
+  dp.train_epoch(data, sampler);
+  CHECK(dp.optimizer_steps() == 6);
+  CHECK(parameters(dp.model()) == parameters(full.model()));
+}
+
+TEST_CASE("training: samplers built by hand with another plan, epoch or position on some rank are one error on every rank") {
+  communicator world;
+  if (world.size() < 2) return;
+  const auto data = toy::make_data<double>(64, features, 3);
+  parallax::DataParallel dp(Toy(features, hidden, 1), parallax::optim::SGD<double>({.lr = 0.05}), {}, world);
+  const bool odd = world.rank() == 1;
+  SUBCASE("global batch") {
+    parallax::data::DistributedSampler s(data.size(), odd ? 16 : 8, world.size(), world.rank());
+    const auto message = agreed_error(world, [&] { dp.train_epoch(data, s); });
+    CHECK(message.find("train_epoch(): the samplers: settings differ between ranks: the global batch: rank 0 has 8, "
+                       "rank 1 has 16") != std::string::npos);
+  }
+  SUBCASE("seed") {
+    parallax::data::DistributedSampler s(data.size(), 8, world.size(), world.rank(), {.seed = odd ? 5u : 4u});
+    const auto message = agreed_error(world, [&] { dp.train_epoch(data, s); });
+    CHECK(message.find("seed: rank 0 has 4, rank 1 has 5") != std::string::npos);
+  }
+  SUBCASE("position") {
+    parallax::data::DistributedSampler s(data.size(), 8, world.size(), world.rank());
+    if (odd) s.set_position(2);
+    const auto message = agreed_error(world, [&] { dp.train_epoch(data, s); });
+    CHECK(message.find("the sampler's position: rank 0 has 0, rank 1 has 2") != std::string::npos);
+  }
+  CHECK(dp.optimizer_steps() == 0);
+}
+
 TEST_CASE("training: an epoch whose sampler is already at its end trains nothing and reports a NaN loss") {
   communicator world;
   const auto data = toy::make_data<double>(40, features, 3);

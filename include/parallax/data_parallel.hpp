@@ -224,7 +224,7 @@ class DataParallel {
   /// size, in reproducible mode one of whole atoms.
   void check_sampler(const data::DistributedSampler& sampler) const {
     training::check_sampler(sampler, comm_.size(), comm_.rank(), "DataParallel::train_epoch()");
-    check_atoms(sampler, "DataParallel::train_epoch()");
+    check_atoms(sampler.options().atom, "DataParallel::train_epoch()", "make it with DataParallel::make_sampler()");
   }
   /// Accumulation and local SGD return this rank's loss on some steps
   /// (reproducible mode communicates every micro-step: never).
@@ -278,8 +278,9 @@ class DataParallel {
   double synchronize_exact(double samples);
   /// Reproducible mode: the optimizer step from the exact sums so far.
   void apply_exact();
-  /// Throws when the sampler's atom is not reproducible_atom (reproducible mode).
-  void check_atoms(const data::DistributedSampler& sampler, const std::string& who) const;
+  /// Throws when a sampler's atom is not reproducible_atom (reproducible
+  /// mode); `hint` says how to get the right one.
+  void check_atoms(std::size_t atom, const std::string& who, const char* hint) const;
   /// The update from the mean gradient in reducer_'s views (both modes);
   /// `loss_sum`: this rank's, for naming the ranks of a non-finite loss.
   void apply_update(bool nonfinite_gradient, bool nonfinite, double loss_sum);
@@ -585,12 +586,11 @@ void DataParallel<M>::apply_exact() {
 }
 
 template <class M>
-void DataParallel<M>::check_atoms(const data::DistributedSampler& sampler, const std::string& who) const {
+void DataParallel<M>::check_atoms(std::size_t atom, const std::string& who, const char* hint) const {
   const std::size_t k = options_.reproducible_atom;
-  PARALLAX_CHECK(k == 0 || sampler.options().atom == k,
-                 who + ": reproducible mode cuts batches into atoms of " + std::to_string(k) +
-                     " samples, the sampler's shares are of atoms of " + std::to_string(sampler.options().atom) +
-                     " (make it with DataParallel::make_sampler())");
+  PARALLAX_CHECK(k == 0 || atom == k, who + ": reproducible mode cuts batches into atoms of " + std::to_string(k) +
+                                          " samples, the sampler's shares are of atoms of " + std::to_string(atom) +
+                                          " (" + hint + ")");
 }
 
 template <class M>
@@ -635,10 +635,12 @@ data::DistributedSampler DataParallel<M>::make_sampler(std::size_t dataset_size,
   // Reproducible mode: shares of whole atoms (an atom chosen by the caller
   // must be the mode's).
   if (options_.reproducible_atom && options.atom == 1) options.atom = options_.reproducible_atom;
-  auto sampler = training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(),
-                                        comm_.rank(), "DataParallel::make_sampler()", site);
-  if (options_.reproducible_atom) agree(comm_, [&] { check_atoms(sampler, "DataParallel::make_sampler()"); });
-  return sampler;
+  return training::make_sampler(comm_, dataset_size, global_batch, std::move(options), comm_.size(), comm_.rank(),
+                                "DataParallel::make_sampler()", site, [&](const data::sampler_options& o) {
+                                  check_atoms(o.atom, "DataParallel::make_sampler()",
+                                              "leave sampler_options::atom at 1: make_sampler() sets it to "
+                                              "reproducible_atom");
+                                });
 }
 
 template <class M>

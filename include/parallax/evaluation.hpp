@@ -19,7 +19,7 @@ namespace parallax {
 /// Mean loss and accuracy of a model over a dataset, identical on every rank.
 struct evaluation {
   std::size_t samples = 0;
-  double loss = 0;
+  double loss = 0;                 ///< mean over the samples; NaN (as accuracy and metrics) without any
   std::optional<double> accuracy;  ///< when the model has correct(batch)
   std::vector<std::pair<std::string, double>> metrics;  ///< user metrics, means over samples
   double metric(const std::string& name) const;

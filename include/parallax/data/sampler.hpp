@@ -124,8 +124,10 @@ inline DistributedSampler::DistributedSampler(std::size_t dataset_size, std::siz
   // Shares are counted in atoms (with atom 1, in samples).
   const std::size_t units = batch_ / atom + (batch_ % atom != 0);
   PARALLAX_CHECK(units >= p, where + "the global batch of " + std::to_string(batch_) +
-                                 (atom > 1 ? " makes " + std::to_string(units) + " atoms of " + std::to_string(atom) +
-                                                 " samples, fewer than the "
+                                 (atom > 1 ? " makes " + std::to_string(units) + (units == 1 ? " atom" : " atoms") +
+                                                 " of " + std::to_string(atom) + " samples" +
+                                                 (batch_ % atom != 0 ? " (the last one shorter)" : "") +
+                                                 ", fewer than the "
                                            : " is smaller than the ") +
                                  std::to_string(p) + " ranks: some rank would get an empty shard");
   // Padding allows a batch larger than the dataset (tail_policy::drop refuses

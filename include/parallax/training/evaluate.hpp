@@ -17,6 +17,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -40,7 +41,7 @@ class eval_mode {
 };
 
 /// Collective, at the start of an evaluation: the dataset's size, checked to
-/// be the same on every rank, and batch_size > 0 — a failure (also one
+/// be the same on every rank, and batch_size > 0 and the same on every rank — a failure (also one
 /// thrown by the dataset's size()) on any rank is the same error on every
 /// rank; `who` names the caller.
 template <class D>
@@ -64,7 +65,7 @@ struct eval_sums {
   double correct = 0;
 };
 
-/// The evaluation from global sums: means over the samples.
+/// The evaluation from global sums: means over the samples (NaN without any).
 evaluation make_evaluation(const eval_sums& total, bool has_accuracy, const std::vector<std::string>& metric_names = {},
                            std::span<const double> metric_sums = {});
 
@@ -80,6 +81,7 @@ std::size_t agreed_size(const mpi::communicator& comm, const D& dataset, std::si
     return static_cast<std::size_t>(dataset.size());
   });
   agree_equal(comm, static_cast<std::uint64_t>(n), who + ": the dataset size");
+  agree_equal(comm, static_cast<std::uint64_t>(batch_size), who + ": batch_size");
   return n;
 }
 
@@ -106,7 +108,9 @@ inline evaluation make_evaluation(const eval_sums& total, bool has_accuracy, con
                                   std::span<const double> metric_sums) {
   evaluation result;
   result.samples = static_cast<std::size_t>(total.samples);
-  const double n = total.samples > 0 ? total.samples : 1.0;
+  // No sample, no mean: NaN rather than a loss or an accuracy of 0, as an
+  // epoch without steps reports.
+  const double n = total.samples > 0 ? total.samples : std::numeric_limits<double>::quiet_NaN();
   result.loss = total.loss / n;
   if (has_accuracy) result.accuracy = total.correct / n;
   for (std::size_t m = 0; m < metric_names.size(); ++m) result.metrics.emplace_back(metric_names[m], metric_sums[m] / n);

@@ -11,6 +11,7 @@
 #include <parallax/core/trace.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data/sampler.hpp>
+#include <parallax/training/sampler.hpp>
 #include <parallax/training/trainer.hpp>
 
 #include <boost/mpi/collectives.hpp>
@@ -48,7 +49,7 @@ struct epoch_report {
   /// from a checkpoint saved at an epoch's last step).
   double loss = std::numeric_limits<double>::quiet_NaN();
   std::size_t samples = 0;
-  std::size_t steps = 0;
+  std::size_t steps = 0;  ///< sampler steps (micro-steps with accumulation), not optimizer steps
   double seconds = 0;
   bool stopped = false;  ///< a stop_when hook ended the epoch early (the sampler stays at that step)
 };
@@ -76,7 +77,8 @@ struct hooks {
 /// Collective. The rest of the sampler's epoch (from sampler.position()) over
 /// `dataset`, then moves the sampler to the next epoch (not when a hook
 /// stopped it: the next call continues from there). Leftover accumulated
-/// micro-steps are applied at the end. The dataset must hold at least the
+/// micro-steps are applied at the end of the epoch (not when a hook stopped
+/// it: the next call goes on accumulating them, or flush() applies them). The dataset must hold at least the
 /// sampler's dataset_size() samples. An exception from the dataset (size(),
 /// batch()) on some ranks is the same error on every rank, at the latest
 /// when the step communicates (Trainer::fail_step); the trainer stays usable.
@@ -102,6 +104,7 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
                                                     std::to_string(sampler.dataset_size()));
   });
   const bool hooked = sum_and_agree(comm, std::array{h.on_step || h.after_step || h.stop_when ? 1.0 : 0.0}, unfit)[0] > 0;
+  agree_sampler(comm, sampler, "train_epoch(): the samplers");
   const auto start = clock::now();
   epoch_report report;
   double weighted_loss = 0;
@@ -150,8 +153,12 @@ epoch_report run_epoch(T& trainer, const D& dataset, data::DistributedSampler& s
       report.stopped = most == 1;
     }
   }
-  trainer.flush();
-  if (!report.stopped) sampler.next_epoch();
+  // A stopped epoch keeps its accumulated micro-steps: the next call
+  // continues the optimizer step where the stop left it.
+  if (!report.stopped) {
+    trainer.flush();
+    sampler.next_epoch();
+  }
   report.loss = report.samples ? weighted_loss / static_cast<double>(report.samples) : report.loss;
   if (!trainer.step_losses_are_global()) {
     // Step losses were this rank's on some steps: report the global mean.
