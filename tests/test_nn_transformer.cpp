@@ -9,6 +9,7 @@
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/embedding.hpp>
 #include <parallax/nn/layer_norm.hpp>
+#include <parallax/nn/linear.hpp>
 #include <parallax/nn/sequential.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>
 
@@ -34,6 +35,7 @@ using parallax::nn::Embedding;
 using parallax::nn::GELU;
 using parallax::nn::gelu_approximation;
 using parallax::nn::LayerNorm;
+using parallax::nn::Linear;
 using parallax::nn::TokenCrossEntropy;
 using ids = xt::xtensor<std::int64_t, 2>;
 
@@ -418,19 +420,90 @@ TEST_CASE("TokenCrossEntropy: targets outside the vocabulary or of another shape
 // A chain of them
 // ---------------------------------------------------------------------------
 
-TEST_CASE("Sequential: Embedding, LayerNorm and GELU into TokenCrossEntropy train as one Model") {
+static_assert(parallax::Layer<Linear<float, 3>>);
+static_assert(std::is_same_v<Linear<double>, Linear<double, 2>>);
+
+TEST_CASE("Linear<T, 3>: every [batch, sequence] row maps as a rank-2 Linear row, computed by hand") {
+  Linear<double, 3> fc(2, 3);
+  fc.weight() = xt::xtensor<double, 2>{{1, 2, 3}, {4, 5, 6}};
+  fc.bias() = xt::xtensor<double, 1>{0.5, -1, 2};
+  const auto x = nonfinite::tensor<double, 3>({1, 2, 2}, {1, 0, 0.5, -2});
+  xt::xtensor<double, 3> y;
+  fc.forward(x, y);
+  REQUIRE((y.shape() == std::array<std::size_t, 3>{1, 2, 3}));
+  // Row 0: (1, 0) W + b; row 1: (0.5, -2) W + b.
+  CHECK(nonfinite::mismatch(y, {1.5, 1, 5, -7, -10, -8.5}) == "");
+  const auto dy = nonfinite::tensor<double, 3>({1, 2, 3}, {1, 1, 1, 1, 1, 1});
+  xt::xtensor<double, 3> dx;
+  fc.backward(x, y, dy, dx);
+  CHECK(nonfinite::mismatch(dx, {6, 15, 6, 15}) == "");  // dy W^T: the rows of W summed
+  CHECK(nonfinite::mismatch(std::get<0>(fc.gradients()), {1.5, 1.5, 1.5, -2, -2, -2}) == "");  // x^T dy over both rows
+  CHECK(nonfinite::mismatch(std::get<1>(fc.gradients()), {2, 2, 2}) == "");
+  CHECK(fc.output_shape({4, 7, 2}) == std::vector<std::size_t>{4, 7, 3});
+}
+
+TEST_CASE("Linear<T, 3>: the same bits as the rank-2 layer over the flattened rows, and finite differences") {
+  Linear<double, 3> fc3(4, 3);
+  Linear<double> fc2(4, 3);
+  fc3.initialize(5, 2);
+  fc2.initialize(5, 2);
+  const auto x3 = random_tensor<double, 3>({2, 3, 4}, 8, 2.0);
+  const xt::xtensor<double, 2> x2 = xt::reshape_view(x3, {6, 4});
+  xt::xtensor<double, 3> y3, dx3;
+  xt::xtensor<double, 2> y2, dx2;
+  fc3.forward(x3, y3);
+  fc2.forward(x2, y2);
+  CHECK(std::equal(y3.begin(), y3.end(), y2.begin(), y2.end()));
+  const auto dy3 = random_tensor<double, 3>({2, 3, 3}, 9);
+  const xt::xtensor<double, 2> dy2 = xt::reshape_view(dy3, {6, 3});
+  fc3.backward(x3, y3, dy3, dx3);
+  fc2.backward(x2, y2, dy2, dx2);
+  CHECK(std::equal(dx3.begin(), dx3.end(), dx2.begin(), dx2.end()));
+  CHECK(std::get<0>(fc3.gradients()) == std::get<0>(fc2.gradients()));
+  CHECK(std::get<1>(fc3.gradients()) == std::get<1>(fc2.gradients()));
+  Linear<double, 3> fd(4, 3);
+  fd.initialize(3, 1);
+  CHECK(gradcheck::check_layer(fd, random_tensor<double, 3>({2, 3, 4}, 4, 2.0)).max_error < 1e-6);
+  Linear<double, 4> fd4(3, 2);
+  fd4.initialize(3, 1);
+  CHECK(gradcheck::check_layer(fd4, random_tensor<double, 4>({2, 2, 2, 3}, 6, 2.0)).max_error < 1e-6);
+}
+
+TEST_CASE_TEMPLATE("Linear<T, 3>: a NaN input reaches only its own row's output", T, float, double) {
+  Linear<T, 3> fc(2, 2);
+  fc.initialize(1, 0);
+  const auto x = nonfinite::tensor<T, 3>({1, 2, 2}, {nonfinite::nan, 1, 0.5, -0.5});
+  xt::xtensor<T, 3> y;
+  fc.forward(x, y);
+  for (std::size_t row = 0; row < 2; ++row)
+    for (std::size_t j = 0; j < 2; ++j) CHECK(std::isnan(y(0, row, j)) == (row == 0));
+}
+
+TEST_CASE("Linear<T, 3>: shape errors name the layer, the shapes and the rank") {
+  Linear<float, 3> fc(8, 4);
+  xt::xtensor<float, 3> x = xt::zeros<float>({2, 5, 7}), y;
+  CHECK(error_of([&] { fc.forward(x, y); }).find("Linear::forward(): input has 7 features, expected 8") == 0);
+  CHECK(error_of([&] { (void)fc.output_shape({2, 8}); })
+            .find("Linear(8 -> 4): input shape (2, 8) does not fit the expected (batch, ..., 8) of rank 3") == 0);
+  xt::xtensor<float, 3> good = xt::zeros<float>({2, 5, 8}), dx;
+  fc.forward(good, y);
+  xt::xtensor<float, 3> dy = xt::zeros<float>({2, 5, 3});
+  CHECK(error_of([&] { fc.backward(good, y, dy, dx); }).find("Linear::backward(): dy has shape (2, 5, 3), expected (2, 5, 4)") == 0);
+}
+
+TEST_CASE("Sequential: Embedding, LayerNorm, GELU and a rank-3 Linear into TokenCrossEntropy train as one Model") {
   using parallax::nn::Sequential;
-  // The width is the vocabulary (4): there is no rank-3 Linear yet to map
-  // the width to logits.
-  Sequential net{Embedding<double>(6, 4), LayerNorm<double, 3>(4), GELU<double, 3>{}, TokenCrossEntropy<double>{}};
+  // Width 4, mapped to logits over the vocabulary of 6 by the rank-3 Linear.
+  Sequential net{Embedding<double>(6, 4), LayerNorm<double, 3>(4), GELU<double, 3>{}, Linear<double, 3>(4, 6),
+                 TokenCrossEntropy<double>{}};
   static_assert(parallax::Model<decltype(net)>);
   static_assert(std::is_same_v<decltype(net)::input_type, ids>);
   net.initialize(9);
-  CHECK(net.describe() == "Sequential(Embedding(6, 4), LayerNorm(4), GELU; TokenCrossEntropy)");
-  CHECK(net.parameter_count() == 6 * 4 + 2 * 4);
+  CHECK(net.describe() == "Sequential(Embedding(6, 4), LayerNorm(4), GELU, Linear(4 -> 6); TokenCrossEntropy)");
+  CHECK(net.parameter_count() == 6 * 4 + 2 * 4 + 4 * 6 + 6);
   gradcheck::fill_uniform(net.layer<1>().gain(), 3, 0.5, 1.5);
   gradcheck::fill_uniform(net.layer<1>().bias(), 4);
-  decltype(net)::batch_type batch{ids{{0, 5, 5}, {2, 1, 0}}, ids{{1, 3, 0}, {2, 2, 3}}};
+  decltype(net)::batch_type batch{ids{{0, 5, 5}, {2, 1, 0}}, ids{{1, 3, 0}, {2, 5, 3}}};
   const double mean = net.loss_and_gradient(batch);
   CHECK(mean == net.loss(batch));
   // Every parameter's gradient against central differences of the loss.
@@ -441,7 +514,7 @@ TEST_CASE("Sequential: Embedding, LayerNorm and GELU into TokenCrossEntropy trai
     sizes.push_back(p.size());
   });
   parallax::detail::for_each_tensor(net.gradients(), [&](auto& g) { grads.push_back(g.data()); });
-  REQUIRE(params.size() == 3);
+  REQUIRE(params.size() == 5);
   gradcheck::result r;
   const double h = 1e-6;
   for (std::size_t t = 0; t < params.size(); ++t)

@@ -1,8 +1,10 @@
 #pragma once
 // SPDX-License-Identifier: BSL-1.0
-/// Linear<T>: the fully connected layer y = x W + b over [batch, features],
-/// with every matrix product done by BLAS (xt::blas::gemm) into buffers that
-/// are reused from call to call.
+/// Linear<T, N>: the fully connected layer y = x W + b over the last
+/// dimension of rank-N tensors ([batch, features] for N = 2, [batch,
+/// sequence, features] for N = 3), with every matrix product done by BLAS
+/// (xt::blas::gemm) on the rows in place, into buffers that are reused from
+/// call to call.
 
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
@@ -18,20 +20,24 @@
 
 namespace parallax::nn {
 
-/// A fully connected layer: y = x W + b, with x [batch, in], W [in, out],
-/// b [out] and y [batch, out].
+/// A fully connected layer: y = x W + b, with x [..., in], W [in, out],
+/// b [out] and y [..., out]: every one of x's rows (all dimensions but the
+/// last, batch first) is mapped alike, as PyTorch's nn.Linear does.
 /// @code
 ///   parallax::nn::Linear<float> fc(784, 256);
 ///   fc.initialize(seed, 0);
 ///   fc.forward(x, y);             // y resized to [batch, 256] only when needed
 ///   fc.backward(x, y, dy, dx);    // dx = dy W^T; dW += x^T dy; db += colsum(dy)
+///   parallax::nn::Linear<float, 3> head(64, 96);   // [batch, sequence, 64] -> [batch, sequence, 96]
 /// @endcode
-template <class T>
+template <class T, std::size_t N = 2>
 class Linear : public detail::WeightAndBias<T> {
+  static_assert(N >= 2, "parallax: Linear needs tensors of rank 2 or more: batch first, the features last");
+
  public:
   using value_type = T;
-  using input_type = xt::xtensor<T, 2>;
-  using output_type = xt::xtensor<T, 2>;
+  using input_type = xt::xtensor<T, N>;
+  using output_type = xt::xtensor<T, N>;
 
   /// A layer from `in` features to `out` features; weights start at zero
   /// until initialize().
@@ -41,7 +47,7 @@ class Linear : public detail::WeightAndBias<T> {
   /// drawn from (seed, index) only.
   void initialize(std::uint64_t seed, std::size_t index);
 
-  /// y = x W + b; y is resized only when its shape is not [batch, out].
+  /// y = x W + b; y is resized only when its shape is not x's with out last.
   void forward(const input_type& x, output_type& y) const;
 
   /// dx = dy W^T (dx resized only when needed); adds x^T dy to the weight
@@ -59,15 +65,26 @@ class Linear : public detail::WeightAndBias<T> {
 
   /// "Linear(784 -> 256)".
   std::string describe() const;
-  /// [batch, out] for an input [batch, in]; throws parallax::error otherwise.
+  /// x's shape with out last, for an input of rank N ending in in; throws
+  /// parallax::error otherwise.
   std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const;
   /// in * out + out.
   static std::size_t parameter_count(std::size_t in, std::size_t out) { return in * out + out; }
 
  private:
-  /// Checks x's features and dy's shape [batch, out].
+  /// Checks x's features and dy's shape (x's with out last).
   void check_input(const input_type& x, const char* where) const;
   void check_backward(const input_type& x, const output_type& dy) const;
+  /// x's shape with `last` as its last extent.
+  static std::array<std::size_t, N> with_last(const input_type& x, std::size_t last);
+  /// The rows of x (every dimension but the last), as a [rows, width] matrix
+  /// over the same memory.
+  template <class P>
+  static auto rows_of(P* data, std::size_t rows, std::size_t width) {
+    return xt::adapt(data, rows * width, xt::no_ownership(), std::array<std::size_t, 2>{rows, width});
+  }
+  /// How many rows x has.
+  std::size_t row_count(const input_type& x) const { return x.size() / in_; }
 
   // weight_, bias_ and their gradients live in WeightAndBias (this->).
   std::size_t in_;
@@ -76,8 +93,8 @@ class Linear : public detail::WeightAndBias<T> {
 
 // ---------------------------------------------------------------------------
 
-template <class T>
-Linear<T>::Linear(std::size_t in, std::size_t out) : in_(in), out_(out) {
+template <class T, std::size_t N>
+Linear<T, N>::Linear(std::size_t in, std::size_t out) : in_(in), out_(out) {
   PARALLAX_CHECK(in > 0 && out > 0, "Linear: in and out features must be positive, got " + std::to_string(in) +
                                         " -> " + std::to_string(out));
   this->allocate(in, out, out, describe());
@@ -86,70 +103,84 @@ Linear<T>::Linear(std::size_t in, std::size_t out) : in_(in), out_(out) {
   initialize(0, 0);
 }
 
-template <class T>
-void Linear<T>::initialize(std::uint64_t seed, std::size_t index) {
+template <class T, std::size_t N>
+void Linear<T, N>::initialize(std::uint64_t seed, std::size_t index) {
   this->draw(seed, index, in_);
 }
 
-template <class T>
-void Linear<T>::check_input(const input_type& x, const char* where) const {
-  PARALLAX_CHECK(x.shape()[1] == in_, std::string("Linear::") + where + "(): input has " +
-                                          std::to_string(x.shape()[1]) + " features, expected " +
-                                          std::to_string(in_));
+template <class T, std::size_t N>
+void Linear<T, N>::check_input(const input_type& x, const char* where) const {
+  PARALLAX_CHECK(x.shape()[N - 1] == in_, std::string("Linear::") + where + "(): input has " +
+                                              std::to_string(x.shape()[N - 1]) + " features, expected " +
+                                              std::to_string(in_));
 }
 
-template <class T>
-void Linear<T>::check_backward(const input_type& x, const output_type& dy) const {
+template <class T, std::size_t N>
+std::array<std::size_t, N> Linear<T, N>::with_last(const input_type& x, std::size_t last) {
+  std::array<std::size_t, N> shape{};
+  for (std::size_t d = 0; d < N; ++d) shape[d] = x.shape()[d];
+  shape[N - 1] = last;
+  return shape;
+}
+
+template <class T, std::size_t N>
+void Linear<T, N>::check_backward(const input_type& x, const output_type& dy) const {
   check_input(x, "backward");
-  detail::check_dy_shape(dy.shape(), std::array<std::size_t, 2>{x.shape()[0], out_}, "Linear");
+  detail::check_dy_shape(dy.shape(), with_last(x, out_), "Linear");
 }
 
-template <class T>
-void Linear<T>::forward(const input_type& x, output_type& y) const {
+template <class T, std::size_t N>
+void Linear<T, N>::forward(const input_type& x, output_type& y) const {
   check_input(x, "forward");
-  const std::size_t batch = x.shape()[0];
-  const std::array<std::size_t, 2> shape{batch, out_};
-  if (y.shape() != shape) y.resize(shape);
-  if (batch == 0) return;
+  const auto shape = with_last(x, out_);
+  if (!std::equal(y.shape().begin(), y.shape().end(), shape.begin(), shape.end())) y.resize(shape);
+  const std::size_t rows = row_count(x);
+  if (rows == 0) return;
   // Start from the bias in every row, then accumulate x W on top (beta = 1).
   T* out = y.data();
-  for (std::size_t r = 0; r < batch; ++r) std::copy_n(this->bias_.data(), out_, out + r * out_);
-  xt::blas::gemm(x, this->weight_, y, false, false, T(1), T(1));
+  for (std::size_t r = 0; r < rows; ++r) std::copy_n(this->bias_.data(), out_, out + r * out_);
+  auto y2 = rows_of(out, rows, out_);
+  xt::blas::gemm(rows_of(x.data(), rows, in_), this->weight_, y2, false, false, T(1), T(1));
 }
 
-template <class T>
-void Linear<T>::backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) {
+template <class T, std::size_t N>
+void Linear<T, N>::backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) {
   check_backward(x, dy);
-  const std::size_t batch = x.shape()[0];
   if (dx.shape() != x.shape()) dx.resize(x.shape());
-  if (batch == 0) return;
-  xt::blas::gemm(dy, this->weight_, dx, false, true, T(1), T(0));
+  const std::size_t rows = row_count(x);
+  if (rows == 0) return;
+  auto dx2 = rows_of(dx.data(), rows, in_);
+  xt::blas::gemm(rows_of(dy.data(), rows, out_), this->weight_, dx2, false, true, T(1), T(0));
   backward_parameters(x, y, dy);
 }
 
-template <class T>
-void Linear<T>::backward_parameters(const input_type& x, const output_type& /*y*/, const output_type& dy) {
+template <class T, std::size_t N>
+void Linear<T, N>::backward_parameters(const input_type& x, const output_type& /*y*/, const output_type& dy) {
   check_backward(x, dy);
-  const std::size_t batch = x.shape()[0];
-  if (batch == 0) return;
-  xt::blas::gemm(x, dy, this->weight_grad_, true, false, T(1), T(1));
+  const std::size_t rows = row_count(x);
+  if (rows == 0) return;
+  xt::blas::gemm(rows_of(x.data(), rows, in_), rows_of(dy.data(), rows, out_), this->weight_grad_, true, false, T(1),
+                 T(1));
   const T* g = dy.data();
   T* db = this->bias_grad_.data();
-  for (std::size_t r = 0; r < batch; ++r)
+  for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t j = 0; j < out_; ++j) db[j] += g[r * out_ + j];
 }
 
-template <class T>
-std::string Linear<T>::describe() const {
+template <class T, std::size_t N>
+std::string Linear<T, N>::describe() const {
   return "Linear(" + std::to_string(in_) + " -> " + std::to_string(out_) + ")";
 }
 
-template <class T>
-std::vector<std::size_t> Linear<T>::output_shape(const std::vector<std::size_t>& input_shape) const {
-  PARALLAX_CHECK(input_shape.size() == 2 && input_shape[1] == in_,
-                 describe() + ": input shape " + parallax::detail::shape_string(input_shape) +
-                     " does not fit the expected (batch, " + std::to_string(in_) + ")");
-  return {input_shape[0], out_};
+template <class T, std::size_t N>
+std::vector<std::size_t> Linear<T, N>::output_shape(const std::vector<std::size_t>& input_shape) const {
+  PARALLAX_CHECK(input_shape.size() == N && input_shape[N - 1] == in_,
+                 describe() + ": input shape " + parallax::detail::shape_string(input_shape) + " does not fit the expected (" +
+                     (N == 2 ? "batch, " : "batch, ..., ") + std::to_string(in_) + ")" +
+                     (N == 2 ? "" : " of rank " + std::to_string(N)));
+  auto shape = input_shape;
+  shape[N - 1] = out_;
+  return shape;
 }
 
 }  // namespace parallax::nn
