@@ -7,10 +7,12 @@
 #include <parallax/core/concepts.hpp>
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
+#include <parallax/detail/xtensor.hpp>
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -48,30 +50,55 @@ double weighted_output(L& layer, const typename L::input_type& input, const type
   return s;
 }
 
-/// Records every parameter gradient of `layer` (already set by a backward
-/// at x with dy = w) against central differences of weighted_output().
-template <class L>
-void record_parameters(result& r, L& layer, const typename L::input_type& x, const typename L::output_type& w,
-                       double h) {
+/// Records every gradient of `holder` (its gradients(), already computed)
+/// against central differences of f() in its parameters().
+template <class H, class F>
+void record_parameter_differences(result& r, H& holder, F&& f, double h) {
   std::vector<double*> params;
   std::vector<std::size_t> sizes;
-  parallax::detail::for_each_tensor(layer.parameters(), [&](auto& p) {
+  parallax::detail::for_each_tensor(holder.parameters(), [&](auto& p) {
     params.push_back(p.data());
     sizes.push_back(p.size());
   });
   std::vector<double*> grads;
-  parallax::detail::for_each_tensor(layer.gradients(), [&](auto& g) { grads.push_back(g.data()); });
+  parallax::detail::for_each_tensor(holder.gradients(), [&](auto& g) { grads.push_back(g.data()); });
   REQUIRE(grads.size() == params.size());
   for (std::size_t t = 0; t < params.size(); ++t)
     for (std::size_t i = 0; i < sizes[t]; ++i) {
       const double saved = params[t][i];
       params[t][i] = saved + h;
-      const double fp = weighted_output(layer, x, w);
+      const double fp = f();
       params[t][i] = saved - h;
-      const double fm = weighted_output(layer, x, w);
+      const double fm = f();
       params[t][i] = saved;
       record(r, grads[t][i], (fp - fm) / (2 * h), "param " + std::to_string(t) + "[" + std::to_string(i) + "]");
     }
+}
+
+/// Records every parameter gradient of `layer` (already set by a backward
+/// at x with dy = w) against central differences of weighted_output().
+template <class L>
+void record_parameters(result& r, L& layer, const typename L::input_type& x, const typename L::output_type& w,
+                       double h) {
+  record_parameter_differences(r, layer, [&] { return weighted_output(layer, x, w); }, h);
+}
+
+/// Checks a model's loss_and_gradient(batch) against central differences of
+/// loss(batch) in every parameter. The gradients stay those of loss_and_gradient(batch).
+template <class M>
+result check_model(M& model, const typename M::batch_type& batch, double h = 1e-6) {
+  model.loss_and_gradient(batch);
+  result r;
+  record_parameter_differences(r, model, [&] { return model.loss(batch); }, h);
+  return r;
+}
+
+/// A tensor of `shape` uniform in [-scale, scale), from a seed.
+template <class T, std::size_t N>
+xt::xtensor<T, N> random_tensor(std::array<std::size_t, N> shape, std::uint64_t seed, double scale = 1.0) {
+  xt::xtensor<T, N> t(shape);
+  fill_uniform(t, seed, -scale, scale);
+  return t;
 }
 
 /// Checks a layer's backward against central differences at input x.

@@ -13,6 +13,7 @@
 #include <parallax/nn/dropout.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
+#include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/sgd.hpp>
@@ -152,6 +153,29 @@ TEST_CASE("ModelParallel: p stages equal the serial chain in double (both schedu
         const double d2 = run_equivalence<double>(world, adam, kind, m, recompute, 13);
         CHECK_MESSAGE(d2 <= 1e-12, "Adam, batch 13, m=" << m << " recompute=" << recompute << ": " << d2);
       }
+}
+
+TEST_CASE("ModelParallel: a chain of Residual layers equals the serial chain in double, each Residual one layer") {
+  communicator world;
+  using Block = Residual<Linear<double>, Tanh<double>, Linear<double>>;
+  using Net = parallax::ModelParallel<Linear<double>, Block, Residual<Linear<double>, Sigmoid<double>>, Linear<double>,
+                                      SoftmaxCrossEntropy<double>>;
+  static_assert(Net::layer_count == 4);
+  const auto args = std::tuple{std::tuple{5, 6}, std::tuple{Linear<double>(6, 8), Tanh<double>{}, Linear<double>(8, 6)},
+                               std::tuple{Linear<double>(6, 6), Sigmoid<double>{}}, std::tuple{6, 3}};
+  CHECK(Block::parameter_count(Linear<double>(6, 8), Tanh<double>{}, Linear<double>(8, 6)) == 6 * 8 + 8 + 8 * 6 + 6);
+  parallax::optim::Adam<double> adam({.lr = 0.01});
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b})
+    for (bool recompute : {false, true}) {
+      CAPTURE(recompute);
+      Net mp(args, adam, {.micro_batches = 4, .schedule = kind, .recompute = recompute, .seed = 42}, world);
+      Sequential net{Linear<double>(5, 6), Block(Linear<double>(6, 8), Tanh<double>{}, Linear<double>(8, 6)),
+                     Residual{Linear<double>(6, 6), Sigmoid<double>{}}, Linear<double>(6, 3), SoftmaxCrossEntropy<double>{}};
+      net.initialize(42);
+      for (std::size_t s = 0; s < 6; ++s) mp.train_step(make_batch<double>(13, 100 + s));
+      train_serial<double>(net, adam, 6, 13);
+      CHECK(max_difference<double>(mp, net) <= 1e-12);
+    }
 }
 
 TEST_CASE("ModelParallel: float within 1e-5 relative, and clipping by the global norm across stages") {

@@ -41,6 +41,7 @@
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
 #include <parallax/nn/maxpool2d.hpp>
+#include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>
 

@@ -1,0 +1,202 @@
+#pragma once
+// SPDX-License-Identifier: BSL-1.0
+/// Residual<Layers...>: y = x + f(x), f the chain of Layers, as one layer —
+/// so it nests in Sequential, in pipeline stages and in another Residual.
+
+#include <parallax/core/concepts.hpp>
+#include <parallax/core/error.hpp>
+#include <parallax/detail/chain.hpp>
+#include <parallax/detail/random.hpp>
+#include <parallax/detail/tensor_list.hpp>
+#include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/layer_chain.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace parallax::nn {
+
+namespace detail {
+
+/// Compile-time checks of a Residual's body: layers, each feeding the next,
+/// the last one's output of the first one's input type (x + f(x) needs
+/// both). The instantiation context of a failure names the layer.
+template <class... Layers>
+constexpr bool check_residual() {
+  if constexpr (sizeof...(Layers) == 0) {
+    static_assert(parallax::detail::dependent_false<Layers...>,
+                  "parallax: Residual<Layers...> needs at least one layer; see docs/layer.md");
+  } else {
+    using parts = std::tuple<Layers...>;
+    constexpr std::size_t n = sizeof...(Layers);
+    [[maybe_unused]] constexpr bool layers =
+        []<std::size_t... I>(std::index_sequence<I...>) {
+          return (parallax::detail::layer_part<I, std::tuple_element_t<I, parts>>::value && ...);
+        }(std::make_index_sequence<n>{}) &&
+        []<std::size_t... I>(std::index_sequence<I...>) {
+          return (parallax::detail::layer_pair<I, std::tuple_element_t<I, parts>, std::tuple_element_t<I + 1, parts>>::value &&
+                  ...);
+        }(std::make_index_sequence<n - 1>{});
+    using first = std::tuple_element_t<0, parts>;
+    using last = std::tuple_element_t<n - 1, parts>;
+    if constexpr (HasLayerTypes<first> && HasLayerTypes<last>) {
+      static_assert(std::is_same_v<typename first::input_type, typename last::output_type>,
+                    "parallax: Residual<Layers...> computes x + f(x): the last layer's output_type must be the first "
+                    "layer's input_type; see docs/layer.md");
+    }
+  }
+  return true;
+}
+
+}  // namespace detail
+
+/// y = x + f(x), f the layers in order (a LayerChain), as one layer. f's output
+/// must have x's type and shape.
+///
+/// A layer keeps no activations between forward and backward (several
+/// micro-batches may be in flight through it), so backward runs f's forward
+/// on x again before going back through it: a Residual costs one more
+/// forward of its body per step. f's parameters are the Residual's, in
+/// layer order; layer i of the body is initialised from (a key of the
+/// Residual's seed and index, i), so nested bodies never share weights.
+/// @code
+///   using namespace parallax::nn;
+///   Sequential net{Linear<float>(16, 32),
+///                  Residual{LayerNorm<float>(32), Linear<float>(32, 32), GELU<float>{}},
+///                  Linear<float>(32, 10), SoftmaxCrossEntropy<float>{}};
+/// @endcode
+template <class... Layers>
+class Residual {
+  static_assert(detail::check_residual<Layers...>());
+  using chain_type = LayerChain<Layers...>;
+  static constexpr bool ok_ = detail::layers_ok<Layers...>() &&
+                              std::is_same_v<typename chain_type::input_type, typename chain_type::output_type>;
+
+ public:
+  using input_type = typename chain_type::input_type;
+  using output_type = typename chain_type::output_type;
+  using value_type = typename output_type::value_type;
+
+  explicit Residual(Layers... layers) : body_(std::move(layers)...) {}
+
+  /// Layer I of the body.
+  template <std::size_t I>
+  auto& layer() {
+    return body_.template layer<I>();
+  }
+  template <std::size_t I>
+  const auto& layer() const {
+    return body_.template layer<I>();
+  }
+
+  /// Body layer i from (key(seed, index), i).
+  void initialize(std::uint64_t seed, std::size_t index) { body_.initialize(parallax::detail::key(seed, index), 0); }
+
+  /// y = x + f(x); y is resized only when its shape differs from x's.
+  void forward(const input_type& x, output_type& y);
+  /// dx = dy + (df/dx)^T dy, after f's forward on x again; adds the body's
+  /// parameter gradients.
+  void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
+
+  /// The body's parameters and gradients (only when some body layer has any).
+  auto parameters()
+    requires(HasLayerParameters<Layers> || ...)
+  {
+    return body_.parameters();
+  }
+  auto parameters() const
+    requires(HasLayerParameters<Layers> || ...) && requires(const chain_type& c) { c.parameters(); }
+  {
+    return body_.parameters();
+  }
+  auto gradients()
+    requires(HasLayerParameters<Layers> || ...)
+  {
+    return body_.gradients();
+  }
+  auto gradients() const
+    requires(HasLayerParameters<Layers> || ...) && requires(const chain_type& c) { c.gradients(); }
+  {
+    return body_.gradients();
+  }
+
+  void set_training(bool training) { body_.set_training(training); }
+  void set_step(std::uint64_t step) { body_.set_step(step); }
+
+  /// The trainable scalars of a Residual built from these layers: what
+  /// ModelParallel's partition by parameter count asks of a layer.
+  static std::size_t parameter_count(const Layers&... layers)
+    requires(detail::has_const_parameters<Layers> && ...)
+  {
+    std::size_t n = 0;
+    auto add = [&](const auto& layer) {
+      if constexpr (HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
+        parallax::detail::for_each_tensor(layer.parameters(), [&](const auto& t) { n += t.size(); });
+    };
+    (add(layers), ...);
+    return n;
+  }
+
+  /// "Residual(LayerNorm(32), Linear(32 -> 32), GELU)".
+  std::string describe() const { return "Residual(" + body_.describe() + ")"; }
+  /// x's shape, once it is checked through the body, whose output must have it.
+  std::vector<std::size_t> output_shape(const std::vector<std::size_t>& input_shape) const;
+
+ private:
+  chain_type body_;
+};
+
+template <class... Layers>
+Residual(Layers...) -> Residual<Layers...>;
+
+// ---------------------------------------------------------------------------
+
+template <class... Layers>
+void Residual<Layers...>::forward(const input_type& x, output_type& y) {
+  if constexpr (ok_) {
+    const auto& f = body_.forward(x, "Residual");
+    PARALLAX_CHECK(f.shape() == x.shape(), describe() + ": its body maps " + parallax::detail::shape_string(x.shape()) +
+                                               " to " + parallax::detail::shape_string(f.shape()) +
+                                               "; x + f(x) needs the same shape");
+    if (y.shape() != x.shape()) y.resize(x.shape());
+    const auto* a = x.data();
+    const auto* b = f.data();
+    auto* out = y.data();
+    for (std::size_t i = 0; i < x.size(); ++i) out[i] = a[i] + b[i];
+  }
+}
+
+template <class... Layers>
+void Residual<Layers...>::backward(const input_type& x, const output_type& /*y*/, const output_type& dy,
+                                   input_type& dx) {
+  if constexpr (ok_) {
+    PARALLAX_CHECK(dy.shape() == x.shape(), "Residual::backward(): dy has shape " +
+                                                parallax::detail::shape_string(dy.shape()) + ", expected " +
+                                                parallax::detail::shape_string(x.shape()));
+    (void)body_.forward(x, "Residual");  // the body's activations, recomputed
+    auto& g = body_.output_gradient();
+    if (g.shape() != dy.shape()) g.resize(dy.shape());
+    std::copy(dy.begin(), dy.end(), g.begin());
+    body_.backward(x, &dx);
+    // The skip path: dL/dx gets dy itself as well.
+    auto* out = dx.data();
+    const auto* d = dy.data();
+    for (std::size_t i = 0; i < dx.size(); ++i) out[i] += d[i];
+  }
+}
+
+template <class... Layers>
+std::vector<std::size_t> Residual<Layers...>::output_shape(const std::vector<std::size_t>& input_shape) const {
+  const auto out = body_.output_shape(input_shape, "Residual");
+  PARALLAX_CHECK(out == input_shape, describe() + ": its body maps " + parallax::detail::shape_string(input_shape) +
+                                         " to " + parallax::detail::shape_string(out) +
+                                         "; x + f(x) needs the same shape");
+  return out;
+}
+
+}  // namespace parallax::nn

@@ -1,0 +1,153 @@
+// SPDX-License-Identifier: BSL-1.0
+// Suite nn: Residual<Layers...> (y = x + f(x)) — hand-computed values,
+// finite differences (rank 2 and 3, nested), inside Sequential, its
+// initialisation, NaN propagation and shape errors.
+
+#include <parallax/nn/activation.hpp>
+#include <parallax/nn/layer_norm.hpp>
+#include <parallax/nn/linear.hpp>
+#include <parallax/nn/loss.hpp>
+#include <parallax/nn/residual.hpp>
+#include <parallax/nn/sequential.hpp>
+
+#include "error_of.hpp"
+#include "gradcheck.hpp"
+#include "test_nn_nonfinite.hpp"
+
+#include <doctest/doctest.h>
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace {
+
+using parallax::nn::GELU;
+using parallax::nn::LayerNorm;
+using parallax::nn::Linear;
+using parallax::nn::Residual;
+using parallax::nn::Tanh;
+
+using gradcheck::random_tensor;
+
+static_assert(parallax::Layer<Residual<Linear<float>>>);
+static_assert(parallax::Layer<Residual<Linear<double>, Tanh<double>, Linear<double>>>);
+static_assert(parallax::HasLayerParameters<Residual<Linear<float>, Tanh<float>>>);
+static_assert(parallax::Layer<Residual<Residual<Linear<double>>, Tanh<double>>>);
+static_assert(!parallax::HasLayerParameters<Residual<Tanh<float>>>);
+
+}  // namespace
+
+TEST_CASE("Residual: y = x + f(x) and dx = dy + dy W^T for a Linear body, computed by hand") {
+  Residual res{Linear<double>(2, 2)};
+  res.layer<0>().weight() = xt::xtensor<double, 2>{{1, 2}, {3, 4}};
+  res.layer<0>().bias() = xt::xtensor<double, 1>{0.5, -1};
+  const xt::xtensor<double, 2> x = {{1, -1}};
+  xt::xtensor<double, 2> y, dx;
+  res.forward(x, y);
+  // f(x) = (1 - 3 + 0.5, 2 - 4 - 1) = (-1.5, -3).
+  CHECK(nonfinite::mismatch(y, {-0.5, -4}) == "");
+  const xt::xtensor<double, 2> dy = {{1, 2}};
+  res.backward(x, y, dy, dx);
+  // dy W^T = (1 + 4, 3 + 8) = (5, 11), plus dy through the skip.
+  CHECK(nonfinite::mismatch(dx, {6, 13}) == "");
+  CHECK(nonfinite::mismatch(std::get<0>(res.gradients()), {1, 2, -1, -2}) == "");  // x^T dy
+  CHECK(nonfinite::mismatch(std::get<1>(res.gradients()), {1, 2}) == "");
+  CHECK(res.describe() == "Residual(Linear(2 -> 2))");
+}
+
+TEST_CASE("Residual: finite-difference gradients of deeper, rank-3 and nested bodies") {
+  Residual deep{Linear<double>(4, 6), Tanh<double>{}, Linear<double>(6, 4)};
+  deep.initialize(3, 1);
+  const auto r1 = gradcheck::check_layer(deep, random_tensor<double, 2>({3, 4}, 1, 2.0));
+  CHECK_MESSAGE(r1.max_error < 1e-6, r1.where);
+  Residual block{LayerNorm<double, 3>(4), Linear<double, 3>(4, 8), GELU<double, 3>{}, Linear<double, 3>(8, 4)};
+  block.initialize(5, 2);
+  gradcheck::fill_uniform(block.layer<0>().gain(), 6, 0.5, 1.5);
+  const auto r2 = gradcheck::check_layer(block, random_tensor<double, 3>({2, 3, 4}, 2, 2.0));
+  CHECK_MESSAGE(r2.max_error < 1e-6, r2.where);
+  Residual nested{Residual{Linear<double>(3, 3), Tanh<double>{}}, Linear<double>(3, 3)};
+  nested.initialize(7, 0);
+  const auto r3 = gradcheck::check_layer(nested, random_tensor<double, 2>({2, 3}, 3, 2.0));
+  CHECK_MESSAGE(r3.max_error < 1e-6, r3.where);
+}
+
+TEST_CASE("Residual: backward adds into the gradients, so micro-batches accumulate, and leaves no state behind") {
+  Residual res{Linear<double>(3, 3), Tanh<double>{}};
+  res.initialize(1, 0);
+  const auto a = random_tensor<double, 2>({2, 3}, 4), b = random_tensor<double, 2>({2, 3}, 5);
+  const auto da = random_tensor<double, 2>({2, 3}, 6), db = random_tensor<double, 2>({2, 3}, 7);
+  xt::xtensor<double, 2> ya, yb, dxa, dxb, dxa_alone;
+  // Both forwards first, then both backwards (two micro-batches in flight).
+  res.forward(a, ya);
+  res.forward(b, yb);
+  res.backward(b, yb, db, dxb);
+  res.backward(a, ya, da, dxa);
+  const xt::xtensor<double, 2> both = std::get<0>(res.gradients());
+  Residual alone{Linear<double>(3, 3), Tanh<double>{}};
+  alone.initialize(1, 0);
+  xt::xtensor<double, 2> y;
+  alone.forward(a, y);
+  alone.backward(a, y, da, dxa_alone);
+  CHECK(dxa == dxa_alone);  // b's forward in between changed nothing a's backward sees
+  alone.forward(b, y);
+  alone.backward(b, y, db, dxb);
+  CHECK(xt::allclose(both, std::get<0>(alone.gradients()), 0.0, 1e-15));
+}
+
+TEST_CASE("Residual: inside Sequential, the chain trains against finite differences of its loss") {
+  using parallax::nn::MeanSquaredError;
+  using parallax::nn::Sequential;
+  Sequential net{Residual{Linear<double>(3, 5), Tanh<double>{}, Linear<double>(5, 3)}, Linear<double>(3, 2),
+                 MeanSquaredError<double>{}};
+  static_assert(parallax::Model<decltype(net)>);
+  net.initialize(11);
+  CHECK(net.describe() == "Sequential(Residual(Linear(3 -> 5), Tanh, Linear(5 -> 3)), Linear(3 -> 2); MeanSquaredError)");
+  CHECK(net.parameter_count() == (3 * 5 + 5) + (5 * 3 + 3) + (3 * 2 + 2));
+  decltype(net)::batch_type batch{random_tensor<double, 2>({4, 3}, 8), random_tensor<double, 2>({4, 2}, 9)};
+  const double mean = net.loss_and_gradient(batch);
+  CHECK(mean == net.loss(batch));
+  const auto r = gradcheck::check_model(net, batch);
+  CHECK_MESSAGE(r.max_error < 1e-7, r.where);
+}
+
+TEST_CASE("Residual: the body is initialised from (seed, index), apart from other layers and other Residuals") {
+  Residual a{Linear<float>(4, 4)}, b{Linear<float>(4, 4)}, c{Linear<float>(4, 4)};
+  Linear<float> plain(4, 4);
+  a.initialize(9, 2);
+  b.initialize(9, 2);
+  c.initialize(9, 3);
+  plain.initialize(9, 2);
+  CHECK(a.layer<0>().weight() == b.layer<0>().weight());
+  CHECK(a.layer<0>().weight() != c.layer<0>().weight());
+  CHECK(a.layer<0>().weight() != plain.weight());  // not the weights of the layer it stands in for
+}
+
+TEST_CASE_TEMPLATE("Residual: a NaN in x reaches its row through both paths, and no other row", T, float, double) {
+  Residual res{Linear<T>(2, 2)};
+  res.initialize(1, 0);
+  const auto x = nonfinite::tensor<T, 2>({2, 2}, {nonfinite::nan, 1, 0.5, -0.5});
+  xt::xtensor<T, 2> y, dx;
+  res.forward(x, y);
+  for (std::size_t row = 0; row < 2; ++row)
+    for (std::size_t j = 0; j < 2; ++j) CHECK(std::isnan(y(row, j)) == (row == 0));
+  const auto dy = nonfinite::tensor<T, 2>({2, 2}, {1, 1, nonfinite::nan, 1});
+  res.backward(x, y, dy, dx);
+  CHECK(std::isfinite(dx(0, 0)));  // a NaN in x does not reach dx (dy W^T + dy)
+  CHECK(std::isnan(dx(1, 0)));
+  CHECK(std::isnan(dx(1, 1)));
+}
+
+TEST_CASE("Residual: a body that changes the shape is an error naming the Residual and both shapes") {
+  Residual res{Linear<double>(4, 3)};
+  const xt::xtensor<double, 2> x = xt::zeros<double>({2, 4});
+  xt::xtensor<double, 2> y;
+  const std::string expected = "Residual(Linear(4 -> 3)): its body maps (2, 4) to (2, 3); x + f(x) needs the same shape";
+  CHECK(error_of([&] { (void)res.output_shape({2, 4}); }).find(expected) == 0);
+  CHECK(error_of([&] { res.forward(x, y); }).find(expected) == 0);
+  Residual fits{Linear<double>(4, 4)};
+  CHECK(error_of([&] { (void)fits.output_shape({2, 5}); })
+            .find("Residual: layer 0 Linear(4 -> 4) cannot take the input, of shape (2, 5)") == 0);
+}
