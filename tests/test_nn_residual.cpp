@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -37,6 +38,10 @@ static_assert(parallax::Layer<Residual<Linear<double>, Tanh<double>, Linear<doub
 static_assert(parallax::HasLayerParameters<Residual<Linear<float>, Tanh<float>>>);
 static_assert(parallax::Layer<Residual<Residual<Linear<double>>, Tanh<double>>>);
 static_assert(!parallax::HasLayerParameters<Residual<Tanh<float>>>);
+// One Residual argument nests it (the deduction guide), a copy stays a copy.
+static_assert(std::is_same_v<decltype(Residual{Residual{Linear<float>(4, 4)}}), Residual<Residual<Linear<float>>>>);
+static_assert(std::is_same_v<decltype(Residual{Residual{Linear<float>(4, 4)}, Tanh<float>{}}),
+                             Residual<Residual<Linear<float>>, Tanh<float>>>);
 
 }  // namespace
 
@@ -72,6 +77,13 @@ TEST_CASE("Residual: finite-difference gradients of deeper, rank-3 and nested bo
   nested.initialize(7, 0);
   const auto r3 = gradcheck::check_layer(nested, random_tensor<double, 2>({2, 3}, 3, 2.0));
   CHECK_MESSAGE(r3.max_error < 1e-6, r3.where);
+  Residual twice{Residual{Linear<double>(3, 3)}};  // y = x + (x + f(x))
+  CHECK(twice.describe() == "Residual(Residual(Linear(3 -> 3)))");
+  twice.initialize(8, 0);
+  const auto r4 = gradcheck::check_layer(twice, random_tensor<double, 2>({2, 3}, 4, 2.0));
+  CHECK_MESSAGE(r4.max_error < 1e-6, r4.where);
+  auto copy = twice;  // copies stay copies
+  CHECK(copy.describe() == twice.describe());
 }
 
 TEST_CASE("Residual: backward adds into the gradients, so micro-batches accumulate, and leaves no state behind") {

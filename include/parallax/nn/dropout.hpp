@@ -34,7 +34,9 @@ namespace parallax::nn {
 ///   the bit pattern of x     at that element,
 /// hashed with parallax::detail::key. So forward and backward agree without
 /// storing the mask, several micro-batches can be in flight, and a rerun
-/// with the same seed, steps and data drops the same elements. Call
+/// with the same seed, steps and data drops the same elements. Inputs that
+/// differ in their last bit (another rank count or a pipeline in the default
+/// mode) draw other masks, so such runs drift apart. Call
 /// set_step() with a new value every training step for fresh masks.
 /// @code
 ///   parallax::nn::Dropout<float> drop(0.5);

@@ -153,6 +153,11 @@ class Residual {
 
 template <class... Layers>
 Residual(Layers...) -> Residual<Layers...>;
+/// One Residual argument nests it: `Residual{Residual{Linear<float>(4, 4)}}`
+/// is x + (x + f(x)), not a copy (class template argument deduction would
+/// otherwise take the copy constructor). Copy with `auto copy = r;`.
+template <class... Inner>
+Residual(Residual<Inner...>) -> Residual<Residual<Inner...>>;
 
 // ---------------------------------------------------------------------------
 
