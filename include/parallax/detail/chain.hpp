@@ -116,6 +116,36 @@ struct loss_part {
   static constexpr bool value = check();
 };
 
+/// The checks of the first N parts of the tuple Parts as layers, each
+/// feeding the next (diagnostics name the layer); true once they are out.
+template <class Parts, std::size_t N>
+constexpr bool check_layers() {
+  return []<std::size_t... I>(std::index_sequence<I...>) {
+    return (layer_part<I, std::tuple_element_t<I, Parts>>::value && ...);
+  }(std::make_index_sequence<N>{}) &&
+         []<std::size_t... I>(std::index_sequence<I...>) {
+           return (layer_pair<I, std::tuple_element_t<I, Parts>, std::tuple_element_t<I + 1, Parts>>::value && ...);
+         }(std::make_index_sequence<N - 1>{});
+}
+
+/// check_layers as a plain bool without diagnostics: whether the first N
+/// parts of Parts are layers, each output_type the next one's input_type.
+template <class Parts, std::size_t N>
+constexpr bool layers_ok() {
+  constexpr bool all_layers = []<std::size_t... I>(std::index_sequence<I...>) {
+    return (Layer<std::tuple_element_t<I, Parts>> && ...);
+  }(std::make_index_sequence<N>{});
+  if constexpr (N == 0 || !all_layers) {
+    return false;
+  } else {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (std::is_same_v<typename std::tuple_element_t<I, Parts>::output_type,
+                             typename std::tuple_element_t<I + 1, Parts>::input_type> &&
+              ...);
+    }(std::make_index_sequence<N - 1>{});
+  }
+}
+
 /// Every check of a chain; true once the diagnostics (if any) are out.
 template <class... Parts>
 constexpr bool check_chain() {
@@ -126,12 +156,7 @@ constexpr bool check_chain() {
     using parts = std::tuple<Parts...>;
     constexpr std::size_t layers = sizeof...(Parts) - 1;
     [[maybe_unused]] constexpr bool ok =
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (layer_part<I, std::tuple_element_t<I, parts>>::value && ...);
-        }(std::make_index_sequence<layers>{}) &&
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (layer_pair<I, std::tuple_element_t<I, parts>, std::tuple_element_t<I + 1, parts>>::value && ...);
-        }(std::make_index_sequence<layers - 1>{}) &&
+        check_layers<parts, layers>() &&
         loss_part<layers, std::tuple_element_t<layers - 1, parts>, std::tuple_element_t<layers, parts>>::value;
   }
   return true;
@@ -147,20 +172,11 @@ constexpr bool chain_ok() {
   } else {
     using parts = std::tuple<Parts...>;
     constexpr std::size_t layers = sizeof...(Parts) - 1;
-    using last_layer = std::tuple_element_t<layers - 1, parts>;
     using loss = std::tuple_element_t<layers, parts>;
-    constexpr bool all_layers = []<std::size_t... I>(std::index_sequence<I...>) {
-      return (Layer<std::tuple_element_t<I, parts>> && ...);
-    }(std::make_index_sequence<layers>{});
-    if constexpr (!all_layers || !Loss<loss>) {
+    if constexpr (!layers_ok<parts, layers>() || !Loss<loss>) {
       return false;
     } else {
-      constexpr bool pairs = []<std::size_t... I>(std::index_sequence<I...>) {
-        return (std::is_same_v<typename std::tuple_element_t<I, parts>::output_type,
-                               typename std::tuple_element_t<I + 1, parts>::input_type> &&
-                ...);
-      }(std::make_index_sequence<layers - 1>{});
-      return pairs && std::is_same_v<typename last_layer::output_type, typename loss::input_type>;
+      return std::is_same_v<typename std::tuple_element_t<layers - 1, parts>::output_type, typename loss::input_type>;
     }
   }
 }

@@ -42,22 +42,6 @@ concept has_const_parameters = !HasLayerParameters<L> || requires(const L& l) {
   { l.gradients() } -> TensorList;
 };
 
-/// Whether Layers... are layers whose outputs feed the next one's input (no
-/// diagnostics: the owner of the chain gives those).
-template <class... Layers>
-constexpr bool layers_ok() {
-  if constexpr (sizeof...(Layers) == 0 || !(Layer<Layers> && ...)) {
-    return false;
-  } else {
-    using parts = std::tuple<Layers...>;
-    return []<std::size_t... I>(std::index_sequence<I...>) {
-      return (std::is_same_v<typename std::tuple_element_t<I, parts>::output_type,
-                             typename std::tuple_element_t<I + 1, parts>::input_type> &&
-              ...);
-    }(std::make_index_sequence<sizeof...(Layers) - 1>{});
-  }
-}
-
 }  // namespace detail
 
 /// Layers applied in order, as one piece: forward keeps every layer's output
@@ -67,7 +51,7 @@ constexpr bool layers_ok() {
 /// output_gradient() before backward().
 template <class... Layers>
 class LayerChain {
-  static constexpr bool ok_ = detail::layers_ok<Layers...>();
+  static constexpr bool ok_ = parallax::detail::layers_ok<std::tuple<Layers...>, sizeof...(Layers)>();
   template <std::size_t I>
   using layer_t = typename parallax::detail::part_at<I, Layers...>::type;
 
@@ -119,13 +103,14 @@ class LayerChain {
   /// buffer). A new input shape is first checked through the whole chain
   /// (output_shape), so a mismatch names the layer; `who` names the owner.
   const output_type& forward(const input_type& x, const char* who);
-  /// Where the caller writes dL/d(the last output) before backward().
+  /// Where the caller may write dL/d(the last output) for backward().
   output_type& output_gradient() { return std::get<layer_count - 1>(output_grads_); }
-  /// From output_gradient(), last layer first, over the buffers of the last
-  /// forward(x): adds every layer's parameter gradients and writes dL/dx into
-  /// *dx; without dx, the first layer's input gradient is not computed where
-  /// the layer can skip it (backward_parameters).
-  void backward(const input_type& x, input_type* dx);
+  /// From dL/d(the last output) — *dy, or without dy output_gradient() —
+  /// last layer first, over the buffers of the last forward(x): adds every
+  /// layer's parameter gradients and writes dL/dx into *dx; without dx, the
+  /// first layer's input gradient is not computed where the layer can skip
+  /// it (backward_parameters).
+  void backward(const input_type& x, const output_type* dy, input_type* dx);
 
   /// Forwards set_training(training) / set_step(step) to the layers that have it.
   void set_training(bool training);
@@ -230,7 +215,7 @@ auto LayerChain<Layers...>::forward(const input_type& x, const char* who) -> con
 }
 
 template <class... Layers>
-void LayerChain<Layers...>::backward(const input_type& x, input_type* dx) {
+void LayerChain<Layers...>::backward(const input_type& x, const output_type* dy, input_type* dx) {
   // Last layer first: layer I reads dL/d(its output) and writes dL/d(its
   // input). Without dx nobody reads the first layer's input gradient: a
   // layer that can skip it (backward_parameters) does.
@@ -238,17 +223,22 @@ void LayerChain<Layers...>::backward(const input_type& x, input_type* dx) {
     auto one = [&]<std::size_t I>(std::integral_constant<std::size_t, I>) {
       auto& layer = std::get<I>(layers_);
       trace::span span([&] { return parallax::detail::layer_name(layer, I); }, "backward", static_cast<std::int64_t>(I));
+      const auto& grad = [&]() -> const auto& {  // dL/d(layer I's output)
+        if constexpr (I + 1 == layer_count) {
+          if (dy) return *dy;
+        }
+        return std::get<I>(output_grads_);
+      }();
       if constexpr (I == 0) {
         if constexpr (HasParameterBackward<layer_t<0>>) {
           if (!dx) {
-            layer.backward_parameters(x, std::get<0>(outputs_), std::get<0>(output_grads_));
+            layer.backward_parameters(x, std::get<0>(outputs_), grad);
             return;
           }
         }
-        layer.backward(x, std::get<0>(outputs_), std::get<0>(output_grads_), dx ? *dx : input_grad_);
+        layer.backward(x, std::get<0>(outputs_), grad, dx ? *dx : input_grad_);
       } else {
-        layer.backward(layer_input<I>(x), std::get<I>(outputs_), std::get<I>(output_grads_),
-                       std::get<I - 1>(output_grads_));
+        layer.backward(layer_input<I>(x), std::get<I>(outputs_), grad, std::get<I - 1>(output_grads_));
       }
     };
     [&]<std::size_t... J>(std::index_sequence<J...>) {

@@ -34,14 +34,7 @@ constexpr bool check_residual() {
   } else {
     using parts = std::tuple<Layers...>;
     constexpr std::size_t n = sizeof...(Layers);
-    [[maybe_unused]] constexpr bool layers =
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (parallax::detail::layer_part<I, std::tuple_element_t<I, parts>>::value && ...);
-        }(std::make_index_sequence<n>{}) &&
-        []<std::size_t... I>(std::index_sequence<I...>) {
-          return (parallax::detail::layer_pair<I, std::tuple_element_t<I, parts>, std::tuple_element_t<I + 1, parts>>::value &&
-                  ...);
-        }(std::make_index_sequence<n - 1>{});
+    [[maybe_unused]] constexpr bool layers = parallax::detail::check_layers<parts, n>();
     using first = std::tuple_element_t<0, parts>;
     using last = std::tuple_element_t<n - 1, parts>;
     if constexpr (HasLayerTypes<first> && HasLayerTypes<last>) {
@@ -74,7 +67,7 @@ template <class... Layers>
 class Residual {
   static_assert(detail::check_residual<Layers...>());
   using chain_type = LayerChain<Layers...>;
-  static constexpr bool ok_ = detail::layers_ok<Layers...>() &&
+  static constexpr bool ok_ = parallax::detail::layers_ok<std::tuple<Layers...>, sizeof...(Layers)>() &&
                               std::is_same_v<typename chain_type::input_type, typename chain_type::output_type>;
 
  public:
@@ -184,10 +177,7 @@ void Residual<Layers...>::backward(const input_type& x, const output_type& /*y*/
                                                 parallax::detail::shape_string(dy.shape()) + ", expected " +
                                                 parallax::detail::shape_string(x.shape()));
     (void)body_.forward(x, "Residual");  // the body's activations, recomputed
-    auto& g = body_.output_gradient();
-    if (g.shape() != dy.shape()) g.resize(dy.shape());
-    std::copy(dy.begin(), dy.end(), g.begin());
-    body_.backward(x, &dx);
+    body_.backward(x, &dy, &dx);
     // The skip path: dL/dx gets dy itself as well.
     auto* out = dx.data();
     const auto* d = dy.data();

@@ -168,7 +168,7 @@ double Sequential<Parts...>::loss_and_gradient(const batch_type& batch) {
   if constexpr (chain_ok_) {
     chain_.zero_gradients();
     const double mean = loss_.loss(forward_all(batch.inputs), batch.targets, chain_.output_gradient());
-    chain_.backward(batch.inputs, nullptr);  // nobody reads dL/d(the batch's inputs)
+    chain_.backward(batch.inputs, nullptr, nullptr);  // dy: the loss's, in output_gradient(); no dL/d(inputs)
     return mean;
   } else {
     return 0.0;  // unreachable: the chain's diagnostic stops the build
