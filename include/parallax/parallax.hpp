@@ -33,6 +33,7 @@
 #include <parallax/optim/sgd.hpp>
 
 #include <parallax/nn/activation.hpp>
+#include <parallax/nn/attention.hpp>
 #include <parallax/nn/conv2d.hpp>
 #include <parallax/nn/dropout.hpp>
 #include <parallax/nn/embedding.hpp>
@@ -41,6 +42,7 @@
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
 #include <parallax/nn/maxpool2d.hpp>
+#include <parallax/nn/position_embedding.hpp>
 #include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>

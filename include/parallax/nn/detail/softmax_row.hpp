@@ -3,7 +3,8 @@
 /// One row of logits against one class index: its softmax cross-entropy,
 /// log sum_c exp(row[c]) - row[label], and that loss's gradient, the one
 /// copy of the arithmetic SoftmaxCrossEntropy (a row per sample) and
-/// TokenCrossEntropy (a row per token) share.
+/// TokenCrossEntropy (a row per token) share; and a row's softmax itself,
+/// which CausalSelfAttention takes of its scores.
 
 #include <cmath>
 #include <cstddef>
@@ -49,6 +50,18 @@ double softmax_row_loss_and_gradient(const T* row, std::size_t classes, std::siz
     grad[c] = static_cast<T>((p - (c == label ? 1.0 : 0.0)) * scale);
   }
   return static_cast<double>(top) + std::log(sum) - static_cast<double>(row[label]);
+}
+
+/// softmax(row[0, n)) written into out[0, n) (out may be row): shifted by
+/// the row's maximum, summed in double, each value exp(row[c] - max) / sum
+/// computed in double. A NaN or +inf in the row (or only -inf ones) makes
+/// every value NaN, as in PyTorch.
+template <class T>
+void softmax_row(const T* row, std::size_t n, T* out) {
+  const double top = static_cast<double>(row_maximum(row, n));
+  double sum = 0;
+  for (std::size_t c = 0; c < n; ++c) sum += std::exp(static_cast<double>(row[c]) - top);
+  for (std::size_t c = 0; c < n; ++c) out[c] = static_cast<T>(std::exp(static_cast<double>(row[c]) - top) / sum);
 }
 
 }  // namespace parallax::nn::detail
