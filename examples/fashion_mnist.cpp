@@ -17,6 +17,8 @@
 // thread per rank (OPENBLAS_NUM_THREADS=1); scripts/demo.sh also picks the
 // fastest OpenBLAS kernels for the CPU. Exit status: 0 on success, 1 on an
 // error, 2 when the final accuracy is below --min-accuracy.
+#include "demo_support.hpp"
+
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/core/trace.hpp>
@@ -37,9 +39,9 @@
 #include <parallax/optim/sgd.hpp>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <boost/mpi/communicator.hpp>
 #include <boost/mpi/environment.hpp>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -60,7 +62,8 @@ namespace {
 
 namespace nn = parallax::nn;
 namespace optim = parallax::optim;
-using clock_type = std::chrono::steady_clock;
+using demo::clock_type;
+using demo::fixed;
 
 struct config {
   std::string strategy = "data";
@@ -78,9 +81,7 @@ struct config {
   bool quiet = false;
   double min_accuracy = 0;
   std::size_t micro_batches = 4;  // pipeline
-  std::string checkpoint_dir;     // empty: no checkpoints
-  std::uint64_t checkpoint_every = 0;
-  bool resume = false;
+  demo::checkpoint_flags checkpoints;
 };
 
 double default_lr(const std::string& optimizer) { return optimizer == "sgd" ? 0.05 : 1e-3; }
@@ -173,78 +174,6 @@ std::unique_ptr<optim::Optimizer<float>> make_optimizer(const config& cfg) {
 
 // --- progress -----------------------------------------------------------------
 
-// Whether rank 0's stdout reaches a terminal. Open MPI hands each local rank
-// a pseudo-terminal for stdout whatever mpiexec's own stdout is (a pipe, a
-// file), so isatty() alone says yes under `mpiexec ... > log`; ask the parent
-// (mpiexec, its daemon, or the shell) where its stdout goes.
-bool stdout_is_terminal() {
-  if (!isatty(STDOUT_FILENO)) return false;
-  std::error_code ec;
-  const auto target = std::filesystem::read_symlink("/proc/" + std::to_string(getppid()) + "/fd/1", ec).string();
-  if (ec) return true;  // cannot tell (another user's process): trust isatty
-  return target.rfind("/dev/pts/", 0) == 0 || target.rfind("/dev/tty", 0) == 0 || target == "/dev/console";
-}
-
-std::string fixed(double value, int digits) {
-  std::ostringstream out;
-  out << std::fixed << std::setprecision(digits) << value;
-  return out.str();
-}
-
-std::string minutes_seconds(double seconds) {
-  const auto s = static_cast<long>(seconds + 0.5);
-  std::ostringstream out;
-  out << s / 60 << ':' << std::setw(2) << std::setfill('0') << s % 60;
-  return out.str();
-}
-
-// Rank 0's live bar on a terminal: DataParallel calls step() after every
-// step (on rank 0 only); redrawn with '\r' at most 10 times a second.
-class progress_bar {
- public:
-  progress_bar(bool enabled, int epochs) : enabled_(enabled), epochs_(epochs) {}
-
-  void step(const parallax::step_report& r) {
-    if (!enabled_) return;
-    const auto now = clock_type::now();
-    if (r.step == 0) {
-      start_ = now - std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(r.seconds));
-      samples_ = 0;
-      loss_sum_ = 0;
-    }
-    samples_ += r.samples;
-    loss_sum_ += r.loss * static_cast<double>(r.samples);
-    const bool last = r.step + 1 == r.steps_per_epoch;
-    if (!last && r.step != 0 && now - drawn_ < std::chrono::milliseconds(100)) return;
-    drawn_ = now;
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const double rate = elapsed > 0 ? static_cast<double>(samples_) / elapsed : 0.0;
-    const double done = static_cast<double>(r.step + 1) / static_cast<double>(r.steps_per_epoch);
-    const double left = rate > 0 ? static_cast<double>(samples_) * (1 / done - 1) / rate : 0.0;
-    constexpr int width = 20;  // the whole line stays under 80 columns
-    const int filled = static_cast<int>(done * width);
-    std::string bar(static_cast<std::size_t>(filled), '=');
-    if (filled < width) bar += '>' + std::string(static_cast<std::size_t>(width - filled - 1), ' ');
-    std::cout << "\repoch " << r.epoch + 1 << '/' << epochs_ << " [" << bar << "] " << std::setw(3)
-              << static_cast<int>(done * 100) << "% " << static_cast<long>(rate) << " samples/s loss "
-              << fixed(loss_sum_ / static_cast<double>(samples_), 4) << " ETA " << minutes_seconds(left) << ' '
-              << std::flush;
-  }
-
-  // Replaces the bar by the epoch's result line.
-  void line(const std::string& text) const {
-    if (enabled_) std::cout << '\r' << std::string(79, ' ') << '\r';
-    std::cout << text << std::endl;
-  }
-
- private:
-  bool enabled_;
-  int epochs_;
-  clock_type::time_point start_{}, drawn_{};
-  std::size_t samples_ = 0;
-  double loss_sum_ = 0;
-};
-
 // --- training -----------------------------------------------------------------
 
 struct epoch_result {
@@ -266,32 +195,10 @@ struct run_result {
   }
 };
 
-// Checkpoints, when asked for: every --checkpoint-every optimizer steps,
-// and at the end of every epoch; --resume continues from the newest valid one.
-std::optional<parallax::io::Checkpointer> make_checkpointer(const config& cfg, const boost::mpi::communicator& world) {
-  if (cfg.checkpoint_dir.empty()) return std::nullopt;
-  return std::optional<parallax::io::Checkpointer>(
-      std::in_place, cfg.checkpoint_dir, parallax::io::checkpoint_options{.keep = 3, .every_steps = cfg.checkpoint_every},
-      world);
-}
-
-template <class Trainer>
-void resume(const config& cfg, std::optional<parallax::io::Checkpointer>& checkpoints, Trainer& trainer,
-            parallax::data::DistributedSampler& sampler, const boost::mpi::communicator& world) {
-  if (!cfg.resume) return;
-  PARALLAX_CHECK(checkpoints.has_value(), "--resume needs --checkpoint-dir");
-  const auto from = checkpoints->resume_latest(trainer, &sampler);
-  if (world.rank() == 0)
-    std::cout << (from ? "resumed from " + *from + " (epoch " + std::to_string(sampler.epoch() + 1) + ", step " +
-                             std::to_string(sampler.position()) + ")"
-                       : "no checkpoint in " + cfg.checkpoint_dir + ": starting from scratch")
-              << std::endl;
-}
-
 // One epoch's line and record, on every rank (only rank 0 prints).
 void finish_epoch(run_result& result, const config& cfg, std::uint64_t epoch, double train_loss, std::size_t samples,
                   double seconds, const parallax::evaluation& test_result, const boost::mpi::communicator& world,
-                  progress_bar& progress) {
+                  demo::progress_bar& progress) {
   epoch_result e{train_loss, test_result.loss, test_result.accuracy.value_or(0), seconds,
                  seconds > 0 ? static_cast<double>(samples) / seconds : 0.0};
   result.train_seconds += seconds;
@@ -309,7 +216,7 @@ void finish_epoch(run_result& result, const config& cfg, std::uint64_t epoch, do
 template <class Net, class X>
 run_result train_data_parallel(Net net, const parallax::data::TensorDataset<X, Labels>& train,
                                const parallax::data::TensorDataset<X, Labels>& test, const config& cfg,
-                               const boost::mpi::communicator& world, progress_bar& progress) {
+                               const boost::mpi::communicator& world, demo::progress_bar& progress) {
   const auto start = clock_type::now();
   net.initialize(cfg.seed);
   run_result result;
@@ -323,18 +230,11 @@ run_result train_data_parallel(Net net, const parallax::data::TensorDataset<X, L
     options.lr_schedule = optim::cosine_lr(cfg.lr, static_cast<std::uint64_t>(cfg.epochs) * steps_per_epoch);
   options.on_step = [&progress](const parallax::step_report& r) { progress.step(r); };
   parallax::DataParallel trainer(std::move(net), *make_optimizer(cfg), std::move(options), world);
-  auto sampler = trainer.make_sampler(train.size(), cfg.batch_size, {.seed = cfg.seed});
-  auto checkpoints = make_checkpointer(cfg, world);
-  if (checkpoints) trainer.set_after_step([&](const parallax::step_report&) { checkpoints->maybe_save(trainer, &sampler); });
-  resume(cfg, checkpoints, trainer, sampler, world);
-
-  for (auto epoch = sampler.epoch(); epoch < static_cast<std::uint64_t>(cfg.epochs); ++epoch) {
-    const auto report = trainer.train_epoch(train, sampler);
-    // maybe_save() may have saved this step already; a checkpoint is never overwritten.
-    if (checkpoints && checkpoints->last_step() != trainer.optimizer().steps()) checkpoints->save(trainer, &sampler);
-    finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds, trainer.evaluate(test, 500), world,
-                 progress);
-  }
+  demo::train_epochs(trainer, train, cfg.batch_size, cfg.seed, cfg.epochs, cfg.checkpoints, world,
+                     [&](std::uint64_t epoch, const parallax::epoch_report& report) {
+                       finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds,
+                                    trainer.evaluate(test, 500), world, progress);
+                     });
   result.run_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   return result;
 }
@@ -344,7 +244,7 @@ run_result train_data_parallel(Net net, const parallax::data::TensorDataset<X, L
 template <class Pipeline, class Parts, class X>
 run_result train_pipeline(const Parts& parts, const parallax::data::TensorDataset<X, Labels>& train,
                           const parallax::data::TensorDataset<X, Labels>& test, const config& cfg,
-                          const boost::mpi::communicator& world, progress_bar& progress) {
+                          const boost::mpi::communicator& world, demo::progress_bar& progress) {
   const auto start = clock_type::now();
   run_result result;
   result.train_samples = train.size();
@@ -357,29 +257,18 @@ run_result train_pipeline(const Parts& parts, const parallax::data::TensorDatase
   Pipeline pipeline(parts, *make_optimizer(cfg), std::move(options), world);
   std::size_t local = pipeline.stats().local_parameters;
   boost::mpi::all_reduce(world, local, result.parameters, std::plus<std::size_t>());
+  demo::print_stages(pipeline, cfg.micro_batches, world);
   // The data strategy's plan, taken whole: every stage reads each global batch.
-  auto sampler = pipeline.make_sampler(train.size(), cfg.batch_size, {.seed = cfg.seed});
-  auto checkpoints = make_checkpointer(cfg, world);
-  if (checkpoints) pipeline.set_after_step([&](const parallax::step_report&) { checkpoints->maybe_save(pipeline, &sampler); });
-  resume(cfg, checkpoints, pipeline, sampler, world);
-  if (world.rank() == 0) {
-    std::cout << "pipeline: " << world.size() << " stages, layers";
-    for (std::size_t s = 0; s + 1 < pipeline.boundaries().size(); ++s)
-      std::cout << (s ? " | " : " ") << pipeline.boundaries()[s] << "-" << pipeline.boundaries()[s + 1] - 1;
-    std::cout << ", " << cfg.micro_batches << " micro-batches, 1F1B" << std::endl;
-  }
-  for (auto epoch = sampler.epoch(); epoch < static_cast<std::uint64_t>(cfg.epochs); ++epoch) {
-    const auto report = pipeline.train_epoch(train, sampler);
-    // maybe_save() may have saved this step already; a checkpoint is never overwritten.
-    if (checkpoints && checkpoints->last_step() != pipeline.optimizer().steps()) checkpoints->save(pipeline, &sampler);
-    finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds, pipeline.evaluate(test, 500), world,
-                 progress);
-  }
+  demo::train_epochs(pipeline, train, cfg.batch_size, cfg.seed, cfg.epochs, cfg.checkpoints, world,
+                     [&](std::uint64_t epoch, const parallax::epoch_report& report) {
+                       finish_epoch(result, cfg, epoch, report.loss, report.samples, report.seconds,
+                                    pipeline.evaluate(test, 500), world, progress);
+                     });
   result.run_seconds = std::chrono::duration<double>(clock_type::now() - start).count();
   return result;
 }
 
-run_result run(const config& cfg, fashion_mnist data, const boost::mpi::communicator& world, progress_bar& progress) {
+run_result run(const config& cfg, fashion_mnist data, const boost::mpi::communicator& world, demo::progress_bar& progress) {
   const bool pipeline = cfg.strategy == "pipeline";
   if (cfg.model == "cnn") {
     using X = xt::xtensor<float, 4>;
@@ -397,48 +286,29 @@ run_result run(const config& cfg, fashion_mnist data, const boost::mpi::communic
 
 // --- summary ------------------------------------------------------------------
 
-// A number as JSON: null when it is not finite (no step's loss is NaN).
-std::string json_number(double x) {
-  if (!std::isfinite(x)) return "null";
-  std::ostringstream out;
-  out << x;
-  return out.str();
-}
-
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') out += {'\\', c};
-    else if (static_cast<unsigned char>(c) < 0x20) out += ' ';
-    else out += c;
-  }
-  return out + "\"";
-}
-
+// The --json summary (NaN losses are null).
 void write_json(std::ostream& out, const config& cfg, const run_result& r, int ranks, const parallax::blas_info& blas) {
-  out << "{\n  \"example\": \"fashion_mnist\",\n"
-      << "  \"strategy\": " << json_string(cfg.strategy) << ",\n  \"model\": " << json_string(cfg.model) << ",\n"
-      << "  \"optimizer\": " << json_string(cfg.optimizer) << ",\n  \"lr\": " << cfg.lr << ",\n"
-      << "  \"schedule\": " << json_string(cfg.schedule) << ",\n  \"batch_size\": " << cfg.batch_size << ",\n"
-      << "  \"epochs\": " << cfg.epochs << ",\n  \"seed\": " << cfg.seed << ",\n"
-      << "  \"ranks\": " << ranks << ",\n  \"train_samples\": " << r.train_samples << ",\n"
-      << "  \"test_samples\": " << r.test_samples << ",\n  \"parameters\": " << r.parameters << ",\n"
-      << "  \"blas\": {\"library\": " << json_string(blas.library) << ", \"core\": " << json_string(blas.core)
-      << ", \"config\": " << json_string(blas.config) << "},\n"
-      << "  \"accuracy\": " << r.accuracy() << ",\n  \"wall_seconds\": " << r.wall_seconds() << ",\n"
-      << "  \"load_seconds\": " << r.load_seconds << ",\n  \"train_seconds\": " << r.train_seconds << ",\n"
-      << "  \"samples_per_second\": " << r.samples_per_second()
-      << ",\n  \"accuracy_per_epoch\": [";
-  for (std::size_t i = 0; i < r.epochs.size(); ++i) out << (i ? ", " : "") << r.epochs[i].test_accuracy;
-  out << "],\n  \"per_epoch\": [\n";
+  nlohmann::ordered_json j{{"example", "fashion_mnist"}, {"strategy", cfg.strategy},  {"model", cfg.model},
+                           {"optimizer", cfg.optimizer}, {"lr", cfg.lr},              {"schedule", cfg.schedule},
+                           {"batch_size", cfg.batch_size}, {"epochs", cfg.epochs},    {"seed", cfg.seed},
+                           {"ranks", ranks},             {"train_samples", r.train_samples},
+                           {"test_samples", r.test_samples}, {"parameters", r.parameters}};
+  j["blas"] = {{"library", blas.library}, {"core", blas.core}, {"config", blas.config}};
+  j["accuracy"] = r.accuracy();
+  j["wall_seconds"] = r.wall_seconds();
+  j["load_seconds"] = r.load_seconds;
+  j["train_seconds"] = r.train_seconds;
+  j["samples_per_second"] = r.samples_per_second();
+  j["accuracy_per_epoch"] = nlohmann::ordered_json::array();
+  j["per_epoch"] = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < r.epochs.size(); ++i) {
     const auto& e = r.epochs[i];
-    out << "    {\"epoch\": " << i + 1 << ", \"train_loss\": " << json_number(e.train_loss)
-        << ", \"test_loss\": " << json_number(e.test_loss)
-        << ", \"test_accuracy\": " << e.test_accuracy << ", \"seconds\": " << e.seconds
-        << ", \"samples_per_second\": " << e.samples_per_second << "}" << (i + 1 < r.epochs.size() ? ",\n" : "\n");
+    j["accuracy_per_epoch"].push_back(e.test_accuracy);
+    j["per_epoch"].push_back({{"epoch", i + 1}, {"train_loss", e.train_loss}, {"test_loss", e.test_loss},
+                              {"test_accuracy", e.test_accuracy}, {"seconds", e.seconds},
+                              {"samples_per_second", e.samples_per_second}});
   }
-  out << "  ]\n}\n";
+  out << j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << '\n';
 }
 
 }  // namespace
@@ -458,11 +328,7 @@ int main(int argc, char** argv) {
   app.add_option("--micro-batches", cfg.micro_batches, "Micro-batches per step (pipeline)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1024}))
       ->capture_default_str();
-  app.add_option("--checkpoint-dir", cfg.checkpoint_dir, "Save checkpoints in this folder (the newest 3 are kept)");
-  app.add_option("--checkpoint-every", cfg.checkpoint_every,
-                 "Also checkpoint every K optimizer steps (0: only at the end of each epoch)")
-      ->capture_default_str();
-  app.add_flag("--resume", cfg.resume, "Continue from the newest valid checkpoint in --checkpoint-dir");
+  demo::add_checkpoint_options(app, cfg.checkpoints);
   app.add_option("--model", cfg.model, "mlp (784-256-128-10) or cnn (two 5x5 conv layers)")
       ->check(CLI::IsMember({"mlp", "cnn"}))
       ->capture_default_str();
@@ -499,16 +365,9 @@ int main(int argc, char** argv) {
   }
   if (cfg.lr == 0) cfg.lr = default_lr(cfg.optimizer);
 
-  try {
+  return demo::guarded("fashion_mnist", env, world, [&] {
     parallax::warn_if_slow_blas(world);
-    // Rank 0 writes the summary; a path it cannot write fails every rank now,
-    // not after the training.
-    std::ofstream json;
-    parallax::agree(world, [&] {
-      if (!root || cfg.json.empty()) return;
-      json.open(cfg.json);
-      PARALLAX_CHECK(json.is_open(), "--json: cannot write '" + cfg.json + "'");
-    });
+    std::ofstream json = demo::open_summary(cfg.json, world);
     if (!cfg.trace.empty()) {
       parallax::agree(world, [&] {
         if (root) PARALLAX_CHECK(std::ofstream(cfg.trace).is_open(), "--trace: cannot write '" + cfg.trace + "'");
@@ -524,7 +383,7 @@ int main(int argc, char** argv) {
                 << data.test.labels.size() << " test images, global batch " << cfg.batch_size << ", " << cfg.optimizer
                 << " lr " << cfg.lr << " (" << cfg.schedule << ")" << std::endl;
 
-    progress_bar progress(root && !cfg.quiet && stdout_is_terminal(), cfg.epochs);
+    demo::progress_bar progress(root && !cfg.quiet && demo::stdout_is_terminal(), cfg.epochs);
     run_result result = run(cfg, std::move(data), world, progress);
     result.load_seconds = load_seconds;
 
@@ -555,15 +414,5 @@ int main(int argc, char** argv) {
       return 2;
     }
     return 0;
-  } catch (const parallax::error& e) {
-    // Failures that can differ between ranks go through agree() (here and in
-    // DataParallel): every rank has this same message, so rank 0 says it.
-    if (root) std::cerr << "fashion_mnist: error: " << e.what() << std::endl;
-    return 1;
-  } catch (const std::exception& e) {
-    // Not agreed: the other ranks may be waiting in a collective.
-    std::cerr << "fashion_mnist: error on rank " << world.rank() << ": " << e.what() << std::endl;
-    env.abort(1);
-  }
-  return 1;
+  });
 }
