@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSL-1.0
 // char_lm: a GPT-style character-level language model trained over every
 // rank of mpiexec, data parallel (each rank its share of every global batch
-// of sequences) or as a pipeline (the blocks cut into one stage per rank).
+// of sequences), as a pipeline (the blocks cut into one stage per rank) or
+// tensor parallel (each layer's attention heads and MLP columns split over
+// the ranks, Megatron-LM style).
 // The model: token and position embeddings, two pre-norm transformer blocks
 // (causal self-attention and a GELU MLP, each inside a Residual), a final
 // LayerNorm and a linear head over the characters, a token-level softmax
@@ -10,6 +12,7 @@
 //
 //   mpiexec -n 2 build/examples/char_lm                          # data parallel, 6 epochs
 //   mpiexec -n 2 build/examples/char_lm --strategy pipeline
+//   mpiexec -n 2 build/examples/char_lm --strategy tensor
 //   mpiexec -n 2 build/examples/char_lm --checkpoint-dir ckpt --resume
 //   build/examples/char_lm --help
 //
@@ -35,6 +38,7 @@
 #include <parallax/nn/position_embedding.hpp>
 #include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
+#include <parallax/nn/tensor_parallel.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/schedule.hpp>
@@ -180,6 +184,31 @@ auto gpt_parts(const config& cfg, std::size_t vocabulary) {
                     std::tuple{cfg.width},              std::tuple{cfg.width, vocabulary},  std::tuple{}};
 }
 
+// The same chain with the attention heads and the MLP's hidden columns split
+// over the ranks of `tp` (Megatron-LM's tensor parallelism).
+using SplitAttention = nn::Residual<nn::LayerNorm<float, 3>, nn::ParallelCausalSelfAttention<float>>;
+using SplitMlp = nn::Residual<nn::LayerNorm<float, 3>, nn::ColumnParallelLinear<float, 3>, nn::GELU<float, 3>,
+                              nn::RowParallelLinear<float, 3>>;
+
+auto make_split_gpt(const config& cfg, std::size_t vocabulary, const boost::mpi::communicator& tp) {
+  auto attention = [&] {
+    return SplitAttention{nn::LayerNorm<float, 3>(cfg.width), nn::ParallelCausalSelfAttention<float>(cfg.width, cfg.heads, tp)};
+  };
+  auto mlp = [&] {
+    return SplitMlp{nn::LayerNorm<float, 3>(cfg.width), nn::ColumnParallelLinear<float, 3>(cfg.width, 4 * cfg.width, tp),
+                    nn::GELU<float, 3>{}, nn::RowParallelLinear<float, 3>(4 * cfg.width, cfg.width, tp)};
+  };
+  return nn::Sequential{nn::Embedding<float>(vocabulary, cfg.width),
+                        nn::PositionEmbedding<float>(cfg.context, cfg.width),
+                        attention(),
+                        mlp(),
+                        attention(),
+                        mlp(),
+                        nn::LayerNorm<float, 3>(cfg.width),
+                        nn::Linear<float, 3>(cfg.width, vocabulary),
+                        nn::TokenCrossEntropy<float>{}};
+}
+
 using GptPipeline =
     parallax::ModelParallel<nn::Embedding<float>, nn::PositionEmbedding<float>, Attention, Mlp, Attention, Mlp,
                             nn::LayerNorm<float, 3>, nn::Linear<float, 3>, nn::TokenCrossEntropy<float>>;
@@ -273,18 +302,24 @@ void train_epochs(Trainer& trainer, run_result& result, const config& cfg, const
                      });
 }
 
-run_result train_data_parallel(const config& cfg, const corpus& c, const boost::mpi::communicator& world,
-                               demo::progress_bar& progress) {
-  auto net = make_gpt(cfg, c.alphabet.size());
+// DataParallel over `replicas`: every rank of the world (--strategy data),
+// or each rank alone while the layers split their weights over the world
+// (--strategy tensor: the model's own collectives keep the ranks together).
+template <class Net>
+run_result train_replicas(Net net, std::size_t parameters, const config& cfg, const corpus& c,
+                          const boost::mpi::communicator& world, const boost::mpi::communicator& replicas,
+                          demo::progress_bar& progress) {
   net.initialize(cfg.seed);
   run_result result;
-  result.parameters = net.parameter_count();
+  result.parameters = parameters;
   parallax::data_parallel_options options;
   common_options(options, cfg, c, progress);
-  parallax::DataParallel trainer(std::move(net), optim::Adam<float>({.lr = cfg.lr}), std::move(options), world);
+  parallax::DataParallel trainer(std::move(net), optim::Adam<float>({.lr = cfg.lr}), std::move(options), replicas);
   train_epochs(trainer, result, cfg, c, world, progress);
-  // Every rank holds the same model: rank 0 writes alone, without communication.
-  if (world.rank() == 0 && cfg.generate > 0)
+  // Replicas write alone, without communication; a split model writes on
+  // every rank together.
+  const bool split = replicas.size() != world.size();
+  if ((split || world.rank() == 0) && cfg.generate > 0)
     result.generated = generate(cfg, c, [&](const Ids& x) { return trainer.model().predict(x); });
   return result;
 }
@@ -348,9 +383,10 @@ int main(int argc, char** argv) {
   config cfg;
   CLI::App app{"Train a GPT-style character-level language model over the ranks of mpiexec."};
   app.add_option("--strategy", cfg.strategy,
-                 "data (each rank a share of every batch of sequences, gradients averaged) or pipeline (the "
-                 "blocks cut into one stage per rank, micro-batches streamed through)")
-      ->check(CLI::IsMember({"data", "pipeline"}))
+                 "data (each rank a share of every batch of sequences, gradients averaged), pipeline (the "
+                 "blocks cut into one stage per rank, micro-batches streamed through) or tensor (every layer's "
+                 "heads and hidden columns split over the ranks; --heads and 4 --width divisible by the ranks)")
+      ->check(CLI::IsMember({"data", "pipeline", "tensor"}))
       ->capture_default_str();
   app.add_option("--epochs", cfg.epochs, "Passes over the training windows")->check(CLI::Range(1, 1000))->capture_default_str();
   app.add_option("--batch-size", cfg.batch_size, "Global batch in sequences, split over the ranks")
@@ -393,7 +429,13 @@ int main(int argc, char** argv) {
     const auto start = clock_type::now();
     parallax::warn_if_slow_blas(world);
     // Bad sizes fail here, on every rank, before any data is read.
-    parallax::agree(world, [&] { (void)nn::CausalSelfAttention<float>(cfg.width, cfg.heads); });
+    parallax::agree(world, [&] {
+      (void)nn::CausalSelfAttention<float>(cfg.width, cfg.heads);
+      PARALLAX_CHECK(cfg.strategy != "tensor" || cfg.checkpoints.dir.empty(),
+                     "--checkpoint-dir: checkpoints of a model split by --strategy tensor are not supported yet "
+                     "(every rank would write its own shard as the whole model)");
+    });
+    if (cfg.strategy == "tensor") (void)nn::ParallelCausalSelfAttention<float>(cfg.width, cfg.heads, world);
     std::ofstream json = demo::open_summary(cfg.json, world);
     const corpus c = parallax::agree(world, [&] { return load(cfg); });
     if (root)
@@ -403,8 +445,16 @@ int main(int argc, char** argv) {
                 << " training and " << c.validation.size() << " validation sequences of " << cfg.context
                 << ", global batch " << cfg.batch_size << ", adam lr " << cfg.lr << " (cosine)" << std::endl;
     demo::progress_bar progress(root && !cfg.quiet && demo::stdout_is_terminal(), cfg.epochs, "tokens", cfg.context);
-    const run_result result = cfg.strategy == "pipeline" ? train_pipeline(cfg, c, world, progress)
-                                                         : train_data_parallel(cfg, c, world, progress);
+    const std::size_t parameters = make_gpt(cfg, c.alphabet.size()).parameter_count();
+    run_result result;
+    if (cfg.strategy == "pipeline") {
+      result = train_pipeline(cfg, c, world, progress);
+    } else if (cfg.strategy == "tensor") {
+      const boost::mpi::communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+      result = train_replicas(make_split_gpt(cfg, c.alphabet.size(), world), parameters, cfg, c, world, self, progress);
+    } else {
+      result = train_replicas(make_gpt(cfg, c.alphabet.size()), parameters, cfg, c, world, world, progress);
+    }
     const double wall = std::chrono::duration<double>(clock_type::now() - start).count();
     if (root) {
       std::cout << "validation loss " << fixed(result.loss(), 4) << " nats/char, " << result.parameters

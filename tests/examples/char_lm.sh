@@ -4,8 +4,9 @@
 # 3 short epochs on the first 60000 characters; measured 2.50-2.51 over
 # seeds 1-3, while a model that learns only character frequencies stays
 # near 3.0 and an untrained one near 4.5); --strategy pipeline at 2 and 3
-# ranks ends at the data-parallel loss (same weights, same batches; only
-# rounding differs); a run resumed from a mid-epoch checkpoint at 1 rank
+# ranks and --strategy tensor at 2 end at the data-parallel loss (same
+# weights, same batches; only rounding differs); checkpoints of a tensor
+# split are refused; a run resumed from a mid-epoch checkpoint at 1 rank
 # ends where the uninterrupted 2-rank run ends; heads that do not divide
 # the width are one error, printed once.
 # Usage: char_lm.sh CHAR_LM_BINARY [mpiexec flags...]
@@ -38,6 +39,14 @@ for n in 2 3; do
   echo "pipeline, $n stages: validation loss ${a:-none}"
   check "pipeline at $n ranks ends at the data-parallel loss" "'${a}' != '' and '${reference}' != '' and abs(${a:-0} - ${reference:-9}) <= 1e-3"
 done
+
+run "$tmp/tensor.log" 2 --strategy tensor
+a=$(loss "$tmp/tensor.log")
+echo "tensor parallel, 2 ranks: validation loss ${a:-none}"
+check "tensor parallel at 2 ranks ends at the data-parallel loss" "'${a}' != '' and '${reference}' != '' and abs(${a:-0} - ${reference:-9}) <= 1e-3"
+mpiexec "${flags[@]}" -n 2 "$demo" --strategy tensor --checkpoint-dir "$tmp/no" >"$tmp/tensor_ckpt.log" 2>&1
+status=$?
+check "--strategy tensor with --checkpoint-dir is one error, exit 1" "$status == 1 and open('$tmp/tensor_ckpt.log').read().count('not supported yet') == 1"
 
 # Keep a mid-epoch checkpoint only, resume at 1 rank: the same end.
 for step in $(ls -d "$tmp/ckpt"/step-* | sort | tail -n 2); do rm -rf "$step"; done

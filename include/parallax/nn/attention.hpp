@@ -24,6 +24,95 @@
 
 namespace parallax::nn {
 
+namespace detail {
+
+/// Throws parallax::error naming `where` unless the last extent of a
+/// [batch, sequence, width] shape is width.
+template <class Shape>
+void check_attention_input(const Shape& shape, std::size_t width, const std::string& where) {
+  PARALLAX_CHECK(shape[2] == width, where + ": input of shape " + parallax::detail::shape_string(shape) +
+                                        " has width " + std::to_string(shape[2]) + ", expected " +
+                                        std::to_string(width));
+}
+
+/// "1 head", "8 heads".
+inline std::string heads_text(std::size_t heads) {
+  return std::to_string(heads) + (heads == 1 ? " head" : " heads");
+}
+
+/// The heads of causal self-attention between the two projections, and
+/// the scratch of one call: from qkv [batch, sequence, 3 inner] (q, k and v
+/// side by side, head h at columns [h d, (h + 1) d) of each) to the heads'
+/// outputs [batch, sequence, inner], and back. CausalSelfAttention and
+/// ParallelCausalSelfAttention (its heads split across ranks) run this.
+template <class T>
+class causal_heads {
+ public:
+  causal_heads(std::size_t inner, std::size_t heads) : inner_(inner), heads_(heads) {}
+
+  /// out = the heads' outputs for qkv; with `keep`, every head's
+  /// probabilities stay for backward() (batch * heads * sequence^2 values).
+  void forward(const xt::xtensor<T, 3>& qkv, xt::xtensor<T, 3>& out, bool keep);
+  /// dqkv from the heads' output gradient dout, after forward(qkv, ..., true).
+  void backward(const xt::xtensor<T, 3>& qkv, const xt::xtensor<T, 3>& dout, xt::xtensor<T, 3>& dqkv);
+
+  std::size_t heads() const { return heads_; }
+  std::size_t head_width() const { return inner_ / heads_; }
+
+ private:
+  /// Sample b, head h: the masked softmax of q k^T / sqrt(d) into p
+  /// [sequence, sequence], then p v into the head's columns of out.
+  void attend(const T* qkv, T* out, std::size_t h, std::size_t sequence, T* p) const;
+  /// Its gradient: from dout and p, the head's columns of dq, dk and dv.
+  void attend_backward(const T* qkv, const T* dout, T* dqkv, std::size_t h, std::size_t sequence, const T* p);
+
+  std::size_t inner_;
+  std::size_t heads_;
+  std::vector<T> probabilities_;  // forward: one head's [sequence, sequence]; kept: all heads'
+  std::vector<T> dscores_;        // one head's [sequence, sequence]
+};
+
+/// x -> qkv projection -> heads -> output projection, forward and backward
+/// (which runs the forward again), for any pair of projection layers.
+template <class T, class Projection, class Output>
+class attention_block {
+ public:
+  /// Wqkv, bqkv, Wo, bo: both projections' parameters.
+  auto parameters() { return std::tuple_cat(qkv_.parameters(), output_.parameters()); }
+  auto parameters() const { return std::tuple_cat(qkv_.parameters(), output_.parameters()); }
+  /// Gradients laid out like parameters().
+  auto gradients() { return std::tuple_cat(qkv_.gradients(), output_.gradients()); }
+  auto gradients() const { return std::tuple_cat(qkv_.gradients(), output_.gradients()); }
+
+  /// The projection to [q | k | v].
+  Projection& qkv() { return qkv_; }
+  const Projection& qkv() const { return qkv_; }
+  /// The output projection.
+  Output& output() { return output_; }
+  const Output& output() const { return output_; }
+
+ protected:
+  attention_block(Projection qkv, Output output, std::size_t inner, std::size_t heads)
+      : qkv_(std::move(qkv)), output_(std::move(output)), heads_(inner, heads) {}
+
+  /// Both projections from (key(seed, index), 0) and (key(seed, index), 1).
+  void initialize_projections(std::uint64_t seed, std::size_t index);
+  void run_forward(const xt::xtensor<T, 3>& x, xt::xtensor<T, 3>& y);
+  void run_backward(const xt::xtensor<T, 3>& x, const xt::xtensor<T, 3>& y, const xt::xtensor<T, 3>& dy,
+                    xt::xtensor<T, 3>& dx);
+
+  Projection qkv_;
+  Output output_;
+  causal_heads<T> heads_;
+  // Scratch, each used within one call only.
+  xt::xtensor<T, 3> qkv_out_;     // [batch, sequence, 3 inner]
+  xt::xtensor<T, 3> heads_out_;   // [batch, sequence, inner]: the heads side by side
+  xt::xtensor<T, 3> dheads_out_;  // its gradient
+  xt::xtensor<T, 3> dqkv_out_;    // qkv_out_'s gradient
+};
+
+}  // namespace detail
+
 /// Multi-head causal self-attention, as nanoGPT's CausalSelfAttention
 /// (GPT-2's) without dropout: for x [batch, sequence, width] and `heads`
 /// heads of width d = width / heads,
@@ -50,7 +139,9 @@ namespace parallax::nn {
 ///   attention.backward(x, y, dy, dx);       // adds to Wqkv, bqkv, Wo, bo's gradients
 /// @endcode
 template <class T>
-class CausalSelfAttention {
+class CausalSelfAttention : public detail::attention_block<T, Linear<T, 3>, Linear<T, 3>> {
+  using base = detail::attention_block<T, Linear<T, 3>, Linear<T, 3>>;
+
  public:
   using value_type = T;
   using input_type = xt::xtensor<T, 3>;
@@ -62,31 +153,21 @@ class CausalSelfAttention {
 
   /// The query-key-value projection from (key(seed, index), 0), the output
   /// projection from (key(seed, index), 1): PyTorch's nn.Linear draw each.
-  void initialize(std::uint64_t seed, std::size_t index);
+  void initialize(std::uint64_t seed, std::size_t index) { this->initialize_projections(seed, index); }
 
   /// y [batch, sequence, width] (resized only when its shape differs).
   void forward(const input_type& x, output_type& y);
   /// dx (resized only when needed); adds the gradients of both projections.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
-  /// Wqkv [width, 3 width], bqkv [3 width], Wo [width, width], bo [width].
-  auto parameters() { return std::tuple_cat(qkv_.parameters(), output_.parameters()); }
-  auto parameters() const { return std::tuple_cat(qkv_.parameters(), output_.parameters()); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tuple_cat(qkv_.gradients(), output_.gradients()); }
-  auto gradients() const { return std::tuple_cat(qkv_.gradients(), output_.gradients()); }
-
-  /// The projection to [q | k | v] (PyTorch's c_attn, transposed weight).
-  Linear<T, 3>& qkv() { return qkv_; }
-  const Linear<T, 3>& qkv() const { return qkv_; }
-  /// The output projection (PyTorch's c_proj, transposed weight).
-  Linear<T, 3>& output() { return output_; }
-  const Linear<T, 3>& output() const { return output_; }
+  // parameters() (Wqkv [width, 3 width], bqkv [3 width], Wo [width, width],
+  // bo [width]), gradients(), qkv() and output() (the two Linear<T, 3>,
+  // PyTorch's c_attn and c_proj with transposed weights): from the base.
 
   std::size_t width() const { return width_; }
-  std::size_t heads() const { return heads_; }
+  std::size_t heads() const { return this->heads_.heads(); }
   /// width / heads.
-  std::size_t head_width() const { return width_ / heads_; }
+  std::size_t head_width() const { return width_ / heads(); }
 
   /// "CausalSelfAttention(256, 8 heads)".
   std::string describe() const;
@@ -99,28 +180,7 @@ class CausalSelfAttention {
   }
 
  private:
-  /// Throws parallax::error unless x's last extent is width.
-  void check_input(const input_type& x, const char* where) const;
-  /// For sample b and head h of qkv_out_ [batch, sequence, 3 width]: the
-  /// masked softmax of q k^T / sqrt(d) into probabilities [sequence,
-  /// sequence], then probabilities v into columns [h d, (h + 1) d) of
-  /// heads_out_.
-  void attend(std::size_t b, std::size_t h, std::size_t sequence, T* probabilities);
-  /// The gradient of attend() for sample b and head h: from dheads_out_
-  /// and the probabilities, the columns of q, k and v of dqkv_out_.
-  void attend_backward(std::size_t b, std::size_t h, std::size_t sequence, const T* probabilities);
-
   std::size_t width_;
-  std::size_t heads_;
-  Linear<T, 3> qkv_;
-  Linear<T, 3> output_;
-  // Scratch, each used within one call only.
-  xt::xtensor<T, 3> qkv_out_;     // [batch, sequence, 3 width]
-  xt::xtensor<T, 3> heads_out_;   // [batch, sequence, width]: the heads side by side
-  xt::xtensor<T, 3> dheads_out_;  // its gradient
-  xt::xtensor<T, 3> dqkv_out_;    // qkv_out_'s gradient
-  std::vector<T> probabilities_;  // forward: one head's [sequence, sequence]; backward: all heads'
-  std::vector<T> dscores_;        // one head's [sequence, sequence]
 };
 
 // ---------------------------------------------------------------------------
@@ -135,63 +195,40 @@ inline std::size_t checked_head_width(std::size_t width, std::size_t heads) {
   return width;
 }
 
-}  // namespace detail
-
 template <class T>
-CausalSelfAttention<T>::CausalSelfAttention(std::size_t width, std::size_t heads)
-    : width_(detail::checked_head_width(width, heads)), heads_(heads), qkv_(width, 3 * width), output_(width, width) {
-  initialize(0, 0);
-}
-
-template <class T>
-void CausalSelfAttention<T>::initialize(std::uint64_t seed, std::size_t index) {
-  const std::uint64_t k = parallax::detail::key(seed, index);
-  qkv_.initialize(k, 0);
-  output_.initialize(k, 1);
-}
-
-template <class T>
-void CausalSelfAttention<T>::check_input(const input_type& x, const char* where) const {
-  PARALLAX_CHECK(x.shape()[2] == width_, std::string("CausalSelfAttention::") + where + "(): input of shape " +
-                                             parallax::detail::shape_string(x.shape()) + " has width " +
-                                             std::to_string(x.shape()[2]) + ", expected " + std::to_string(width_));
-}
-
-template <class T>
-void CausalSelfAttention<T>::attend(std::size_t b, std::size_t h, std::size_t sequence, T* p) {
-  const std::size_t d = head_width(), row = 3 * width_;
-  const T* q = qkv_out_.data() + b * sequence * row + h * d;
-  const T* k = q + width_;
-  const T* v = q + 2 * width_;
+void causal_heads<T>::attend(const T* qkv, T* out, std::size_t h, std::size_t sequence, T* p) const {
+  const std::size_t d = head_width(), row = 3 * inner_;
+  const T* q = qkv + h * d;
+  const T* k = q + inner_;
+  const T* v = q + 2 * inner_;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   // scores = q k^T / sqrt(d), every pair; the mask then keeps j <= i.
-  detail::strided_gemm(false, true, sequence, sequence, d, scale, q, row, k, row, T(0), p, sequence);
+  strided_gemm(false, true, sequence, sequence, d, scale, q, row, k, row, T(0), p, sequence);
   for (std::size_t i = 0; i < sequence; ++i) {
     T* r = p + i * sequence;
-    detail::softmax_row(r, i + 1, r);
+    softmax_row(r, i + 1, r);
     std::fill(r + i + 1, r + sequence, T(0));
   }
   // The full product, zeros included, as PyTorch's att @ v.
-  detail::strided_gemm(false, false, sequence, d, sequence, T(1), p, sequence, v, row, T(0),
-                       heads_out_.data() + b * sequence * width_ + h * d, width_);
+  strided_gemm(false, false, sequence, d, sequence, T(1), p, sequence, v, row, T(0), out + h * d, inner_);
 }
 
 template <class T>
-void CausalSelfAttention<T>::attend_backward(std::size_t b, std::size_t h, std::size_t sequence, const T* p) {
-  const std::size_t d = head_width(), row = 3 * width_;
-  const std::size_t offset = b * sequence * row + h * d;
-  const T* q = qkv_out_.data() + offset;
-  const T* k = q + width_;
-  const T* v = q + 2 * width_;
-  T* dq = dqkv_out_.data() + offset;
-  T* dk = dq + width_;
-  T* dv = dq + 2 * width_;
-  const T* da = dheads_out_.data() + b * sequence * width_ + h * d;
+void causal_heads<T>::attend_backward(const T* qkv, const T* dout, T* dqkv, std::size_t h, std::size_t sequence,
+                                      const T* p) {
+  const std::size_t d = head_width(), row = 3 * inner_;
+  const T* q = qkv + h * d;
+  const T* k = q + inner_;
+  const T* v = q + 2 * inner_;
+  T* dq = dqkv + h * d;
+  T* dk = dq + inner_;
+  T* dv = dq + 2 * inner_;
+  const T* da = dout + h * d;
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   T* ds = dscores_.data();
   // dv = p^T da; dp = da v^T.
-  detail::strided_gemm(true, false, sequence, d, sequence, T(1), p, sequence, da, width_, T(0), dv, row);
-  detail::strided_gemm(false, true, sequence, sequence, d, T(1), da, width_, v, row, T(0), ds, sequence);
+  strided_gemm(true, false, sequence, d, sequence, T(1), p, sequence, da, inner_, T(0), dv, row);
+  strided_gemm(false, true, sequence, sequence, d, T(1), da, inner_, v, row, T(0), ds, sequence);
   // Through the softmax: ds = p (dp - sum_j p dp), row by row over j <= i;
   // masked scores get exactly 0.
   for (std::size_t i = 0; i < sequence; ++i) {
@@ -204,55 +241,92 @@ void CausalSelfAttention<T>::attend_backward(std::size_t b, std::size_t h, std::
     std::fill(r + i + 1, r + sequence, T(0));
   }
   // dq = ds k / sqrt(d); dk = ds^T q / sqrt(d).
-  detail::strided_gemm(false, false, sequence, d, sequence, scale, ds, sequence, k, row, T(0), dq, row);
-  detail::strided_gemm(true, false, sequence, d, sequence, scale, ds, sequence, q, row, T(0), dk, row);
+  strided_gemm(false, false, sequence, d, sequence, scale, ds, sequence, k, row, T(0), dq, row);
+  strided_gemm(true, false, sequence, d, sequence, scale, ds, sequence, q, row, T(0), dk, row);
+}
+
+template <class T>
+void causal_heads<T>::forward(const xt::xtensor<T, 3>& qkv, xt::xtensor<T, 3>& out, bool keep) {
+  const std::size_t batch = qkv.shape()[0], sequence = qkv.shape()[1], square = sequence * sequence;
+  const std::array<std::size_t, 3> shape{batch, sequence, inner_};
+  if (out.shape() != shape) out.resize(shape);
+  probabilities_.resize(keep ? batch * heads_ * square : square);
+  for (std::size_t b = 0; b < batch && sequence > 0; ++b)
+    for (std::size_t h = 0; h < heads_; ++h)
+      attend(qkv.data() + b * sequence * 3 * inner_, out.data() + b * sequence * inner_, h, sequence,
+             probabilities_.data() + (keep ? (b * heads_ + h) * square : 0));
+}
+
+template <class T>
+void causal_heads<T>::backward(const xt::xtensor<T, 3>& qkv, const xt::xtensor<T, 3>& dout, xt::xtensor<T, 3>& dqkv) {
+  const std::size_t batch = qkv.shape()[0], sequence = qkv.shape()[1], square = sequence * sequence;
+  if (dqkv.shape() != qkv.shape()) dqkv.resize(qkv.shape());
+  dscores_.resize(square);
+  for (std::size_t b = 0; b < batch && sequence > 0; ++b)
+    for (std::size_t h = 0; h < heads_; ++h)
+      attend_backward(qkv.data() + b * sequence * 3 * inner_, dout.data() + b * sequence * inner_,
+                      dqkv.data() + b * sequence * 3 * inner_, h, sequence,
+                      probabilities_.data() + (b * heads_ + h) * square);
+}
+
+template <class T, class Projection, class Output>
+void attention_block<T, Projection, Output>::initialize_projections(std::uint64_t seed, std::size_t index) {
+  const std::uint64_t k = parallax::detail::key(seed, index);
+  qkv_.initialize(k, 0);
+  output_.initialize(k, 1);
+}
+
+template <class T, class Projection, class Output>
+void attention_block<T, Projection, Output>::run_forward(const xt::xtensor<T, 3>& x, xt::xtensor<T, 3>& y) {
+  qkv_.forward(x, qkv_out_);
+  heads_.forward(qkv_out_, heads_out_, false);
+  output_.forward(heads_out_, y);
+}
+
+template <class T, class Projection, class Output>
+void attention_block<T, Projection, Output>::run_backward(const xt::xtensor<T, 3>& x, const xt::xtensor<T, 3>& y,
+                                                          const xt::xtensor<T, 3>& dy, xt::xtensor<T, 3>& dx) {
+  // The forward again, keeping every head's probabilities for the way back.
+  qkv_.forward(x, qkv_out_);
+  heads_.forward(qkv_out_, heads_out_, true);
+  output_.backward(heads_out_, y, dy, dheads_out_);
+  heads_.backward(qkv_out_, dheads_out_, dqkv_out_);
+  qkv_.backward(x, qkv_out_, dqkv_out_, dx);
+}
+
+}  // namespace detail
+
+template <class T>
+CausalSelfAttention<T>::CausalSelfAttention(std::size_t width, std::size_t heads)
+    : base(Linear<T, 3>(detail::checked_head_width(width, heads), 3 * width), Linear<T, 3>(width, width), width,
+           heads),
+      width_(width) {
+  initialize(0, 0);
 }
 
 template <class T>
 void CausalSelfAttention<T>::forward(const input_type& x, output_type& y) {
-  check_input(x, "forward");
-  const std::size_t batch = x.shape()[0], sequence = x.shape()[1];
-  qkv_.forward(x, qkv_out_);
-  if (heads_out_.shape() != x.shape()) heads_out_.resize(x.shape());
-  probabilities_.resize(sequence * sequence);
-  for (std::size_t b = 0; b < batch && sequence > 0; ++b)
-    for (std::size_t h = 0; h < heads_; ++h) attend(b, h, sequence, probabilities_.data());
-  output_.forward(heads_out_, y);
+  detail::check_attention_input(x.shape(), width_, "CausalSelfAttention::forward()");
+  this->run_forward(x, y);
 }
 
 template <class T>
 void CausalSelfAttention<T>::backward(const input_type& x, const output_type& y, const output_type& dy,
                                       input_type& dx) {
-  check_input(x, "backward");
+  detail::check_attention_input(x.shape(), width_, "CausalSelfAttention::backward()");
   detail::check_dy_shape(dy.shape(), x.shape(), "CausalSelfAttention");
-  const std::size_t batch = x.shape()[0], sequence = x.shape()[1], square = sequence * sequence;
-  // The forward again, keeping every head's probabilities for the way back.
-  qkv_.forward(x, qkv_out_);
-  if (heads_out_.shape() != x.shape()) heads_out_.resize(x.shape());
-  probabilities_.resize(batch * heads_ * square);
-  for (std::size_t b = 0; b < batch && sequence > 0; ++b)
-    for (std::size_t h = 0; h < heads_; ++h) attend(b, h, sequence, probabilities_.data() + (b * heads_ + h) * square);
-  output_.backward(heads_out_, y, dy, dheads_out_);
-  if (dqkv_out_.shape() != qkv_out_.shape()) dqkv_out_.resize(qkv_out_.shape());
-  dscores_.resize(square);
-  for (std::size_t b = 0; b < batch && sequence > 0; ++b)
-    for (std::size_t h = 0; h < heads_; ++h)
-      attend_backward(b, h, sequence, probabilities_.data() + (b * heads_ + h) * square);
-  qkv_.backward(x, qkv_out_, dqkv_out_, dx);
+  this->run_backward(x, y, dy, dx);
 }
 
 template <class T>
 std::string CausalSelfAttention<T>::describe() const {
-  return "CausalSelfAttention(" + std::to_string(width_) + ", " + std::to_string(heads_) +
-         (heads_ == 1 ? " head)" : " heads)");
+  return "CausalSelfAttention(" + std::to_string(width_) + ", " + detail::heads_text(heads()) + ")";
 }
 
 template <class T>
 std::vector<std::size_t> CausalSelfAttention<T>::output_shape(const std::vector<std::size_t>& input_shape) const {
   detail::check_input_rank(input_shape, 3, describe());
-  PARALLAX_CHECK(input_shape[2] == width_, describe() + ": input shape " + parallax::detail::shape_string(input_shape) +
-                                               " has width " + std::to_string(input_shape[2]) + ", expected " +
-                                               std::to_string(width_));
+  detail::check_attention_input(input_shape, width_, describe());
   return input_shape;
 }
 
