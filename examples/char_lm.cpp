@@ -4,11 +4,12 @@
 // of sequences), as a pipeline (the blocks cut into one stage per rank) or
 // tensor parallel (each layer's attention heads and MLP columns split over
 // the ranks, Megatron-LM style).
-// The model: token and position embeddings, two pre-norm transformer blocks
-// (causal self-attention and a GELU MLP, each inside a Residual), a final
-// LayerNorm and a linear head over the characters, a token-level softmax
-// cross-entropy. Rank 0 reports the training and validation loss per epoch
-// (nats per character) and, at the end, characters the model writes.
+// The model (examples/gpt.hpp): token and position embeddings, two pre-norm
+// transformer blocks (causal self-attention and a GELU MLP, each inside a
+// Residual), a final LayerNorm and a linear head over the characters, a
+// token-level softmax cross-entropy. Rank 0 reports the training and
+// validation loss per epoch (nats per character) and, at the end,
+// characters the model writes.
 //
 //   mpiexec -n 2 build/examples/char_lm                          # data parallel, 6 epochs
 //   mpiexec -n 2 build/examples/char_lm --strategy pipeline
@@ -24,22 +25,14 @@
 // Exit status: 0 on success, 1 on an error, 2 when the final validation loss
 // is above --max-loss.
 #include "demo_support.hpp"
+#include "gpt.hpp"
 
 #include <parallax/core/blas.hpp>
 #include <parallax/core/comm.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data_parallel.hpp>
-#include <parallax/model_parallel.hpp>
-#include <parallax/nn/activation.hpp>
 #include <parallax/nn/attention.hpp>
-#include <parallax/nn/embedding.hpp>
-#include <parallax/nn/layer_norm.hpp>
-#include <parallax/nn/linear.hpp>
-#include <parallax/nn/position_embedding.hpp>
-#include <parallax/nn/residual.hpp>
-#include <parallax/nn/sequential.hpp>
 #include <parallax/nn/tensor_parallel.hpp>
-#include <parallax/nn/token_cross_entropy.hpp>
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/schedule.hpp>
 
@@ -163,70 +156,11 @@ corpus load(const config& cfg) {
   return c;
 }
 
-// --- the model ----------------------------------------------------------------
-
-using Attention = nn::Residual<nn::LayerNorm<float, 3>, nn::CausalSelfAttention<float>>;
-using Mlp = nn::Residual<nn::LayerNorm<float, 3>, nn::Linear<float, 3>, nn::GELU<float, 3>, nn::Linear<float, 3>>;
-
-auto attention_parts(const config& cfg) {
-  return std::tuple{nn::LayerNorm<float, 3>(cfg.width), nn::CausalSelfAttention<float>(cfg.width, cfg.heads)};
-}
-auto mlp_parts(const config& cfg) {
-  return std::tuple{nn::LayerNorm<float, 3>(cfg.width), nn::Linear<float, 3>(cfg.width, 4 * cfg.width),
-                    nn::GELU<float, 3>{}, nn::Linear<float, 3>(4 * cfg.width, cfg.width)};
-}
-
-// Every part's constructor arguments, in chain order: what ModelParallel
-// builds its stages from, and (made into the layers) the Sequential.
-auto gpt_parts(const config& cfg, std::size_t vocabulary) {
-  return std::tuple{std::tuple{vocabulary, cfg.width}, std::tuple{cfg.context, cfg.width}, attention_parts(cfg),
-                    mlp_parts(cfg),                     attention_parts(cfg),               mlp_parts(cfg),
-                    std::tuple{cfg.width},              std::tuple{cfg.width, vocabulary},  std::tuple{}};
-}
-
-// The same chain with the attention heads and the MLP's hidden columns split
-// over the ranks of `tp` (Megatron-LM's tensor parallelism).
-using SplitAttention = nn::Residual<nn::LayerNorm<float, 3>, nn::ParallelCausalSelfAttention<float>>;
-using SplitMlp = nn::Residual<nn::LayerNorm<float, 3>, nn::ColumnParallelLinear<float, 3>, nn::GELU<float, 3>,
-                              nn::RowParallelLinear<float, 3>>;
-
-auto make_split_gpt(const config& cfg, std::size_t vocabulary, const boost::mpi::communicator& tp) {
-  auto attention = [&] {
-    return SplitAttention{nn::LayerNorm<float, 3>(cfg.width), nn::ParallelCausalSelfAttention<float>(cfg.width, cfg.heads, tp)};
-  };
-  auto mlp = [&] {
-    return SplitMlp{nn::LayerNorm<float, 3>(cfg.width), nn::ColumnParallelLinear<float, 3>(cfg.width, 4 * cfg.width, tp),
-                    nn::GELU<float, 3>{}, nn::RowParallelLinear<float, 3>(4 * cfg.width, cfg.width, tp)};
-  };
-  return nn::Sequential{nn::Embedding<float>(vocabulary, cfg.width),
-                        nn::PositionEmbedding<float>(cfg.context, cfg.width),
-                        attention(),
-                        mlp(),
-                        attention(),
-                        mlp(),
-                        nn::LayerNorm<float, 3>(cfg.width),
-                        nn::Linear<float, 3>(cfg.width, vocabulary),
-                        nn::TokenCrossEntropy<float>{}};
-}
-
-using GptPipeline =
-    parallax::ModelParallel<nn::Embedding<float>, nn::PositionEmbedding<float>, Attention, Mlp, Attention, Mlp,
-                            nn::LayerNorm<float, 3>, nn::Linear<float, 3>, nn::TokenCrossEntropy<float>>;
-
-// The same chain as a Sequential (the same layers from the same arguments).
-auto make_gpt(const config& cfg, std::size_t vocabulary) {
-  return nn::Sequential{nn::Embedding<float>(vocabulary, cfg.width),
-                        nn::PositionEmbedding<float>(cfg.context, cfg.width),
-                        std::make_from_tuple<Attention>(attention_parts(cfg)),
-                        std::make_from_tuple<Mlp>(mlp_parts(cfg)),
-                        std::make_from_tuple<Attention>(attention_parts(cfg)),
-                        std::make_from_tuple<Mlp>(mlp_parts(cfg)),
-                        nn::LayerNorm<float, 3>(cfg.width),
-                        nn::Linear<float, 3>(cfg.width, vocabulary),
-                        nn::TokenCrossEntropy<float>{}};
-}
-
 // --- training -----------------------------------------------------------------
+
+gpt::shape shape(const config& cfg, const corpus& c) {
+  return {.vocabulary = c.alphabet.size(), .context = cfg.context, .width = cfg.width, .heads = cfg.heads};
+}
 
 struct epoch_result {
   double train_loss = 0, validation_loss = 0, seconds = 0, tokens_per_second = 0;
@@ -329,7 +263,7 @@ run_result train_pipeline(const config& cfg, const corpus& c, const boost::mpi::
   run_result result;
   parallax::pipeline_options options{.micro_batches = cfg.micro_batches, .seed = cfg.seed};
   common_options(options, cfg, c, progress);
-  GptPipeline pipeline(gpt_parts(cfg, c.alphabet.size()), optim::Adam<float>({.lr = cfg.lr}), std::move(options),
+  gpt::Pipeline pipeline(gpt::parts(shape(cfg, c)), optim::Adam<float>({.lr = cfg.lr}), std::move(options),
                        world);
   std::size_t local = pipeline.stats().local_parameters;
   boost::mpi::all_reduce(world, local, result.parameters, std::plus<std::size_t>());
@@ -445,15 +379,15 @@ int main(int argc, char** argv) {
                 << " training and " << c.validation.size() << " validation sequences of " << cfg.context
                 << ", global batch " << cfg.batch_size << ", adam lr " << cfg.lr << " (cosine)" << std::endl;
     demo::progress_bar progress(root && !cfg.quiet && demo::stdout_is_terminal(), cfg.epochs, "tokens", cfg.context);
-    const std::size_t parameters = make_gpt(cfg, c.alphabet.size()).parameter_count();
+    const std::size_t parameters = gpt::make(shape(cfg, c)).parameter_count();
     run_result result;
     if (cfg.strategy == "pipeline") {
       result = train_pipeline(cfg, c, world, progress);
     } else if (cfg.strategy == "tensor") {
       const boost::mpi::communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
-      result = train_replicas(make_split_gpt(cfg, c.alphabet.size(), world), parameters, cfg, c, world, self, progress);
+      result = train_replicas(gpt::make_split(shape(cfg, c), world), parameters, cfg, c, world, self, progress);
     } else {
-      result = train_replicas(make_gpt(cfg, c.alphabet.size()), parameters, cfg, c, world, world, progress);
+      result = train_replicas(gpt::make(shape(cfg, c)), parameters, cfg, c, world, world, progress);
     }
     const double wall = std::chrono::duration<double>(clock_type::now() - start).count();
     if (root) {

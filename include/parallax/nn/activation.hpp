@@ -121,8 +121,10 @@ enum class gelu_approximation { exact, tanh };
 /// x Phi(x), Phi the standard normal CDF, as PyTorch's F.gelu:
 ///   exact: 0.5 x (1 + erf(x / sqrt(2)))
 ///   tanh:  0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
-/// The slope is the derivative of the formula chosen (from x); evaluated in
-/// double. A NaN gives NaN forward and backward.
+/// The slope is the derivative of the formula chosen (from x). Evaluated in
+/// T, as PyTorch's CPU kernels do: float through erff, expf and tanhf
+/// (about 2x faster than double's), double in double. A NaN gives NaN
+/// forward and backward.
 /// @code
 ///   parallax::nn::GELU<float, 3> exact;                                       // [batch, sequence, width]
 ///   parallax::nn::GELU<float> fast(parallax::nn::gelu_approximation::tanh);
@@ -137,19 +139,17 @@ class GELU : public detail::Elementwise<GELU<T, N>, T, N> {
   gelu_approximation approximation() const { return approximation_; }
 
   T value(T x) const {
-    const double v = static_cast<double>(x);
-    if (approximation_ == gelu_approximation::exact) return static_cast<T>(0.5 * v * (1.0 + std::erf(v * sqrt1_2)));
-    return static_cast<T>(0.5 * v * (1.0 + std::tanh(sqrt_2_pi * (v + coefficient * v * v * v))));
+    if (approximation_ == gelu_approximation::exact) return T(0.5) * x * (T(1) + std::erf(x * T(sqrt1_2)));
+    return T(0.5) * x * (T(1) + std::tanh(T(sqrt_2_pi) * (x + T(coefficient) * x * x * x)));
   }
   T slope(T x, T /*y*/) const {
-    const double v = static_cast<double>(x);
     if (approximation_ == gelu_approximation::exact) {
       // Phi(x) + x phi(x).
-      const double pdf = inv_sqrt_2pi * std::exp(-0.5 * v * v);
-      return static_cast<T>(0.5 * (1.0 + std::erf(v * sqrt1_2)) + v * pdf);
+      const T pdf = T(inv_sqrt_2pi) * std::exp(T(-0.5) * x * x);
+      return T(0.5) * (T(1) + std::erf(x * T(sqrt1_2))) + x * pdf;
     }
-    const double t = std::tanh(sqrt_2_pi * (v + coefficient * v * v * v));
-    return static_cast<T>(0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * sqrt_2_pi * (1.0 + 3.0 * coefficient * v * v));
+    const T t = std::tanh(T(sqrt_2_pi) * (x + T(coefficient) * x * x * x));
+    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(sqrt_2_pi) * (T(1) + T(3 * coefficient) * x * x);
   }
 
   /// "GELU" or "GELU(tanh)".

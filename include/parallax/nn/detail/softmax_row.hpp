@@ -53,15 +53,20 @@ double softmax_row_loss_and_gradient(const T* row, std::size_t classes, std::siz
 }
 
 /// softmax(row[0, n)) written into out[0, n) (out may be row): shifted by
-/// the row's maximum, summed in double, each value exp(row[c] - max) / sum
-/// computed in double. A NaN or +inf in the row (or only -inf ones) makes
-/// every value NaN, as in PyTorch.
+/// the row's maximum, each exp(row[c] - max) computed once in double and
+/// kept in out, summed in double, then scaled by 1 / sum. A NaN or +inf in
+/// the row (or only -inf ones) makes every value NaN, as in PyTorch.
 template <class T>
 void softmax_row(const T* row, std::size_t n, T* out) {
   const double top = static_cast<double>(row_maximum(row, n));
   double sum = 0;
-  for (std::size_t c = 0; c < n; ++c) sum += std::exp(static_cast<double>(row[c]) - top);
-  for (std::size_t c = 0; c < n; ++c) out[c] = static_cast<T>(std::exp(static_cast<double>(row[c]) - top) / sum);
+  for (std::size_t c = 0; c < n; ++c) {
+    const double e = std::exp(static_cast<double>(row[c]) - top);
+    out[c] = static_cast<T>(e);
+    sum += e;
+  }
+  const double inverse = 1.0 / sum;
+  for (std::size_t c = 0; c < n; ++c) out[c] = static_cast<T>(static_cast<double>(out[c]) * inverse);
 }
 
 }  // namespace parallax::nn::detail
