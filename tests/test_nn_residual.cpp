@@ -19,7 +19,9 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -162,4 +164,52 @@ TEST_CASE("Residual: a body that changes the shape is an error naming the Residu
   Residual fits{Linear<double>(4, 4)};
   CHECK(error_of([&] { (void)fits.output_shape({2, 5}); })
             .find("Residual: layer 0 Linear(4 -> 4) cannot take the input, of shape (2, 5)") == 0);
+}
+
+namespace {
+
+/// y = 2 x, counting its forwards; `Reads` says whether backward reads y.
+template <bool Reads>
+struct Doubling {
+  using input_type = xt::xtensor<double, 2>;
+  using output_type = xt::xtensor<double, 2>;
+  static constexpr bool backward_reads_output = Reads;
+  int* forwards = nullptr;
+  void initialize(std::uint64_t, std::size_t) {}
+  void forward(const input_type& x, output_type& y) {
+    ++*forwards;
+    y = 2.0 * x;
+  }
+  void backward(const input_type&, const output_type&, const output_type& dy, input_type& dx) { dx = 2.0 * dy; }
+};
+
+static_assert(parallax::BackwardIgnoresOutput<Doubling<false>>);
+static_assert(!parallax::BackwardIgnoresOutput<Doubling<true>>);
+static_assert(!parallax::BackwardIgnoresOutput<Tanh<double>>);
+static_assert(parallax::BackwardIgnoresOutput<Linear<float>>);
+static_assert(parallax::BackwardIgnoresOutput<LayerNorm<double, 3>>);
+static_assert(parallax::BackwardIgnoresOutput<Residual<Linear<float>>>);
+
+}  // namespace
+
+TEST_CASE("Residual: backward skips the forward of a last layer whose backward does not read its output") {
+  int skipped = 0, kept = 0;
+  Residual a{Linear<double>(3, 3), Doubling<false>{&skipped}};
+  Residual b{Linear<double>(3, 3), Doubling<true>{&kept}};
+  a.initialize(4, 0);
+  b.initialize(4, 0);
+  const auto x = random_tensor<double, 2>({2, 3}, 5);
+  const auto dy = random_tensor<double, 2>({2, 3}, 6);
+  xt::xtensor<double, 2> ya, yb, dxa, dxb;
+  a.forward(x, ya);
+  b.forward(x, yb);
+  CHECK(skipped == 1);
+  CHECK(kept == 1);
+  a.backward(x, ya, dy, dxa);
+  b.backward(x, yb, dy, dxb);
+  CHECK(skipped == 1);  // the recomputation left the last layer out
+  CHECK(kept == 2);
+  CHECK(ya == yb);
+  CHECK(dxa == dxb);  // the same bits either way
+  CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
 }

@@ -286,6 +286,14 @@ concept HasParameterBackward = HasLayerTypes<L> &&
                                requires(L& l, const typename L::input_type& x, const typename L::output_type& y,
                                         const typename L::output_type& dy) { l.backward_parameters(x, y, dy); };
 
+/// Optional for a Layer: `static constexpr bool backward_reads_output =
+/// false` declares that backward(x, y, dy, dx) never reads y. A Residual
+/// that recomputes its body for backward then skips the forward of the
+/// body's last layer, whose output nothing else reads (Linear, LayerNorm and
+/// the attention layers declare it: one forward less per step).
+template <class L>
+concept BackwardIgnoresOutput = requires { requires !L::backward_reads_output; };
+
 /// The end of a chain: turns the last layer's output and the batch's targets
 /// into a mean loss and its gradient.
 ///   input_type  the last layer's output_type

@@ -146,6 +146,8 @@ class CausalSelfAttention : public detail::attention_block<T, Linear<T, 3>, Line
   using value_type = T;
   using input_type = xt::xtensor<T, 3>;
   using output_type = xt::xtensor<T, 3>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// Attention over rows of `width` values (> 0) with `heads` heads (> 0,
   /// dividing width); usable weights at once (initialize(0, 0)).

@@ -103,6 +103,10 @@ class LayerChain {
   /// buffer). A new input shape is first checked through the whole chain
   /// (output_shape), so a mismatch names the layer; `who` names the owner.
   const output_type& forward(const input_type& x, const char* who);
+  /// forward(x, who) for a backward that follows at once: the last layer's
+  /// forward is skipped when its backward does not read its output
+  /// (BackwardIgnoresOutput), as nothing else reads it.
+  void forward_for_backward(const input_type& x, const char* who);
   /// Where the caller may write dL/d(the last output) for backward().
   output_type& output_gradient() { return std::get<layer_count - 1>(output_grads_); }
   /// From dL/d(the last output) — *dy, or without dy output_gradient() —
@@ -150,6 +154,10 @@ class LayerChain {
     std::apply([&](auto&... layer) { (f(layer), ...); }, layers_);
   }
 
+  /// The forwards of layers [0, Count), after the shape check.
+  template <std::size_t Count>
+  void run_forward(const input_type& x, const char* who);
+
   /// Layer I's input: x for layer 0, else layer I - 1's output.
   template <std::size_t I>
   const auto& layer_input(const input_type& x) const {
@@ -196,6 +204,22 @@ std::size_t LayerChain<Layers...>::parameter_count() const
 
 template <class... Layers>
 auto LayerChain<Layers...>::forward(const input_type& x, const char* who) -> const output_type& {
+  run_forward<layer_count>(x, who);
+  return std::get<layer_count - 1>(outputs_);
+}
+
+template <class... Layers>
+void LayerChain<Layers...>::forward_for_backward(const input_type& x, const char* who) {
+  if constexpr (BackwardIgnoresOutput<layer_t<layer_count - 1>>) {
+    run_forward<layer_count - 1>(x, who);
+  } else {
+    run_forward<layer_count>(x, who);
+  }
+}
+
+template <class... Layers>
+template <std::size_t Count>
+void LayerChain<Layers...>::run_forward(const input_type& x, const char* who) {
   if constexpr (ok_) {
     if (!std::equal(x.shape().begin(), x.shape().end(), checked_shape_.begin(), checked_shape_.end())) {
       std::vector<std::size_t> shape(x.shape().begin(), x.shape().end());
@@ -209,9 +233,8 @@ auto LayerChain<Layers...>::forward(const input_type& x, const char* who) -> con
     };
     [&]<std::size_t... I>(std::index_sequence<I...>) {
       (one(std::integral_constant<std::size_t, I>{}), ...);
-    }(std::make_index_sequence<layer_count>{});
+    }(std::make_index_sequence<Count>{});
   }
-  return std::get<layer_count - 1>(outputs_);
 }
 
 template <class... Layers>

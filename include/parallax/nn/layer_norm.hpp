@@ -43,6 +43,9 @@ class LayerNorm {
   using input_type = xt::xtensor<T, N>;
   using output_type = xt::xtensor<T, N>;
 
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
+
   /// PyTorch's default eps.
   static constexpr double default_eps = 1e-5;
 

@@ -38,6 +38,8 @@ class Linear : public detail::WeightAndBias<T> {
   using value_type = T;
   using input_type = xt::xtensor<T, N>;
   using output_type = xt::xtensor<T, N>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// A layer from `in` features to `out` features; weights start at zero
   /// until initialize().

@@ -35,6 +35,8 @@ class PositionEmbedding {
   using value_type = T;
   using input_type = xt::xtensor<T, 3>;
   using output_type = xt::xtensor<T, 3>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// A table of `context` positions (> 0) of `width` values (> 0); drawn as
   /// initialize(0, 0) gives it until initialize() is called.

@@ -73,6 +73,8 @@ class Residual {
  public:
   using input_type = typename chain_type::input_type;
   using output_type = typename chain_type::output_type;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
   using value_type = typename output_type::value_type;
 
   explicit Residual(Layers... layers) : body_(std::move(layers)...) {}
@@ -176,7 +178,7 @@ void Residual<Layers...>::backward(const input_type& x, const output_type& /*y*/
     PARALLAX_CHECK(dy.shape() == x.shape(), "Residual::backward(): dy has shape " +
                                                 parallax::detail::shape_string(dy.shape()) + ", expected " +
                                                 parallax::detail::shape_string(x.shape()));
-    (void)body_.forward(x, "Residual");  // the body's activations, recomputed
+    body_.forward_for_backward(x, "Residual");  // the body's activations, recomputed
     body_.backward(x, &dy, &dx);
     // The skip path: dL/dx gets dy itself as well.
     auto* out = dx.data();

@@ -76,6 +76,8 @@ class ColumnParallelLinear {
   using value_type = T;
   using input_type = xt::xtensor<T, N>;
   using output_type = xt::xtensor<T, N>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// Collective over `comm` (t ranks; MPI_COMM_WORLD by default): rank r
   /// holds columns [r out / t, (r + 1) out / t) of the weight and the bias;
@@ -146,6 +148,8 @@ class RowParallelLinear : public detail::WeightAndBias<T> {
   using value_type = T;
   using input_type = xt::xtensor<T, N>;
   using output_type = xt::xtensor<T, N>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// Collective over `comm` (t ranks; MPI_COMM_WORLD by default): rank r
   /// holds rows [r in / t, (r + 1) in / t) of the weight and the whole bias;
@@ -378,6 +382,8 @@ class ParallelCausalSelfAttention
   using value_type = T;
   using input_type = xt::xtensor<T, 3>;
   using output_type = xt::xtensor<T, 3>;
+  /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
+  static constexpr bool backward_reads_output = false;
 
   /// Collective over `comm` (MPI_COMM_WORLD by default): width and heads as
   /// CausalSelfAttention's, and t must divide heads.
