@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSL-1.0
-// The serial reference of the data-parallel tests: one process, no
-// DataParallel, stepping a model on the sampler's global batches.
+// The serial reference of the parallel tests: one process, no trainer, the
+// optimizer stepping a model by hand (serial::step, serial::train_on), and
+// the toy model on a sampler's global batches (toy::train_serial).
 #pragma once
 
 #include "toy_model.hpp"
@@ -12,6 +13,33 @@
 #include <cstddef>
 #include <span>
 #include <vector>
+
+namespace serial {
+
+/// One optimizer step of `model` from the gradients it holds.
+template <class T, class M>
+void step(M& model, parallax::optim::Optimizer<T>& optimizer) {
+  std::vector<std::span<T>> params;
+  std::vector<std::span<const T>> grads;
+  parallax::detail::for_each_tensor(model.parameters(), [&](auto& t) { params.emplace_back(t.data(), t.size()); });
+  parallax::detail::for_each_tensor(model.gradients(), [&](auto& t) { grads.emplace_back(t.data(), t.size()); });
+  optimizer.step(params, grads);
+}
+
+/// `steps` optimizer steps of `model` on the same batch; each step's loss.
+template <class T, class M, class B>
+std::vector<double> train_on(M& model, const B& batch, const parallax::optim::Optimizer<T>& optimizer,
+                             std::size_t steps) {
+  auto rule = optimizer.clone();
+  std::vector<double> losses;
+  for (std::size_t s = 0; s < steps; ++s) {
+    losses.push_back(model.loss_and_gradient(batch));
+    step(model, *rule);
+  }
+  return losses;
+}
+
+}  // namespace serial
 
 namespace toy {
 
@@ -34,11 +62,7 @@ TinyMLP<T> train_serial(TinyMLP<T> model, const dataset<T>& data, parallax::data
       indices.insert(indices.end(), g.begin(), g.end());
     }
     model.loss_and_gradient(data.batch(indices));
-    std::vector<std::span<T>> params;
-    std::vector<std::span<const T>> grads;
-    parallax::detail::for_each_tensor(model.parameters(), [&](auto& t) { params.emplace_back(t.data(), t.size()); });
-    parallax::detail::for_each_tensor(model.gradients(), [&](auto& t) { grads.emplace_back(t.data(), t.size()); });
-    opt->step(params, grads);
+    serial::step(model, *opt);
   }
   return model;
 }

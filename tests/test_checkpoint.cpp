@@ -309,6 +309,7 @@ TEST_CASE("checkpoint: save() while micro-steps are accumulated is an error on e
     trainer.flush();
     CHECK(trainer.pending_micro_steps() == 0);
     CHECK(fs::exists(checkpoints.save(trainer, &s) + "/MANIFEST"));
+    world.barrier();  // every rank has looked before rank 0 removes it
     if (world.rank() == 0) fs::remove_all(dir.path + "-" + std::to_string(atom));
   }
 }

@@ -634,3 +634,42 @@ TEST_CASE("ModelParallel: evaluate reports a layer that throws in any batch, not
   CHECK(message.find("FaultLayer: deliberate failure") != std::string::npos);
   CHECK(net.evaluate(data, 8).samples == 20);
 }
+
+namespace {
+
+/// y = a x with one trainable scalar and no static parameter_count: a layer
+/// the partition cannot weigh.
+struct Scale {
+  using input_type = xt::xtensor<double, 2>;
+  using output_type = xt::xtensor<double, 2>;
+  xt::xtensor<double, 1> a = xt::ones<double>({1}), da = xt::zeros<double>({1});
+  void initialize(std::uint64_t, std::size_t) { a(0) = 1.5; }
+  void forward(const input_type& x, output_type& y) { y = a(0) * x; }
+  void backward(const input_type& x, const output_type&, const output_type& dy, input_type& dx) {
+    dx = a(0) * dy;
+    da(0) += xt::sum(x * dy)();
+  }
+  auto parameters() { return std::tie(a); }
+  auto gradients() { return std::tie(da); }
+};
+
+}  // namespace
+
+TEST_CASE("ModelParallel: a layer without parameter_count builds with boundaries, and says so without") {
+  communicator world;
+  using Net = parallax::ModelParallel<Linear<double>, Scale, SoftmaxCrossEntropy<double>>;
+  const auto args = std::tuple{std::tuple{5, 3}, std::tuple{}, std::tuple{}};
+  parallax::optim::SGD<double> sgd({.lr = 0.1});
+  if (world.size() <= 2) {
+    parallax::pipeline_options with{.micro_batches = 2, .seed = 3};
+    with.boundaries = world.size() == 1 ? parallax::pipeline::boundaries{0, 2} : parallax::pipeline::boundaries{0, 1, 2};
+    Net mp(args, sgd, with, world);
+    Sequential net{Linear<double>(5, 3), Scale{}, SoftmaxCrossEntropy<double>{}};
+    net.initialize(3);
+    for (std::size_t s = 0; s < 3; ++s) mp.train_step(make_batch<double>(8, 100 + s));
+    train_serial<double>(net, sgd, 3, 8);
+    CHECK(max_difference<double>(mp, net) <= 1e-12);
+  }
+  const auto e = agreed_error(world, [&] { Net(args, sgd, {.micro_batches = 2, .seed = 3}, world); });
+  CHECK(e.find("layer 1 has no static parameter_count") != std::string::npos);
+}

@@ -12,6 +12,7 @@
 #include "agreed.hpp"
 #include "error_of.hpp"
 #include "gradcheck.hpp"
+#include "serial_reference.hpp"
 
 #include <parallax/data/batch.hpp>
 #include <parallax/data_parallel.hpp>
@@ -173,16 +174,7 @@ TEST_CASE("tensor parallel: an MLP block trained under DataParallel on a d x t g
     Sequential serial{Linear<double>(6, 12), GELU<double>{}, Linear<double>(12, 6), Tanh<double>{},
                       Linear<double>(6, 3), SoftmaxCrossEntropy<double>{}};
     serial.initialize(5);
-    auto rule = optimizer->clone();
-    std::vector<double> losses;
-    for (int s = 0; s < 4; ++s) {
-      losses.push_back(serial.loss_and_gradient(all));
-      std::vector<std::span<double>> p;
-      std::vector<std::span<const double>> gr;
-      parallax::detail::for_each_tensor(serial.parameters(), [&](auto& v) { p.emplace_back(v.data(), v.size()); });
-      parallax::detail::for_each_tensor(serial.gradients(), [&](auto& v) { gr.emplace_back(v.data(), v.size()); });
-      rule->step(p, gr);
-    }
+    const auto losses = serial::train_on(serial, all, *optimizer, 4);
     for (int t : tensor_sizes(world.size())) {
       CAPTURE(t);
       grid g(world, t);
@@ -237,7 +229,21 @@ TEST_CASE("tensor parallel: sizes t does not divide, and an input that differs o
   // Rank 0 has one more row: the all-reduce sizes differ, and every rank says so.
   xt::xtensor<double, 2> hx = xt::zeros<double>({std::size_t(world.rank() == 0 ? 3 : 2), std::size_t(2)});
   const auto e4 = agreed_error(world, [&] { row.forward(hx, y); });
-  CHECK(contains(e4, "RowParallelLinear::forward(): the output size differs between ranks"));
+  CHECK(contains(e4, "RowParallelLinear::forward(): the output's shape: settings differ between ranks"));
+  // The same number of values in another shape is caught too.
+  xt::xtensor<double, 3> swapped = xt::zeros<double>(
+      {std::size_t(world.rank() == 0 ? 2 : 3), std::size_t(world.rank() == 0 ? 3 : 2), std::size_t(2)});
+  xt::xtensor<double, 3> y3;
+  RowParallelLinear<double, 3> row3(2 * static_cast<std::size_t>(t), 3, world);
+  const auto e5 = agreed_error(world, [&] { row3.forward(swapped, y3); });
+  CHECK(contains(e5, "the output's shape: settings differ between ranks"));
+  // Layers built with other sizes on one rank: one error naming them.
+  const auto e6 = agreed_error(world, [&] {
+    ColumnParallelLinear<float>(4, static_cast<std::size_t>(t) * (world.rank() == 1 ? 4 : 2), world);
+  });
+  CHECK(contains(e6, "ColumnParallelLinear: settings differ between ranks"));
+  const auto e7 = agreed_error(world, [&] { ColumnParallelLinear<float>(4, 10, world, 3); });
+  CHECK(contains(e7, "3 output groups do not divide the output width 10"));
 }
 
 TEST_CASE("tensor parallel: ParallelCausalSelfAttention equals CausalSelfAttention at every t, forward and backward") {
@@ -322,16 +328,7 @@ TEST_CASE("tensor parallel: a GPT-style model with split attention and MLP on a 
   // differences (the MLP test above runs Adam).
   const parallax::optim::SGD<double> sgd({.lr = 0.2, .momentum = 0.9});
   auto serial = serial_gpt();
-  auto rule = sgd.clone();
-  std::vector<double> losses;
-  for (int s = 0; s < 3; ++s) {
-    losses.push_back(serial.loss_and_gradient(all));
-    std::vector<std::span<double>> p;
-    std::vector<std::span<const double>> gr;
-    parallax::detail::for_each_tensor(serial.parameters(), [&](auto& v) { p.emplace_back(v.data(), v.size()); });
-    parallax::detail::for_each_tensor(serial.gradients(), [&](auto& v) { gr.emplace_back(v.data(), v.size()); });
-    rule->step(p, gr);
-  }
+  const auto losses = serial::train_on(serial, all, sgd, 3);
   CHECK(losses.back() < losses.front());
   for (int t : tensor_sizes(world.size())) {
     CAPTURE(t);
@@ -361,6 +358,13 @@ TEST_CASE("tensor parallel: heads that t does not divide are one error on every 
   communicator world;
   if (world.size() < 2) return;
   const std::size_t heads = static_cast<std::size_t>(world.size()) + 1;
+  const auto mixed = agreed_error(world, [&] {
+    ParallelCausalSelfAttention<float>(16 * static_cast<std::size_t>(world.size()),
+                                       static_cast<std::size_t>(world.size()) * (world.rank() == 1 ? 2 : 1), world);
+  });
+  CHECK(contains(mixed, "ParallelCausalSelfAttention: settings differ between ranks"));
+  const auto named = agreed_error(world, [&] { ParallelCausalSelfAttention<float>(8, 3, world); });
+  CHECK(contains(named, "ParallelCausalSelfAttention: 3 heads do not divide the width 8"));
   const auto e = agreed_error(world, [&] { ParallelCausalSelfAttention<float>(heads * 2, heads, world); });
   CHECK(contains(e, "ParallelCausalSelfAttention: the tensor-parallel size " + std::to_string(world.size()) +
                         " does not divide the " + std::to_string(heads) + " heads"));

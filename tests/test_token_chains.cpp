@@ -21,6 +21,8 @@
 #include <parallax/nn/token_cross_entropy.hpp>
 #include <parallax/optim/sgd.hpp>
 
+#include "serial_reference.hpp"
+
 #include <doctest/doctest.h>
 
 #include <boost/mpi/communicator.hpp>
@@ -76,17 +78,7 @@ double max_difference(const std::vector<double>& a, const std::vector<double>& b
 /// Trains `net` on `all` for `steps` steps with the optimizer by hand; the loss of every step.
 template <class Net>
 std::vector<double> train_serial(Net& net, const batch& all, const parallax::optim::Optimizer<double>& optimizer) {
-  auto rule = optimizer.clone();
-  std::vector<double> losses;
-  for (std::size_t s = 0; s < steps; ++s) {
-    losses.push_back(net.loss_and_gradient(all));
-    std::vector<std::span<double>> p;
-    std::vector<std::span<const double>> g;
-    parallax::detail::for_each_tensor(net.parameters(), [&](auto& t) { p.emplace_back(t.data(), t.size()); });
-    parallax::detail::for_each_tensor(net.gradients(), [&](auto& t) { g.emplace_back(t.data(), t.size()); });
-    rule->step(p, g);
-  }
-  return losses;
+  return serial::train_on(net, all, optimizer, steps);
 }
 
 /// This rank's block of rows of `all` (the row count divides among 1-4 ranks).

@@ -13,19 +13,9 @@
 set -uo pipefail
 demo=$1; shift
 flags=("$@" -x OPENBLAS_NUM_THREADS=1)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 common=(--epochs 3 --limit 60000 --quiet --generate 40)
-passed=0 failed=0
+source "$(dirname "$0")/common.sh"
 loss() { sed -n 's/^validation loss \([0-9.]*\) .*/\1/p' "$1" | tail -n 1; }
-check() {  # check NAME CONDITION-AS-PYTHON
-  if python3 -c "import sys; sys.exit(0 if ($2) else 1)"; then echo "ok      $1"; passed=$((passed + 1))
-  else echo "FAILED  $1 ($2)"; failed=$((failed + 1)); fi
-}
-run() {  # run LOG RANKS ARGS...
-  local log=$1 n=$2; shift 2
-  mpiexec "${flags[@]}" -n "$n" "$demo" "${common[@]}" "$@" >"$log" 2>&1 || { echo "run failed: $*"; tail -n 5 "$log"; }
-}
 
 run "$tmp/data.log" 2 --strategy data --max-loss 2.7 --json "$tmp/data.json" --checkpoint-dir "$tmp/ckpt" --checkpoint-every 20
 reference=$(loss "$tmp/data.log")
@@ -59,5 +49,4 @@ mpiexec "${flags[@]}" -n 2 "$demo" --heads 3 >"$tmp/bad.log" 2>&1
 status=$?
 check "--heads 3 with width 128 exits 1" "$status == 1"
 check "the error is printed once and names the sizes" "open('$tmp/bad.log').read().count('3 heads do not divide the width 128') == 1"
-echo "parallax-test-cases: $passed passed, $failed failed (examples)"
-[ "$failed" = 0 ]
+finish

@@ -9,19 +9,9 @@
 set -uo pipefail
 demo=$1; shift
 flags=("$@" -x OPENBLAS_NUM_THREADS=1)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
 common=(--epochs 2 --limit 6000 --quiet)
-passed=0 failed=0
+source "$(dirname "$0")/common.sh"
 accuracy() { sed -n 's/^accuracy \([0-9.]*\),.*/\1/p' "$1" | tail -n 1; }
-check() {  # check NAME CONDITION-AS-PYTHON
-  if python3 -c "import sys; sys.exit(0 if ($2) else 1)"; then echo "ok      $1"; passed=$((passed + 1))
-  else echo "FAILED  $1 ($2)"; failed=$((failed + 1)); fi
-}
-run() {  # run LOG RANKS ARGS...
-  local log=$1 n=$2; shift 2
-  mpiexec "${flags[@]}" -n "$n" "$demo" "${common[@]}" "$@" >"$log" 2>&1 || { echo "run failed: $*"; tail -n 5 "$log"; }
-}
 
 run "$tmp/data.log" 2 --strategy data
 reference=$(accuracy "$tmp/data.log")
@@ -42,5 +32,4 @@ run "$tmp/resumed.log" 3 --strategy data --checkpoint-dir "$tmp/ckpt" --resume
 resumed=$(accuracy "$tmp/resumed.log")
 grep -h "resumed from" "$tmp/resumed.log"
 check "a run resumed at 3 ranks ends with the uninterrupted run's accuracy" "'${resumed}' != '' and '${resumed}' == '${full}'"
-echo "parallax-test-cases: $passed passed, $failed failed (examples)"
-[ "$failed" = 0 ]
+finish

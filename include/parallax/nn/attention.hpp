@@ -189,10 +189,10 @@ class CausalSelfAttention : public detail::attention_block<T, Linear<T, 3>, Line
 
 namespace detail {
 
-inline std::size_t checked_head_width(std::size_t width, std::size_t heads) {
-  PARALLAX_CHECK(width > 0 && heads > 0, "CausalSelfAttention: the width and the number of heads must be positive, got " +
+inline std::size_t checked_head_width(std::size_t width, std::size_t heads, const char* who = "CausalSelfAttention") {
+  PARALLAX_CHECK(width > 0 && heads > 0, std::string(who) + ": the width and the number of heads must be positive, got " +
                                              std::to_string(width) + " and " + std::to_string(heads));
-  PARALLAX_CHECK(width % heads == 0, "CausalSelfAttention: " + std::to_string(heads) +
+  PARALLAX_CHECK(width % heads == 0, std::string(who) + ": " + std::to_string(heads) +
                                          " heads do not divide the width " + std::to_string(width));
   return width;
 }

@@ -8,6 +8,7 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/table.hpp>
 
 #include <algorithm>
 #include <array>
@@ -37,7 +38,7 @@ namespace parallax::nn {
 ///   embed.backward_parameters(ids, y, dy);      // dW[ids[b, s]] += dy[b, s]
 /// @endcode
 template <class T>
-class Embedding {
+class Embedding : public detail::Table<T> {
  public:
   using value_type = T;
   /// Token ids [batch, sequence], as PyTorch's (int64).
@@ -63,16 +64,8 @@ class Embedding {
   /// Adds dy[b, s] to row x[b, s] of the weight gradient, for every token.
   void backward_parameters(const input_type& x, const output_type& y, const output_type& dy);
 
-  /// The weight [vocabulary, width], the one parameter.
-  auto parameters() { return std::tie(weight_); }
-  auto parameters() const { return std::tie(weight_); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tie(weight_grad_); }
-  auto gradients() const { return std::tie(weight_grad_); }
-
-  /// The weight [vocabulary, width]: row i is id i's vector.
-  xt::xtensor<T, 2>& weight() { return weight_; }
-  const xt::xtensor<T, 2>& weight() const { return weight_; }
+  // parameters(), gradients() and weight() (the weight [vocabulary, width],
+  // row i id i's vector, the one parameter): from Table.
 
   /// How many ids the table holds.
   std::size_t vocabulary() const { return vocabulary_; }
@@ -93,8 +86,6 @@ class Embedding {
 
   std::size_t vocabulary_;
   std::size_t width_;
-  xt::xtensor<T, 2> weight_;
-  xt::xtensor<T, 2> weight_grad_;
 };
 
 // ---------------------------------------------------------------------------
@@ -103,23 +94,13 @@ template <class T>
 Embedding<T>::Embedding(std::size_t vocabulary, std::size_t width) : vocabulary_(vocabulary), width_(width) {
   PARALLAX_CHECK(vocabulary > 0 && width > 0, "Embedding: the vocabulary and the width must be positive, got " +
                                                   std::to_string(vocabulary) + " and " + std::to_string(width));
-  const std::array<std::size_t, 2> shape{vocabulary, width};
-  try {
-    weight_ = xt::xtensor<T, 2>(shape, T(0));
-    weight_grad_ = xt::xtensor<T, 2>(shape, T(0));
-  } catch (const std::exception&) {  // bad_alloc, or length_error past what a vector can hold
-    detail::throw_allocation_error(describe(),
-                                   "its weight [" + std::to_string(vocabulary) + ", " + std::to_string(width) +
-                                       "] and its gradient",
-                                   2.0 * static_cast<double>(vocabulary) * static_cast<double>(width), sizeof(T));
-  }
+  this->allocate(vocabulary, width, describe(), "weight");
   initialize(0, 0);
 }
 
 template <class T>
 void Embedding<T>::initialize(std::uint64_t seed, std::size_t index) {
-  parallax::detail::rng g(parallax::detail::key(seed, index));
-  for (auto& w : weight_) w = static_cast<T>(g.normal());
+  this->draw(seed, index);
 }
 
 template <class T>
@@ -142,7 +123,7 @@ void Embedding<T>::forward(const input_type& x, output_type& y) const {
   if (y.shape() != shape) y.resize(shape);
   const std::int64_t* ids = x.data();
   for (std::size_t k = 0; k < x.size(); ++k)
-    std::copy_n(weight_.data() + static_cast<std::size_t>(ids[k]) * width_, width_, y.data() + k * width_);
+    std::copy_n(this->weight_.data() + static_cast<std::size_t>(ids[k]) * width_, width_, y.data() + k * width_);
 }
 
 template <class T>
@@ -161,7 +142,7 @@ void Embedding<T>::backward_parameters(const input_type& x, const output_type& /
   const std::int64_t* ids = x.data();
   for (std::size_t k = 0; k < x.size(); ++k) {
     const T* g = dy.data() + k * width_;
-    T* row = weight_grad_.data() + static_cast<std::size_t>(ids[k]) * width_;
+    T* row = this->weight_grad_.data() + static_cast<std::size_t>(ids[k]) * width_;
     for (std::size_t j = 0; j < width_; ++j) row[j] += g[j];
   }
 }

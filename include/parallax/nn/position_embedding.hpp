@@ -8,6 +8,7 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/table.hpp>
 
 #include <algorithm>
 #include <array>
@@ -30,7 +31,7 @@ namespace parallax::nn {
 ///                               ...};
 /// @endcode
 template <class T>
-class PositionEmbedding {
+class PositionEmbedding : public detail::Table<T> {
  public:
   using value_type = T;
   using input_type = xt::xtensor<T, 3>;
@@ -52,16 +53,8 @@ class PositionEmbedding {
   /// the table's gradient.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
-  /// The table [context, width], the one parameter.
-  auto parameters() { return std::tie(weight_); }
-  auto parameters() const { return std::tie(weight_); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tie(weight_grad_); }
-  auto gradients() const { return std::tie(weight_grad_); }
-
-  /// The table [context, width]: row s is position s's vector.
-  xt::xtensor<T, 2>& weight() { return weight_; }
-  const xt::xtensor<T, 2>& weight() const { return weight_; }
+  // parameters(), gradients() and weight() (the table [context, width],
+  // row s position s's vector, the one parameter): from Table.
 
   /// The longest sequence the layer takes.
   std::size_t context() const { return context_; }
@@ -83,8 +76,6 @@ class PositionEmbedding {
 
   std::size_t context_;
   std::size_t width_;
-  xt::xtensor<T, 2> weight_;
-  xt::xtensor<T, 2> weight_grad_;
 };
 
 // ---------------------------------------------------------------------------
@@ -93,23 +84,13 @@ template <class T>
 PositionEmbedding<T>::PositionEmbedding(std::size_t context, std::size_t width) : context_(context), width_(width) {
   PARALLAX_CHECK(context > 0 && width > 0, "PositionEmbedding: the context and the width must be positive, got " +
                                                std::to_string(context) + " and " + std::to_string(width));
-  const std::array<std::size_t, 2> shape{context, width};
-  try {
-    weight_ = xt::xtensor<T, 2>(shape, T(0));
-    weight_grad_ = xt::xtensor<T, 2>(shape, T(0));
-  } catch (const std::exception&) {  // bad_alloc, or length_error past what a vector can hold
-    detail::throw_allocation_error(describe(),
-                                   "its table [" + std::to_string(context) + ", " + std::to_string(width) +
-                                       "] and its gradient",
-                                   2.0 * static_cast<double>(context) * static_cast<double>(width), sizeof(T));
-  }
+  this->allocate(context, width, describe(), "table");
   initialize(0, 0);
 }
 
 template <class T>
 void PositionEmbedding<T>::initialize(std::uint64_t seed, std::size_t index) {
-  parallax::detail::rng g(parallax::detail::key(seed, index));
-  for (auto& w : weight_) w = static_cast<T>(g.normal());
+  this->draw(seed, index);
 }
 
 template <class T>
@@ -131,7 +112,7 @@ void PositionEmbedding<T>::forward(const input_type& x, output_type& y) const {
   for (std::size_t b = 0; b < x.shape()[0]; ++b) {
     const T* in = x.data() + b * plane;
     T* out = y.data() + b * plane;
-    for (std::size_t i = 0; i < plane; ++i) out[i] = in[i] + weight_.data()[i];
+    for (std::size_t i = 0; i < plane; ++i) out[i] = in[i] + this->weight_.data()[i];
   }
 }
 
@@ -145,7 +126,7 @@ void PositionEmbedding<T>::backward(const input_type& x, const output_type& /*y*
   const std::size_t plane = x.shape()[1] * width_;
   for (std::size_t b = 0; b < x.shape()[0]; ++b) {
     const T* g = dy.data() + b * plane;
-    for (std::size_t i = 0; i < plane; ++i) weight_grad_.data()[i] += g[i];
+    for (std::size_t i = 0; i < plane; ++i) this->weight_grad_.data()[i] += g[i];
   }
 }
 

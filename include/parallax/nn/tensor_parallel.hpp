@@ -36,6 +36,9 @@ namespace detail {
 /// not divide `total` (on any rank) is one error on every rank, naming the
 /// layer, what is cut and both sizes.
 inline std::size_t shard_of(std::size_t total, const mpi::communicator& comm, const char* layer, const char* what) {
+  // Every rank must cut the same layer: sizes that differ between ranks are
+  // one rank_mismatch error naming them.
+  parallax::agree_settings(comm, {{what, static_cast<double>(total)}}, layer);
   return parallax::agree(comm, [&] {
     const auto t = static_cast<std::size_t>(comm.size());
     PARALLAX_CHECK(total > 0 && total % t == 0, std::string(layer) + ": the tensor-parallel size " +
@@ -43,6 +46,26 @@ inline std::size_t shard_of(std::size_t total, const mpi::communicator& comm, co
                                                     std::to_string(total));
     return total / t;
   });
+}
+
+/// Collective: out / groups, agreed: groups must be positive and divide out.
+inline std::size_t group_width(std::size_t out, std::size_t groups, const mpi::communicator& comm) {
+  return parallax::agree(comm, [&] {
+    PARALLAX_CHECK(groups > 0 && out % groups == 0, "ColumnParallelLinear: " + std::to_string(groups) +
+                                                        " output groups do not divide the output width " +
+                                                        std::to_string(out));
+    return out / groups;
+  });
+}
+
+/// Collective: the extents of `shape` must be the same on every rank (the
+/// operand of an all-reduce), else one rank_mismatch error naming them.
+template <class Shape>
+void agree_shape(const mpi::communicator& comm, const Shape& shape, const std::string& who) {
+  std::vector<parallax::setting> extents;
+  for (std::size_t d = 0; d < shape.size(); ++d)
+    extents.push_back({"extent " + std::to_string(d), static_cast<double>(shape[d])});
+  parallax::agree_settings(comm, extents, who);
 }
 
 /// The unsplit Linear(in, out)'s initial weight and bias for (seed, index):
@@ -220,8 +243,7 @@ ColumnParallelLinear<T, N>::ColumnParallelLinear(std::size_t in, std::size_t out
       out_(out),
       groups_(groups),
       comm_(std::move(comm)),
-      shard_(in, groups * detail::shard_of(groups > 0 && out % groups == 0 ? out / groups : 0, comm_,
-                                           "ColumnParallelLinear",
+      shard_(in, groups * detail::shard_of(detail::group_width(out, groups, comm_), comm_, "ColumnParallelLinear",
                                            groups > 1 ? "width of each output group" : "output width")) {
   initialize(0, 0);
 }
@@ -246,8 +268,7 @@ template <class T, std::size_t N>
 void ColumnParallelLinear<T, N>::backward(const input_type& x, const output_type& y, const output_type& dy,
                                           input_type& dx) {
   parallax::agree(comm_, [&] { shard_.backward(x, y, dy, dx); });
-  parallax::agree_equal(comm_, static_cast<std::uint64_t>(dx.size()),
-                        "ColumnParallelLinear::backward(): the input gradient's size");
+  detail::agree_shape(comm_, dx.shape(), "ColumnParallelLinear::backward(): the input gradient's shape");
   parallax::allreduce_sum(comm_, std::span<T>(dx.data(), dx.size()));
 }
 
@@ -297,7 +318,7 @@ void RowParallelLinear<T, N>::forward(const input_type& x, output_type& y) {
     const auto shape = detail::with_last_extent<N>(x.shape(), out_);
     if (!std::equal(y.shape().begin(), y.shape().end(), shape.begin(), shape.end())) y.resize(shape);
   });
-  parallax::agree_equal(comm_, static_cast<std::uint64_t>(y.size()), "RowParallelLinear::forward(): the output size");
+  detail::agree_shape(comm_, y.shape(), "RowParallelLinear::forward(): the output's shape");
   const std::size_t rows = x.size() / local_in_;
   if (rows > 0)
     detail::strided_gemm(false, false, rows, out_, local_in_, T(1), x.data(), local_in_, this->weight_.data(), out_,
@@ -432,8 +453,10 @@ namespace detail {
 /// Collective: the width, once width and heads fit CausalSelfAttention and
 /// t divides heads; otherwise one error on every rank.
 inline std::size_t checked_parallel_heads(std::size_t width, std::size_t heads, const mpi::communicator& comm) {
+  parallax::agree_settings(comm, {{"width", static_cast<double>(width)}, {"heads", static_cast<double>(heads)}},
+                           "ParallelCausalSelfAttention");
   return parallax::agree(comm, [&] {
-    checked_head_width(width, heads);
+    checked_head_width(width, heads, "ParallelCausalSelfAttention");
     PARALLAX_CHECK(heads % static_cast<std::size_t>(comm.size()) == 0,
                    "ParallelCausalSelfAttention: the tensor-parallel size " + std::to_string(comm.size()) +
                        " does not divide the " + heads_text(heads));

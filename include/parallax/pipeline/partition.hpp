@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -120,11 +121,22 @@ inline double slowest_stage(std::span<const double> costs, const boundaries& b, 
   return worst;
 }
 
+/// Whether L::parameter_count(args...) exists for a tuple of constructor
+/// arguments (checked on the call itself, so a layer without it is a false,
+/// not a compile error).
+namespace detail {
+template <class L, class Tuple>
+struct counts_parameters : std::false_type {};
+template <class L, class... A>
+struct counts_parameters<L, std::tuple<A...>>
+    : std::bool_constant<requires(const A&... a) { L::parameter_count(a...); }> {};
+}  // namespace detail
+
 template <class Chain, class... Args>
 std::vector<double> parameter_costs(const std::tuple<Args...>& part_args) {
   auto count = []<std::size_t I>(const auto& args, std::integral_constant<std::size_t, I>) {
     using L = typename Chain::template part_t<I>;
-    if constexpr (requires { std::apply([](const auto&... a) { return L::parameter_count(a...); }, args); }) {
+    if constexpr (detail::counts_parameters<L, std::remove_cvref_t<decltype(args)>>::value) {
       return static_cast<double>(std::apply([](const auto&... a) { return L::parameter_count(a...); }, args));
     } else {
       ::parallax::detail::throw_error(
