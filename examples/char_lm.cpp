@@ -32,6 +32,7 @@
 #include <parallax/data/batch.hpp>
 #include <parallax/data_parallel.hpp>
 #include <parallax/nn/attention.hpp>
+#include <parallax/nn/parallel_attention.hpp>
 #include <parallax/nn/tensor_parallel.hpp>
 #include <parallax/optim/adam.hpp>
 #include <parallax/optim/schedule.hpp>
@@ -352,12 +353,7 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", cfg.quiet, "No progress bar (one line per epoch, as when stdout is not a terminal)");
   app.add_option("--max-loss", cfg.max_loss, "Exit with status 2 when the final validation loss is higher")
       ->check(CLI::PositiveNumber);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (root) return app.exit(e);  // the same on every rank: one of them speaks
-    return e.get_exit_code();
-  }
+  if (const auto status = demo::parse(app, argc, argv, world)) return *status;
 
   return demo::guarded("char_lm", env, world, [&] {
     const auto start = clock_type::now();

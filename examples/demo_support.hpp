@@ -189,6 +189,18 @@ inline std::ofstream open_summary(const std::string& path, const boost::mpi::com
   return json;
 }
 
+// Parses the command line; an exit status when the program should end now
+// (--help, or a bad argument: the same on every rank, so rank 0 speaks).
+inline std::optional<int> parse(CLI::App& app, int argc, char** argv, const boost::mpi::communicator& world) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (world.rank() == 0) return app.exit(e);
+    return e.get_exit_code();
+  }
+  return std::nullopt;
+}
+
 // Runs a program's body and turns its failures into an exit status: a
 // parallax::error (agreed, so the same on every rank) is printed by rank 0
 // and gives 1; any other exception is not agreed (the other ranks may be

@@ -357,12 +357,7 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", cfg.quiet, "No progress bar (one line per epoch, as when stdout is not a terminal)");
   app.add_option("--min-accuracy", cfg.min_accuracy, "Exit with status 2 when the final test accuracy is lower")
       ->check(CLI::Range(0.0, 1.0));
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (root) return app.exit(e);  // the same on every rank: one of them speaks
-    return e.get_exit_code();
-  }
+  if (const auto status = demo::parse(app, argc, argv, world)) return *status;
   if (cfg.lr == 0) cfg.lr = default_lr(cfg.optimizer);
 
   return demo::guarded("fashion_mnist", env, world, [&] {

@@ -18,6 +18,7 @@
 #include <parallax/nn/position_embedding.hpp>
 #include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
+#include <parallax/nn/parallel_attention.hpp>
 #include <parallax/nn/tensor_parallel.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>
 
@@ -60,17 +61,25 @@ using Pipeline =
     parallax::ModelParallel<nn::Embedding<float>, nn::PositionEmbedding<float>, Attention, Mlp, Attention, Mlp,
                             nn::LayerNorm<float, 3>, nn::Linear<float, 3>, nn::TokenCrossEntropy<float>>;
 
-// The chain as a Sequential (the same layers from the same arguments).
-inline auto make(const shape& s) {
+// The chain around its four blocks, attention() and mlp() making each one.
+template <class MakeAttention, class MakeMlp>
+auto assemble(const shape& s, MakeAttention attention, MakeMlp mlp) {
   return nn::Sequential{nn::Embedding<float>(s.vocabulary, s.width),
                         nn::PositionEmbedding<float>(s.context, s.width),
-                        std::make_from_tuple<Attention>(attention_parts(s)),
-                        std::make_from_tuple<Mlp>(mlp_parts(s)),
-                        std::make_from_tuple<Attention>(attention_parts(s)),
-                        std::make_from_tuple<Mlp>(mlp_parts(s)),
+                        attention(),
+                        mlp(),
+                        attention(),
+                        mlp(),
                         nn::LayerNorm<float, 3>(s.width),
                         nn::Linear<float, 3>(s.width, s.vocabulary),
                         nn::TokenCrossEntropy<float>{}};
+}
+
+// The chain as a Sequential (the same layers from the same arguments).
+inline auto make(const shape& s) {
+  return assemble(
+      s, [&] { return std::make_from_tuple<Attention>(attention_parts(s)); },
+      [&] { return std::make_from_tuple<Mlp>(mlp_parts(s)); });
 }
 
 // The same chain with the attention heads and the MLP's hidden columns split
@@ -80,22 +89,15 @@ using SplitMlp = nn::Residual<nn::LayerNorm<float, 3>, nn::ColumnParallelLinear<
                               nn::RowParallelLinear<float, 3>>;
 
 inline auto make_split(const shape& s, const boost::mpi::communicator& tp) {
-  auto attention = [&] {
-    return SplitAttention{nn::LayerNorm<float, 3>(s.width), nn::ParallelCausalSelfAttention<float>(s.width, s.heads, tp)};
-  };
-  auto mlp = [&] {
-    return SplitMlp{nn::LayerNorm<float, 3>(s.width), nn::ColumnParallelLinear<float, 3>(s.width, 4 * s.width, tp),
-                    nn::GELU<float, 3>{}, nn::RowParallelLinear<float, 3>(4 * s.width, s.width, tp)};
-  };
-  return nn::Sequential{nn::Embedding<float>(s.vocabulary, s.width),
-                        nn::PositionEmbedding<float>(s.context, s.width),
-                        attention(),
-                        mlp(),
-                        attention(),
-                        mlp(),
-                        nn::LayerNorm<float, 3>(s.width),
-                        nn::Linear<float, 3>(s.width, s.vocabulary),
-                        nn::TokenCrossEntropy<float>{}};
+  return assemble(
+      s,
+      [&] {
+        return SplitAttention{nn::LayerNorm<float, 3>(s.width), nn::ParallelCausalSelfAttention<float>(s.width, s.heads, tp)};
+      },
+      [&] {
+        return SplitMlp{nn::LayerNorm<float, 3>(s.width), nn::ColumnParallelLinear<float, 3>(s.width, 4 * s.width, tp),
+                        nn::GELU<float, 3>{}, nn::RowParallelLinear<float, 3>(4 * s.width, s.width, tp)};
+      });
 }
 
 }  // namespace gpt

@@ -45,6 +45,7 @@
 #include <parallax/nn/position_embedding.hpp>
 #include <parallax/nn/residual.hpp>
 #include <parallax/nn/sequential.hpp>
+#include <parallax/nn/parallel_attention.hpp>
 #include <parallax/nn/tensor_parallel.hpp>
 #include <parallax/nn/token_cross_entropy.hpp>
 

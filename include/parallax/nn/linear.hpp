@@ -3,7 +3,7 @@
 /// Linear<T, N>: the fully connected layer y = x W + b over the last
 /// dimension of rank-N tensors ([batch, features] for N = 2, [batch,
 /// sequence, features] for N = 3), with every matrix product done by BLAS
-/// (xt::blas::gemm) on the rows in place, into buffers that are reused from
+/// (through xtensor-blas) on the rows in place, into buffers that are reused from
 /// call to call.
 
 #include <parallax/core/error.hpp>
@@ -77,14 +77,6 @@ class Linear : public detail::WeightAndBias<T> {
   /// Checks x's features and dy's shape (x's with out last).
   void check_input(const input_type& x, const char* where) const;
   void check_backward(const input_type& x, const output_type& dy) const;
-  /// x's shape with `last` as its last extent.
-  static std::array<std::size_t, N> with_last(const input_type& x, std::size_t last);
-  /// The rows of x (every dimension but the last), as a [rows, width] matrix
-  /// over the same memory.
-  template <class P>
-  static auto rows_of(P* data, std::size_t rows, std::size_t width) {
-    return xt::adapt(data, rows * width, xt::no_ownership(), std::array<std::size_t, 2>{rows, width});
-  }
   /// How many rows x has.
   std::size_t row_count(const input_type& x) const { return x.size() / in_; }
 
@@ -118,31 +110,22 @@ void Linear<T, N>::check_input(const input_type& x, const char* where) const {
 }
 
 template <class T, std::size_t N>
-std::array<std::size_t, N> Linear<T, N>::with_last(const input_type& x, std::size_t last) {
-  std::array<std::size_t, N> shape{};
-  for (std::size_t d = 0; d < N; ++d) shape[d] = x.shape()[d];
-  shape[N - 1] = last;
-  return shape;
-}
-
-template <class T, std::size_t N>
 void Linear<T, N>::check_backward(const input_type& x, const output_type& dy) const {
   check_input(x, "backward");
-  detail::check_dy_shape(dy.shape(), with_last(x, out_), "Linear");
+  detail::check_dy_shape(dy.shape(), detail::with_last_extent<N>(x.shape(), out_), "Linear");
 }
 
 template <class T, std::size_t N>
 void Linear<T, N>::forward(const input_type& x, output_type& y) const {
   check_input(x, "forward");
-  const auto shape = with_last(x, out_);
+  const auto shape = detail::with_last_extent<N>(x.shape(), out_);
   if (!std::equal(y.shape().begin(), y.shape().end(), shape.begin(), shape.end())) y.resize(shape);
   const std::size_t rows = row_count(x);
   if (rows == 0) return;
   // Start from the bias in every row, then accumulate x W on top (beta = 1).
   T* out = y.data();
   for (std::size_t r = 0; r < rows; ++r) std::copy_n(this->bias_.data(), out_, out + r * out_);
-  auto y2 = rows_of(out, rows, out_);
-  xt::blas::gemm(rows_of(x.data(), rows, in_), this->weight_, y2, false, false, T(1), T(1));
+  this->multiply(x.data(), rows, T(1), out);
 }
 
 template <class T, std::size_t N>
@@ -151,8 +134,7 @@ void Linear<T, N>::backward(const input_type& x, const output_type& y, const out
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   const std::size_t rows = row_count(x);
   if (rows == 0) return;
-  auto dx2 = rows_of(dx.data(), rows, in_);
-  xt::blas::gemm(rows_of(dy.data(), rows, out_), this->weight_, dx2, false, true, T(1), T(0));
+  this->input_gradient(dy.data(), rows, dx.data());
   backward_parameters(x, y, dy);
 }
 
@@ -161,12 +143,7 @@ void Linear<T, N>::backward_parameters(const input_type& x, const output_type& /
   check_backward(x, dy);
   const std::size_t rows = row_count(x);
   if (rows == 0) return;
-  xt::blas::gemm(rows_of(x.data(), rows, in_), rows_of(dy.data(), rows, out_), this->weight_grad_, true, false, T(1),
-                 T(1));
-  const T* g = dy.data();
-  T* db = this->bias_grad_.data();
-  for (std::size_t r = 0; r < rows; ++r)
-    for (std::size_t j = 0; j < out_; ++j) db[j] += g[r * out_ + j];
+  this->add_gradients(x.data(), dy.data(), rows);
 }
 
 template <class T, std::size_t N>

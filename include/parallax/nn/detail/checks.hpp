@@ -8,6 +8,7 @@
 #include <parallax/detail/xtensor.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -52,6 +53,16 @@ bool id_in_range(I id, std::size_t count) {
   parallax::detail::throw_error(layer + ": cannot allocate " + what + " (" +
                                 parallax::detail::number_text(values * static_cast<double>(element_size)) +
                                 " bytes)");
+}
+
+/// A rank-N shape with `last` as its last extent (a layer's output shape
+/// from its input's, for the layers that map the last dimension).
+template <std::size_t N, class Shape>
+std::array<std::size_t, N> with_last_extent(const Shape& shape, std::size_t last) {
+  std::array<std::size_t, N> out{};
+  for (std::size_t d = 0; d < N; ++d) out[d] = shape[d];
+  out[N - 1] = last;
+  return out;
 }
 
 }  // namespace parallax::nn::detail

@@ -7,6 +7,7 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/strided_gemm.hpp>
 
 #include <array>
 #include <cmath>
@@ -62,6 +63,25 @@ class WeightAndBias {
     const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
     for (auto& w : weight_) w = static_cast<T>((2.0 * g.uniform() - 1.0) * bound);
     for (auto& b : bias_) b = static_cast<T>((2.0 * g.uniform() - 1.0) * bound);
+  }
+
+  // The products of a layer whose weight is [in, out] and bias [out] (Linear,
+  // RowParallelLinear) on `rows` contiguous rows: y = x W (+ beta y),
+  // dx = dy W^T, and the gradients x^T dy and the column sums of dy added.
+  void multiply(const T* x, std::size_t rows, T beta, T* y) const {
+    const std::size_t in = weight_.shape()[0], out = weight_.shape()[1];
+    strided_gemm(false, false, rows, out, in, T(1), x, in, weight_.data(), out, beta, y, out);
+  }
+  void input_gradient(const T* dy, std::size_t rows, T* dx) const {
+    const std::size_t in = weight_.shape()[0], out = weight_.shape()[1];
+    strided_gemm(false, true, rows, in, out, T(1), dy, out, weight_.data(), out, T(0), dx, in);
+  }
+  void add_gradients(const T* x, const T* dy, std::size_t rows) {
+    const std::size_t in = weight_.shape()[0], out = weight_.shape()[1];
+    strided_gemm(true, false, in, out, rows, T(1), x, in, dy, out, T(1), weight_grad_.data(), out);
+    T* db = bias_grad_.data();
+    for (std::size_t r = 0; r < rows; ++r)
+      for (std::size_t j = 0; j < out; ++j) db[j] += dy[r * out + j];
   }
 
   xt::xtensor<T, 2> weight_;
