@@ -15,6 +15,8 @@
 #include <parallax/io/checkpointable.hpp>
 #include <parallax/model_parallel.hpp>
 #include <parallax/nn/activation.hpp>
+#include <parallax/nn/batch_norm.hpp>
+#include <parallax/nn/layer_norm.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>
 #include <parallax/nn/sequential.hpp>
@@ -394,6 +396,110 @@ TEST_CASE("checkpoint: a Sequential trained on one rank loads into ModelParallel
     parallax::io::Checkpointer(dir.path, {}, self).load(single, nullptr, saved);
     CHECK(flat_parameters<double>(single.model().parameters()) == piped);
   }
+}
+
+namespace {
+using BnNet = Sequential<Linear<double>, Tanh<double>, BatchNorm<double>, Linear<double>, MeanSquaredError<double>>;
+using BnPipe =
+    parallax::ModelParallel<Linear<double>, Tanh<double>, BatchNorm<double>, Linear<double>, MeanSquaredError<double>>;
+using LnNet = Sequential<Linear<double>, Tanh<double>, LayerNorm<double>, Linear<double>, MeanSquaredError<double>>;
+const auto bn_args = std::tuple{std::tuple{3, 4}, std::tuple{}, std::tuple{4}, std::tuple{4, 2}, std::tuple{}};
+
+BnNet::batch_type bn_batch(std::uint64_t seed) {
+  BnNet::batch_type b;
+  b.inputs = xt::xtensor<double, 2>({8, 3});
+  b.targets = xt::xtensor<double, 2>({8, 2});
+  parallax::detail::rng g(seed);
+  for (auto& v : b.inputs) v = 4 * g.uniform() - 1;  // mean 1: the running mean moves off 0
+  for (auto& v : b.targets) v = g.uniform();
+  return b;
+}
+
+/// (layer, index, values) of every buffer this rank's trainer holds.
+template <class Trainer>
+std::vector<std::pair<std::uint64_t, std::vector<double>>> keyed_buffers(Trainer& t) {
+  std::vector<std::pair<std::uint64_t, std::vector<double>>> out;
+  t.for_each_keyed_buffer([&](std::uint64_t layer, std::uint64_t j, auto& b) {
+    out.push_back({layer * 16 + j, std::vector<double>(b.begin(), b.end())});
+  });
+  return out;
+}
+}  // namespace
+
+TEST_CASE("checkpoint: BatchNorm's running statistics are saved, loaded and resharded with the parameters") {
+  communicator world;
+  scratch_dir dir(world);
+  const parallax::optim::SGD<double> sgd({.lr = 0.1, .momentum = 0.9});
+  communicator self(MPI_COMM_SELF, boost::mpi::comm_attach);
+  auto make = [](std::uint64_t seed) {
+    BnNet net{Linear<double>(3, 4), Tanh<double>{}, BatchNorm<double>(4), Linear<double>(4, 2), MeanSquaredError<double>{}};
+    net.initialize(seed);
+    return net;
+  };
+  // Rank 0 trains alone and saves; its running statistics moved off 0 and 1.
+  std::vector<std::pair<std::uint64_t, std::vector<double>>> reference;
+  std::vector<double> later;  // the parameters three steps after the checkpoint
+  if (world.rank() == 0) {
+    parallax::DataParallel single(make(3), sgd, {}, self);
+    for (std::uint64_t s = 0; s < 3; ++s) single.train_step(bn_batch(s));
+    parallax::io::Checkpointer(dir.path, {}, self).save(single);
+    CHECK(fs::exists(fs::path(parallax::io::Checkpointer(dir.path, {}, self).list().back()) / "state.buffers.bin"));
+    reference = keyed_buffers(single);
+    for (std::uint64_t s = 3; s < 6; ++s) single.train_step(bn_batch(s));
+    later = flat_parameters<double>(single.model().parameters());
+  }
+  std::vector<std::uint64_t> keys;
+  std::vector<std::vector<double>> values;
+  for (auto& [k, v] : reference) {
+    keys.push_back(k);
+    values.push_back(v);
+  }
+  parallax::mpi::broadcast(world, keys, 0);
+  parallax::mpi::broadcast(world, values, 0);
+  parallax::mpi::broadcast(world, later, 0);
+  REQUIRE(keys == std::vector<std::uint64_t>{2 * 16 + 0, 2 * 16 + 1});
+  CHECK(std::abs(values[0][0]) > 1e-3);
+  CHECK(std::abs(values[1][0] - 1) > 1e-3);
+  // A DataParallel on every rank loads them; continuing on the same
+  // (global) batches as rank 0 needs SyncBatchNorm, so only the load is compared.
+  parallax::DataParallel dp(make(99), sgd, {}, world);
+  parallax::io::Checkpointer checkpoints(dir.path, {}, world);
+  const auto saved = checkpoints.resume_latest(dp);
+  REQUIRE(saved.has_value());
+  for (const auto& [k, v] : keyed_buffers(dp)) {
+    const auto at = std::find(keys.begin(), keys.end(), k) - keys.begin();
+    CHECK(values[static_cast<std::size_t>(at)] == v);
+  }
+  // A pipeline (one stage per rank) loads its layers' share, and trains on as rank 0 did.
+  BnPipe pipe(bn_args, sgd, {.micro_batches = 1, .seed = 5}, world);
+  REQUIRE(checkpoints.resume_latest(pipe).has_value());
+  for (const auto& [k, v] : keyed_buffers(pipe)) {
+    const auto at = std::find(keys.begin(), keys.end(), k) - keys.begin();
+    CHECK(values[static_cast<std::size_t>(at)] == v);
+  }
+  for (std::uint64_t s = 3; s < 6; ++s) pipe.train_step(bn_batch(s));
+  std::vector<double> mine;
+  pipe.for_each_keyed_tensor([&](std::uint64_t, std::uint64_t, auto& t) { mine.insert(mine.end(), t.begin(), t.end()); });
+  std::vector<std::vector<double>> stages;
+  parallax::mpi::all_gather(world, mine, stages);
+  std::vector<double> piped;
+  for (const auto& st : stages) piped.insert(piped.end(), st.begin(), st.end());
+  REQUIRE(piped.size() == later.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < piped.size(); ++i) worst = std::max(worst, std::abs(piped[i] - later[i]));
+  CHECK(worst <= 1e-12);
+
+  // A model whose layer 2 has the same parameters but no buffers (LayerNorm):
+  // either way round, the load is refused naming the buffers.
+  LnNet ln{Linear<double>(3, 4), Tanh<double>{}, LayerNorm<double>(4), Linear<double>(4, 2), MeanSquaredError<double>{}};
+  parallax::DataParallel other(std::move(ln), sgd, {}, world);
+  const auto extra = agreed_failure(world, [&] { checkpoints.load(other, nullptr, *saved); });
+  CHECK(extra.kind == parallax::error_kind::incompatible);
+  CHECK(has(extra.message, "it has 2 buffers for these layers, the model 0"));
+  const auto without = checkpoints.save(other);
+  const auto missing = agreed_failure(world, [&] { checkpoints.load(dp, nullptr, without); });
+  CHECK(missing.kind == parallax::error_kind::incompatible);
+  CHECK(has(missing.message, "it has no buffer 0 of layer 2 (it holds no buffers: a model without BatchNorm?)"));
 }
 
 TEST_CASE("checkpoint: written at 2 ranks, loads at 1, 3 and 4 (data parallel and pipeline)") {

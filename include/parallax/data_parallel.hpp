@@ -248,14 +248,13 @@ class DataParallel {
   std::size_t pending_micro_steps() const { return micro_; }
   template <class F>
   void for_each_keyed_tensor(F&& f) {
-    if constexpr (requires { M::layer_count; model_.template layer<0>(); }) {
-      // A chain (Sequential): keys by layer, so pipelines can read it.
-      [&]<std::size_t... I>(std::index_sequence<I...>) {
-        (io::for_each_layer_tensor(I, model_.template layer<I>(), f), ...);
-      }(std::make_index_sequence<M::layer_count>{});
-    } else {
-      io::for_each_layer_tensor(0, model_, f);
-    }
+    for_each_keyed<false>(f);
+  }
+  /// The buffers (BatchNorm's running statistics), keyed alike: rank 0's,
+  /// as every rank evaluates with them.
+  template <class F>
+  void for_each_keyed_buffer(F&& f) {
+    for_each_keyed<true>(f);
   }
 
  private:
@@ -269,6 +268,27 @@ class DataParallel {
   };
 
   void refresh_views();
+  /// Collective: rank 0's buffers (HasLayerBuffers) on every rank; nothing
+  /// for a model without buffers. Under plain BatchNorm each rank's running
+  /// statistics follow its own shard (as PyTorch DDP's before it broadcasts
+  /// rank 0's); SyncBatchNorm's are equal already.
+  void share_buffers();
+  /// f(layer, index, tensor) for the parameters (Buffers: the buffers),
+  /// keyed by layer for a chain (Sequential), so pipelines can read it.
+  template <bool Buffers, class F>
+  void for_each_keyed(F& f) {
+    auto visit = [&](std::uint64_t key, auto& part) {
+      if constexpr (Buffers) io::for_each_layer_buffer(key, part, f);
+      else io::for_each_layer_tensor(key, part, f);
+    };
+    if constexpr (requires { M::layer_count; model_.template layer<0>(); }) {
+      [&]<std::size_t... I>(std::index_sequence<I...>) {
+        (visit(I, model_.template layer<I>()), ...);
+      }(std::make_index_sequence<M::layer_count>{});
+    } else {
+      visit(0, model_);
+    }
+  }
   double synchronize_gradients();
   /// Reproducible mode: this rank's batch atom by atom into exact_; returns
   /// this rank's mean loss.
@@ -363,6 +383,10 @@ DataParallel<M>::DataParallel(M model, const optim::Optimizer<value_type>& optim
   broadcast_buckets.pack(params_);
   for (auto b : broadcast_buckets) parallax::broadcast(comm_, b, 0);
   broadcast_buckets.unpack(params_);
+  if constexpr (HasLayerBuffers<M>) {
+    training::check_replicas(comm_, detail::tensor_spans<T>(model_.buffers()), "DataParallel (its buffers)");
+    share_buffers();
+  }
   reducer_.plan(grads_);
   if (options_.reproducible_atom) exact_.plan(sizes_);
 }
@@ -385,6 +409,13 @@ data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& 
     Bucketer<T>{o.bucket_bytes};  // its check of the cap
   });
   return o;
+}
+
+template <class M>
+void DataParallel<M>::share_buffers() {
+  if constexpr (HasLayerBuffers<M>)
+    detail::for_each_tensor(model_.buffers(),
+                            [&](auto& t) { parallax::broadcast(comm_, std::span<T>(t.data(), t.size()), 0); });
 }
 
 template <class M>
@@ -659,6 +690,7 @@ evaluation DataParallel<M>::evaluate(const D& dataset, std::size_t batch_size, c
                                      std::source_location site) {
   operation op(comm_, "DataParallel::evaluate()", static_cast<std::int64_t>(optimizer_->steps()), site);
   const std::size_t n = training::agreed_size(comm_, dataset, batch_size, "DataParallel::evaluate()");
+  share_buffers();  // every rank evaluates with rank 0's running statistics
   // [samples, loss sum, correct, metric sums...]; in reproducible mode one
   // such row per chunk of batch_size samples (each rank evaluates whole
   // chunks, the rows of the others stay 0), added up in chunk order after

@@ -206,6 +206,10 @@ class ModelParallel {
   void for_each_keyed_tensor(F&& f) {
     for_each_local_layer([&](std::size_t index, auto& layer) { io::for_each_layer_tensor(index, layer, f); });
   }
+  template <class F>
+  void for_each_keyed_buffer(F&& f) {
+    for_each_local_layer([&](std::size_t index, auto& layer) { io::for_each_layer_buffer(index, layer, f); });
+  }
 
  private:
   using T = value_type;

@@ -38,6 +38,7 @@
 #include <parallax/nn/dropout.hpp>
 #include <parallax/nn/embedding.hpp>
 #include <parallax/nn/flatten.hpp>
+#include <parallax/nn/batch_norm.hpp>
 #include <parallax/nn/layer_norm.hpp>
 #include <parallax/nn/linear.hpp>
 #include <parallax/nn/loss.hpp>

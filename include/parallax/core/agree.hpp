@@ -63,6 +63,11 @@ template <std::size_t N>
 std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::array<double, N>& values,
                                     const std::optional<error>& failure);
 
+/// Collective: sum_and_agree over a run of any length, summed in place; the
+/// length must be the same on every rank (a layer's statistics, fixed when
+/// it is built: SyncBatchNorm's sums).
+void sum_and_agree(const mpi::communicator& comm, std::vector<double>& values, const std::optional<error>& failure);
+
 /// A setting that must be the same on every rank, for agree_settings: its
 /// name, its value, and for a setting that is not a number (an optimizer's
 /// kind, a schedule's) its text, which is then what is compared and shown.
@@ -194,20 +199,36 @@ std::invoke_result_t<F&> agree(const mpi::communicator& comm, F&& f) {
   }
 }
 
+namespace detail {
+/// The one all-reduce of sum_and_agree: `values` (n sums, then one slot for
+/// the failure count, which this fills) summed in place.
+inline void sum_with_verdict(const mpi::communicator& comm, double* values, std::size_t n,
+                             const std::optional<error>& failure) {
+  values[n] = failure ? 1.0 : 0.0;
+  {
+    trace::span span("sum and agree", "sync");
+    mpi::all_reduce(comm, mpi::inplace(values), static_cast<int>(n + 1), std::plus<double>());
+  }
+  if (values[n] > 0) agree(comm, failure);
+}
+}  // namespace detail
+
 template <std::size_t N>
 std::array<double, N> sum_and_agree(const mpi::communicator& comm, const std::array<double, N>& values,
                                     const std::optional<error>& failure) {
-  std::array<double, N + 1> mine{}, total{};
-  std::copy(values.begin(), values.end(), mine.begin());
-  mine[N] = failure ? 1.0 : 0.0;
-  {
-    trace::span span("sum and agree", "sync");
-    mpi::all_reduce(comm, mine.data(), static_cast<int>(N + 1), total.data(), std::plus<double>());
-  }
-  if (total[N] > 0) agree(comm, failure);
+  std::array<double, N + 1> total{};
+  std::copy(values.begin(), values.end(), total.begin());
+  detail::sum_with_verdict(comm, total.data(), N, failure);
   std::array<double, N> sums{};
   std::copy_n(total.begin(), N, sums.begin());
   return sums;
+}
+
+inline void sum_and_agree(const mpi::communicator& comm, std::vector<double>& values,
+                          const std::optional<error>& failure) {
+  values.push_back(0);
+  detail::sum_with_verdict(comm, values.data(), values.size() - 1, failure);
+  values.pop_back();
 }
 
 inline void agree_settings(const mpi::communicator& comm, const std::vector<setting>& settings,

@@ -278,6 +278,15 @@ concept Layer = HasLayerTypes<L> && HasForward<L> && HasBackward<L> && HasInitia
 template <class L>
 concept HasLayerParameters = HasParameters<L> && HasGradients<L>;
 
+/// Optional for a Layer (and a Model): `buffers()`, tensors that are state
+/// but not trained (BatchNorm's running statistics). Checkpoints save and
+/// load them with the parameters; the optimizer never sees them. Sequential,
+/// Residual and the trainers reach them through buffers() like parameters().
+template <class L>
+concept HasLayerBuffers = requires(L& l) {
+  { l.buffers() } -> TensorList;
+};
+
 /// Optional for a Layer: `backward_parameters(x, y, dy)`, backward without
 /// dx. A chain calls it for its first layer, whose input gradient nobody
 /// reads (for Linear, one GEMM less per step).

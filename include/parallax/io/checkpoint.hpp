@@ -11,7 +11,9 @@
 /// written against io::Checkpointable (io/checkpointable.hpp): it includes
 /// no trainer.
 ///
-/// Layout: DIR/step-000000000123/{MANIFEST, state.bin | part-<first>-<end>.bin}.
+/// Layout: DIR/step-000000000123/{MANIFEST, state.bin | part-<first>-<end>.bin}, and
+/// beside each part its buffers (state.buffers.bin, part-<first>-<end>.buffers.bin)
+/// when the model has any.
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
@@ -328,6 +330,22 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
                                  ? std::string("state.bin")
                                  : "part-" + std::to_string(begin) + "-" + std::to_string(end) + ".bin";
     detail::write_part((folder / file).string(), payload);
+    // Buffers (BatchNorm's running statistics), when the model has any: a
+    // file of the same format beside the part, with no optimizer slots.
+    std::vector<detail::tensor_record<T>> buffers;
+    for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
+      detail::tensor_record<T> r;
+      r.layer = layer;
+      r.index = j;
+      r.shape.assign(t.shape().begin(), t.shape().end());
+      r.view = std::span<const T>(t.data(), t.size());
+      buffers.push_back(std::move(r));
+    });
+    if (!buffers.empty()) {
+      payload.slot_names.clear();
+      payload.tensors = std::move(buffers);
+      detail::write_part((folder / detail::buffers_file(file)).string(), payload);
+    }
     written.push_back({file, begin, end});
   });
   // Rank 0 writes the manifest once every part is on disk, then prunes.
@@ -397,9 +415,11 @@ void Checkpointer::load(Trainer& trainer, data::DistributedSampler* sampler, con
   if (trainer.checkpoint_replicated()) {
     // Every rank loaded the same state (the replicas must stay equal).
     std::uint64_t h = 0;
-    trainer.for_each_keyed_tensor([&](std::uint64_t, std::uint64_t, auto& t) {
+    auto hash = [&](std::uint64_t, std::uint64_t, auto& t) {
       h = parallax::detail::content_hash(t.data(), t.size() * sizeof(T), h);
-    });
+    };
+    trainer.for_each_keyed_tensor(hash);
+    for_each_trainer_buffer(trainer, hash);
     agree_equal(comm_, h, "Checkpointer::load(): the loaded parameters");
   }
   last_saved_step_ = trainer.optimizer().steps();

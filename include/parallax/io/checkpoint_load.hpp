@@ -11,6 +11,7 @@
 #include <parallax/detail/element_type.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/io/checkpoint_format.hpp>
+#include <parallax/io/checkpointable.hpp>
 #include <parallax/io/file.hpp>
 #include <parallax/optim/optimizer.hpp>
 
@@ -31,7 +32,16 @@ struct checkpoint_contents {
   manifest m;
   part_payload<T> meta;  ///< the first part read, without its tensors
   std::map<std::pair<std::uint64_t, std::uint64_t>, tensor_record<T>> records;  ///< by (layer, index)
+  std::map<std::pair<std::uint64_t, std::uint64_t>, tensor_record<T>> buffers;  ///< by (layer, index)
+  bool has_buffers = false;  ///< some part read has a buffers file
 };
+
+/// The file that holds a part's buffers (HasLayerBuffers: BatchNorm's
+/// running statistics), beside the part: "part-0-2.bin" -> "part-0-2.buffers.bin".
+inline std::string buffers_file(const std::string& part) {
+  const auto dot = part.rfind(".bin");
+  return (dot == std::string::npos ? part : part.substr(0, dot)) + ".buffers.bin";
+}
 
 /// Read: the manifest of the checkpoint in `path`, and the parts that hold
 /// layers of [begin, end). Checks what the files say about themselves: every
@@ -82,6 +92,17 @@ checkpoint_contents<T> read_checkpoint(const std::string& path, std::pair<std::u
     }
     for (auto& r : tensors)
       if (r.layer >= begin && r.layer < end) c.records[{r.layer, r.index}] = std::move(r);
+    const std::string buffers = (fs::path(path) / buffers_file(p.file)).string();
+    if (fs::exists(buffers)) {
+      auto b = read_part<T>(buffers);
+      PARALLAX_CHECK_KIND(b.layer_begin == p.layer_begin && b.layer_end == p.layer_end && b.where.step == c.m.step &&
+                              b.trainer == c.m.trainer && b.slot_names.empty(),
+                          error_kind::damaged_file,
+                          "checkpoint file '" + buffers + "' does not belong to this checkpoint's manifest");
+      c.has_buffers = true;
+      for (auto& r : b.tensors)
+        if (r.layer >= begin && r.layer < end) c.buffers[{r.layer, r.index}] = std::move(r);
+    }
   }
   return c;
 }
@@ -118,6 +139,23 @@ optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::Distrib
   check(wanted.size() == c.records.size(), where + " was written for another model: it has " +
                                                std::to_string(c.records.size()) + " tensors for these layers, the model " +
                                                std::to_string(wanted.size()));
+  // The buffers alike (BatchNorm's running statistics): all of ours, with
+  // our shapes, and no others.
+  std::size_t buffers = 0;
+  for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    const auto it = c.buffers.find({layer, j});
+    check(it != c.buffers.end(), where + " was written for another model: it has no buffer " + std::to_string(j) +
+                                     " of layer " + std::to_string(layer) +
+                                     (c.has_buffers ? "" : " (it holds no buffers: a model without BatchNorm?)"));
+    const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
+    check(it->second.shape == shape && it->second.values.size() == t.size(),
+          where + " was written for another model: buffer " + std::to_string(j) + " of layer " + std::to_string(layer) +
+              " has shape " + shape_string(it->second.shape) + " there, " + shape_string(shape) + " in this model");
+    ++buffers;
+  });
+  check(buffers == c.buffers.size(), where + " was written for another model: it has " +
+                                         std::to_string(c.buffers.size()) + " buffers for these layers, the model " +
+                                         std::to_string(buffers));
   const auto& meta = c.meta;
   optim::optimizer_state<T> state;
   state.kind = meta.optimizer_kind;
@@ -154,6 +192,10 @@ void apply_checkpoint(Trainer& trainer, data::DistributedSampler* sampler, check
                       const optim::optimizer_state<T>& state) {
   trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
     const auto& values = c.records[{layer, j}].values;
+    std::copy(values.begin(), values.end(), t.data());
+  });
+  for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    const auto& values = c.buffers[{layer, j}].values;
     std::copy(values.begin(), values.end(), t.data());
   });
   trainer.optimizer().load_state(state);

@@ -71,6 +71,29 @@ void for_each_layer_tensor(std::uint64_t layer_key, L& layer, F& f) {
   }
 }
 
+/// For a trainer's for_each_keyed_buffer(): f(layer_key, j, tensor) for the
+/// j-th buffer of `layer` (HasLayerBuffers: BatchNorm's running statistics;
+/// nothing for one without).
+template <class L, class F>
+void for_each_layer_buffer(std::uint64_t layer_key, L& layer, F& f) {
+  if constexpr (HasLayerBuffers<L>) {
+    std::uint64_t j = 0;
+    parallax::detail::for_each_tensor(layer.buffers(), [&](auto& t) { f(layer_key, j++, t); });
+  }
+}
+
+/// Optional: `for_each_keyed_buffer(f)`, f(layer, index_in_layer, tensor)
+/// for every buffer this rank holds (state that is not trained): saved and
+/// loaded with the parameters. A trainer without it has none.
+template <class T>
+concept HasKeyedBuffers = requires(T& t, detail::keyed_tensor_visitor f) { t.for_each_keyed_buffer(f); };
+
+/// Calls trainer.for_each_keyed_buffer(f) when the trainer has it.
+template <class Trainer, class F>
+void for_each_trainer_buffer(Trainer& trainer, F&& f) {
+  if constexpr (HasKeyedBuffers<Trainer>) trainer.for_each_keyed_buffer(f);
+}
+
 /// Optional: `pending_micro_steps()`, the micro-steps accumulated towards an
 /// optimizer step not yet taken (DataParallel with accumulation_steps > 1).
 /// Their gradients are not part of a checkpoint, so save() refuses while

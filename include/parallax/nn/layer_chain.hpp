@@ -93,6 +93,18 @@ class LayerChain {
   {
     return collect([](const auto& l) -> decltype(auto) { return l.gradients(); });
   }
+  /// Every layer's buffers() concatenated (HasLayerBuffers: BatchNorm's
+  /// running statistics), in layer order; only when some layer has any.
+  auto buffers()
+    requires(HasLayerBuffers<Layers> || ...)
+  {
+    return collect<true>([](auto& l) -> decltype(auto) { return l.buffers(); });
+  }
+  auto buffers() const
+    requires(HasLayerBuffers<const Layers> || ...)
+  {
+    return collect<true>([](const auto& l) -> decltype(auto) { return l.buffers(); });
+  }
   /// Sets every gradient to 0.
   void zero_gradients();
   /// The number of trainable scalars.
@@ -128,21 +140,23 @@ class LayerChain {
   std::vector<std::size_t> output_shape(std::vector<std::size_t> input_shape, const char* who) const;
 
  private:
-  template <class F>
+  /// get(layer) of every layer that has parameters (Buffers: buffers),
+  /// concatenated into one std::tuple.
+  template <bool Buffers = false, class F>
   auto collect(F get) {
-    return collect_from(layers_, get, std::make_index_sequence<layer_count>{});
+    return collect_from<Buffers>(layers_, get, std::make_index_sequence<layer_count>{});
   }
-  template <class F>
+  template <bool Buffers = false, class F>
   auto collect(F get) const {
-    return collect_from(layers_, get, std::make_index_sequence<layer_count>{});
+    return collect_from<Buffers>(layers_, get, std::make_index_sequence<layer_count>{});
   }
-  template <class Tuple, class F, std::size_t... I>
+  template <bool Buffers, class Tuple, class F, std::size_t... I>
   static auto collect_from(Tuple& layers, F& get, std::index_sequence<I...>) {
-    return std::tuple_cat(one_part(std::get<I>(layers), get)...);
+    return std::tuple_cat(one_part<Buffers>(std::get<I>(layers), get)...);
   }
-  template <class L, class F>
+  template <bool Buffers, class L, class F>
   static auto one_part(L& part, F& get) {
-    if constexpr (HasLayerParameters<std::remove_const_t<L>>) {
+    if constexpr (Buffers ? HasLayerBuffers<L> : HasLayerParameters<std::remove_const_t<L>>) {
       return detail::as_tuple(get(part));
     } else {
       return std::tuple<>{};
@@ -169,12 +183,12 @@ class LayerChain {
   }
 
   template <class Seq>
-  struct buffers;
+  struct activations;
   template <std::size_t... I>
-  struct buffers<std::index_sequence<I...>> {
+  struct activations<std::index_sequence<I...>> {
     using type = std::tuple<typename parallax::detail::output_of<layer_t<I>>::type...>;
   };
-  using buffer_tuple = typename buffers<std::make_index_sequence<layer_count>>::type;
+  using buffer_tuple = typename activations<std::make_index_sequence<layer_count>>::type;
 
   std::tuple<Layers...> layers_;
   buffer_tuple outputs_;                    // layer i's output from the last forward

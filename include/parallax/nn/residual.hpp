@@ -120,6 +120,18 @@ class Residual {
     return body_.gradients();
   }
 
+  /// The body's buffers (only when some body layer has any: BatchNorm).
+  auto buffers()
+    requires(HasLayerBuffers<Layers> || ...)
+  {
+    return body_.buffers();
+  }
+  auto buffers() const
+    requires(HasLayerBuffers<const Layers> || ...)
+  {
+    return body_.buffers();
+  }
+
   void set_training(bool training) { body_.set_training(training); }
   void set_step(std::uint64_t step) { body_.set_step(step); }
 

@@ -113,6 +113,18 @@ class Sequential {
   {
     return chain_.gradients();
   }
+  /// Every layer's buffers() (BatchNorm's running statistics), in layer
+  /// order; only when some layer has any.
+  auto buffers()
+    requires requires(chain_type& c) { c.buffers(); }
+  {
+    return chain_.buffers();
+  }
+  auto buffers() const
+    requires requires(const chain_type& c) { c.buffers(); }
+  {
+    return chain_.buffers();
+  }
 
   /// Zeroes the gradients, runs forward and backward over the batch and
   /// returns the mean loss; gradients() then hold the gradient of that mean.
@@ -127,7 +139,8 @@ class Sequential {
   /// current mode: call set_training(false) first to predict without dropout.
   output_type predict(const input_type& x);
 
-  /// Forwards set_training(training) to the layers that have it (Dropout).
+  /// Forwards set_training(training) to the layers that have it (Dropout,
+  /// BatchNorm).
   void set_training(bool training);
   /// Forwards set_step(step) to the layers that have it (Dropout's masks).
   void set_step(std::uint64_t step);
