@@ -245,6 +245,24 @@ TEST_CASE("tensor parallel: sizes t does not divide, and an input that differs o
   CHECK(contains(e6, "ColumnParallelLinear: settings differ between ranks"));
   const auto e7 = agreed_error(world, [&] { ColumnParallelLinear<float>(4, 10, world, 3); });
   CHECK(contains(e7, "3 output groups do not divide the output width 10"));
+  // Rank 0 failed before the group's collective and went on to its trainer's
+  // step while the others entered the layer: one rank_mismatch naming both
+  // operations, not a hang. On a duplicate: it stays out of step afterwards.
+  communicator dup(world, parallax::mpi::comm_duplicate);
+  ColumnParallelLinear<double> on_dup(4, 2 * static_cast<std::size_t>(t), dup);
+  RowParallelLinear<double> row_on_dup(2 * static_cast<std::size_t>(t), 3, dup);
+  xt::xtensor<double, 2> good = xt::zeros<double>({std::size_t(2), std::size_t(4)});
+  const auto e8 = agreed_error(dup, [&] {
+    if (dup.rank() == 0) {
+      parallax::operation op(dup, "DataParallel::train_step()");
+    } else {
+      on_dup.forward(good, h);
+      row_on_dup.forward(h, y);
+    }
+  });
+  CHECK(contains(e8, "ranks are in different library operations"));
+  CHECK(contains(e8, "ColumnParallelLinear::forward()"));
+  CHECK(contains(e8, "DataParallel::train_step()"));
 }
 
 TEST_CASE("tensor parallel: ParallelCausalSelfAttention equals CausalSelfAttention at every t, forward and backward") {

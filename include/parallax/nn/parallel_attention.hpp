@@ -6,6 +6,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/attention.hpp>
@@ -123,6 +124,7 @@ ParallelCausalSelfAttention<T>::ParallelCausalSelfAttention(checked, std::size_t
 
 template <class T>
 void ParallelCausalSelfAttention<T>::forward(const input_type& x, output_type& y) {
+  operation op(comm_, "ParallelCausalSelfAttention::forward()");
   parallax::agree(comm_, [&] { detail::check_attention_input(x.shape(), width_, "ParallelCausalSelfAttention::forward()"); });
   this->run_forward(x, y);
 }
@@ -130,6 +132,7 @@ void ParallelCausalSelfAttention<T>::forward(const input_type& x, output_type& y
 template <class T>
 void ParallelCausalSelfAttention<T>::backward(const input_type& x, const output_type& y, const output_type& dy,
                                               input_type& dx) {
+  operation op(comm_, "ParallelCausalSelfAttention::backward()");
   parallax::agree(comm_, [&] {
     detail::check_attention_input(x.shape(), width_, "ParallelCausalSelfAttention::backward()");
     detail::check_dy_shape(dy.shape(), x.shape(), "ParallelCausalSelfAttention");

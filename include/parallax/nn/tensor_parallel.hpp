@@ -9,6 +9,7 @@
 
 #include <parallax/core/agree.hpp>
 #include <parallax/core/error.hpp>
+#include <parallax/core/operation.hpp>
 #include <parallax/core/ring.hpp>
 #include <parallax/detail/mpi.hpp>
 #include <parallax/detail/xtensor.hpp>
@@ -249,12 +250,14 @@ void ColumnParallelLinear<T, N>::initialize(std::uint64_t seed, std::size_t inde
 
 template <class T, std::size_t N>
 void ColumnParallelLinear<T, N>::forward(const input_type& x, output_type& y) {
+  operation op(comm_, "ColumnParallelLinear::forward()");
   parallax::agree(comm_, [&] { shard_.forward(x, y); });
 }
 
 template <class T, std::size_t N>
 void ColumnParallelLinear<T, N>::backward(const input_type& x, const output_type& y, const output_type& dy,
                                           input_type& dx) {
+  operation op(comm_, "ColumnParallelLinear::backward()");
   parallax::agree(comm_, [&] { shard_.backward(x, y, dy, dx); });
   detail::agree_shape(comm_, dx.shape(), "ColumnParallelLinear::backward(): the input gradient's shape");
   parallax::allreduce_sum(comm_, std::span<T>(dx.data(), dx.size()));
@@ -263,6 +266,7 @@ void ColumnParallelLinear<T, N>::backward(const input_type& x, const output_type
 template <class T, std::size_t N>
 void ColumnParallelLinear<T, N>::backward_parameters(const input_type& x, const output_type& y,
                                                      const output_type& dy) {
+  operation op(comm_, "ColumnParallelLinear::backward_parameters()");
   parallax::agree(comm_, [&] { shard_.backward_parameters(x, y, dy); });
 }
 
@@ -298,6 +302,7 @@ void RowParallelLinear<T, N>::initialize(std::uint64_t seed, std::size_t index) 
 
 template <class T, std::size_t N>
 void RowParallelLinear<T, N>::forward(const input_type& x, output_type& y) {
+  operation op(comm_, "RowParallelLinear::forward()");
   parallax::agree(comm_, [&] {
     PARALLAX_CHECK(x.shape()[N - 1] == local_in_, "RowParallelLinear::forward(): input has " +
                                                       std::to_string(x.shape()[N - 1]) + " features, expected " +
@@ -318,6 +323,7 @@ void RowParallelLinear<T, N>::forward(const input_type& x, output_type& y) {
 
 template <class T, std::size_t N>
 void RowParallelLinear<T, N>::backward_impl(const input_type& x, const output_type& dy, input_type* dx) {
+  operation op(comm_, "RowParallelLinear::backward()");
   parallax::agree(comm_, [&] {
     PARALLAX_CHECK(x.shape()[N - 1] == local_in_, "RowParallelLinear::backward(): input has " +
                                                       std::to_string(x.shape()[N - 1]) + " features, expected " +
