@@ -196,7 +196,7 @@ void finish_epoch(run_result& result, const config& cfg, std::uint64_t epoch, co
 template <class Logits>
 std::string generate(const config& cfg, const corpus& c, Logits&& logits) {
   std::vector<std::int64_t> ids;
-  for (const char ch : cfg.prompt)
+  for (const char ch : cfg.prompt)  // characters the corpus lacks are left out (main says which)
     if (c.id[static_cast<unsigned char>(ch)] >= 0) ids.push_back(c.id[static_cast<unsigned char>(ch)]);
   if (ids.empty()) ids.push_back(0);
   std::mt19937_64 draw(cfg.seed);
@@ -235,6 +235,11 @@ void train_epochs(Trainer& trainer, run_result& result, const config& cfg, const
                      [&](std::uint64_t epoch, const parallax::epoch_report& report) {
                        finish_epoch(result, cfg, epoch, report, trainer.evaluate(c.validation, 64), world, progress);
                      });
+  if (result.epochs.empty()) {  // resumed after the last epoch: nothing trained, the model is still measured
+    result.epochs.push_back({NAN, trainer.evaluate(c.validation, 64).loss, 0, 0});
+    if (world.rank() == 0)
+      progress.line("all " + std::to_string(cfg.epochs) + " epochs were done before: nothing to train");
+  }
 }
 
 // DataParallel over `replicas`: every rank of the world (--strategy data),
@@ -374,6 +379,14 @@ int main(int argc, char** argv) {
                 << " files in " << cfg.corpus_dir << ", " << c.alphabet.size() << " distinct, " << c.train.size()
                 << " training and " << c.validation.size() << " validation sequences of " << cfg.context
                 << ", global batch " << cfg.batch_size << ", adam lr " << cfg.lr << " (cosine)" << std::endl;
+    if (root && cfg.generate > 0) {
+      std::string unknown;
+      for (const char ch : cfg.prompt)
+        if (c.id[static_cast<unsigned char>(ch)] < 0 && unknown.find(ch) == std::string::npos) unknown += ch;
+      if (!unknown.empty())
+        std::cerr << "char_lm: --prompt characters the corpus does not have are left out: '" << unknown << "'"
+                  << std::endl;
+    }
     demo::progress_bar progress(root && !cfg.quiet && demo::stdout_is_terminal(), cfg.epochs, "tokens", cfg.context);
     const std::size_t parameters = gpt::make(shape(cfg, c)).parameter_count();
     run_result result;

@@ -170,7 +170,7 @@ void train_epochs(Trainer& trainer, const Dataset& train, std::size_t batch_size
 template <class Pipeline>
 void print_stages(const Pipeline& pipeline, std::size_t micro_batches, const boost::mpi::communicator& world) {
   if (world.rank() != 0) return;
-  std::cout << "pipeline: " << world.size() << " stages, layers";
+  std::cout << "pipeline: " << world.size() << (world.size() == 1 ? " stage" : " stages") << ", layers";
   for (std::size_t s = 0; s + 1 < pipeline.boundaries().size(); ++s)
     std::cout << (s ? " | " : " ") << pipeline.boundaries()[s] << "-" << pipeline.boundaries()[s + 1] - 1;
   std::cout << ", " << micro_batches << " micro-batches, 1F1B" << std::endl;

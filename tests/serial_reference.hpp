@@ -10,6 +10,10 @@
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/optim/optimizer.hpp>
 
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <span>
 #include <vector>
@@ -37,6 +41,22 @@ std::vector<double> train_on(M& model, const B& batch, const parallax::optim::Op
     step(model, *rule);
   }
   return losses;
+}
+
+/// Every tensor of a tensor list, flattened into one vector in order.
+template <class List>
+std::vector<double> flat(List&& list) {
+  std::vector<double> out;
+  parallax::detail::for_each_tensor(list, [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+  return out;
+}
+
+/// The largest |a[i] - b[i]|; the sizes must be equal.
+inline double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  return worst;
 }
 
 }  // namespace serial

@@ -77,19 +77,8 @@ B my_rows(const communicator& world, const B& all) {
   return mine;
 }
 
-template <class List>
-std::vector<double> flat(List&& list) {
-  std::vector<double> out;
-  parallax::detail::for_each_tensor(list, [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
-  return out;
-}
-
-double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  return worst;
-}
+using serial::flat;
+using serial::max_difference;
 
 }  // namespace
 

@@ -106,11 +106,7 @@ void check_bitwise_equal(const std::vector<fingerprint>& runs) {
   }
 }
 
-double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  return worst;
-}
+using serial::max_difference;
 
 struct toy_case {
   const char* name;

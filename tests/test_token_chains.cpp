@@ -61,19 +61,8 @@ auto make_chain() {
   return net;
 }
 
-template <class List>
-std::vector<double> flat(List&& list) {
-  std::vector<double> out;
-  parallax::detail::for_each_tensor(list, [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
-  return out;
-}
-
-double max_difference(const std::vector<double>& a, const std::vector<double>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
-  return worst;
-}
+using serial::flat;
+using serial::max_difference;
 
 /// Trains `net` on `all` for `steps` steps with the optimizer by hand; the loss of every step.
 template <class Net>

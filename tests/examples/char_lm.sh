@@ -7,7 +7,8 @@
 # ranks and --strategy tensor at 2 end at the data-parallel loss (same
 # weights, same batches; only rounding differs); checkpoints of a tensor
 # split are refused; a run resumed from a mid-epoch checkpoint at 1 rank
-# ends where the uninterrupted 2-rank run ends; heads that do not divide
+# ends where the uninterrupted 2-rank run ends, and resumed again after its
+# last epoch measures the same loss; heads that do not divide
 # the width are one error, printed once.
 # Usage: char_lm.sh CHAR_LM_BINARY [mpiexec flags...]
 set -uo pipefail
@@ -44,6 +45,11 @@ run "$tmp/resumed.log" 1 --strategy data --checkpoint-dir "$tmp/ckpt" --resume
 resumed=$(loss "$tmp/resumed.log")
 grep -h "resumed from" "$tmp/resumed.log"
 check "a run resumed at 1 rank ends at the uninterrupted run's loss" "'${resumed}' != '' and '${resumed}' == '${reference}'"
+# Resumed once more, with every epoch done: nothing to train, the same loss measured again.
+run "$tmp/done.log" 1 --strategy data --checkpoint-dir "$tmp/ckpt" --resume --prompt "Permission~ is"
+done_loss=$(loss "$tmp/done.log")
+check "a run resumed after its last epoch measures the same loss" "'${done_loss}' == '${reference}' and open('$tmp/done.log').read().count('nothing to train') == 1"
+check "a prompt character the corpus lacks is named once" "open('$tmp/done.log').read().count(\"left out: '~'\") == 1"
 
 mpiexec "${flags[@]}" -n 2 "$demo" --heads 3 >"$tmp/bad.log" 2>&1
 status=$?
