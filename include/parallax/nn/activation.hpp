@@ -8,8 +8,10 @@
 #include <parallax/core/error.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/vector_math.hpp>
 
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -21,7 +23,9 @@ namespace detail {
 
 /// The shared body of an elementwise layer: Derived provides
 /// `T value(T x) const`, `T slope(T x, T y) const` (dy/dx from x and y;
-/// both may be static) and `static constexpr const char* name`.
+/// both may be static) and `static constexpr const char* name`; optionally
+/// bulk forms `values(x, y, n)` and `input_gradient(x, dy, dx, n)` that
+/// forward and backward use instead (GELU<float>'s vector erf).
 template <class Derived, class T, std::size_t N>
 class Elementwise {
  public:
@@ -39,7 +43,9 @@ class Elementwise {
     const T* in = x.data();
     T* out = y.data();
     const std::size_t n = x.size();
-    for (std::size_t i = 0; i < n; ++i) out[i] = self().value(in[i]);
+    if constexpr (requires { self().values(in, out, n); }) self().values(in, out, n);  // a bulk form
+    else
+      for (std::size_t i = 0; i < n; ++i) out[i] = self().value(in[i]);
   }
 
   /// dx = f'(x) * dy elementwise, with f' from x or y.
@@ -55,7 +61,9 @@ class Elementwise {
     const T* g = dy.data();
     T* d = dx.data();
     const std::size_t n = x.size();
-    for (std::size_t i = 0; i < n; ++i) d[i] = self().slope(in[i], out[i]) * g[i];
+    if constexpr (requires { self().input_gradient(in, g, d, n); }) self().input_gradient(in, g, d, n);
+    else
+      for (std::size_t i = 0; i < n; ++i) d[i] = self().slope(in[i], out[i]) * g[i];
   }
 
   /// The layer's name, e.g. "ReLU".
@@ -122,9 +130,12 @@ enum class gelu_approximation { exact, tanh };
 ///   exact: 0.5 x (1 + erf(x / sqrt(2)))
 ///   tanh:  0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
 /// The slope is the derivative of the formula chosen (from x). Evaluated in
-/// T, as PyTorch's CPU kernels do: float through erff, expf and tanhf
-/// (about 2x faster than double's), double in double. A NaN gives NaN
-/// forward and backward.
+/// T, as PyTorch's CPU kernels do: double in double; float through erff,
+/// expf and tanhf, and for the exact form's forward and backward through
+/// glibc's vector erff and expf (libmvec, x86-64 with GCC) in blocks of 16
+/// values (nn/detail/vector_math.hpp: an element's bits do not depend on its
+/// position), within a few ulp of value() and slope(), about 10x faster. A
+/// NaN gives NaN forward and backward.
 /// @code
 ///   parallax::nn::GELU<float, 3> exact;                                       // [batch, sequence, width]
 ///   parallax::nn::GELU<float> fast(parallax::nn::gelu_approximation::tanh);
@@ -152,12 +163,47 @@ class GELU : public detail::Elementwise<GELU<T, N>, T, N> {
     return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * T(sqrt_2_pi) * (T(1) + T(3 * coefficient) * x * x);
   }
 
+  /// forward's bulk form for float: the exact form in blocks through the
+  /// vector erff; the tanh form element by element.
+  void values(const T* x, T* y, std::size_t n) const
+    requires std::same_as<T, float>
+  {
+    if (approximation_ != gelu_approximation::exact) {
+      for (std::size_t i = 0; i < n; ++i) y[i] = value(x[i]);
+      return;
+    }
+    detail::for_each_block(n, &forward_block, y, x);
+  }
+  /// backward's bulk form for float: dx = (Phi(x) + x phi(x)) dy, the exact
+  /// form in blocks through the vector erff and expf.
+  void input_gradient(const T* x, const T* dy, T* dx, std::size_t n) const
+    requires std::same_as<T, float>
+  {
+    if (approximation_ != gelu_approximation::exact) {
+      for (std::size_t i = 0; i < n; ++i) dx[i] = slope(x[i], x[i]) * dy[i];
+      return;
+    }
+    detail::for_each_block(n, &backward_block, dx, x, dy);
+  }
+
   /// "GELU" or "GELU(tanh)".
   std::string describe() const { return approximation_ == gelu_approximation::exact ? "GELU" : "GELU(tanh)"; }
   /// Stateless: 0 (the approximation is not a parameter).
   static std::size_t parameter_count(gelu_approximation = gelu_approximation::exact) { return 0; }
 
  private:
+  // One block each, never inlined: whole blocks and the padded tail run the
+  // same machine code, so the same bits.
+  [[gnu::noinline]] static void forward_block(float* out, const float* in) {
+    for (std::size_t k = 0; k < detail::math_block; ++k)
+      out[k] = 0.5f * in[k] * (1.0f + detail::block_erf(in[k] * float(sqrt1_2)));
+  }
+  [[gnu::noinline]] static void backward_block(float* out, const float* in, const float* g) {
+    for (std::size_t k = 0; k < detail::math_block; ++k) {
+      const float pdf = float(inv_sqrt_2pi) * detail::block_exp(-0.5f * in[k] * in[k]);
+      out[k] = (0.5f * (1.0f + detail::block_erf(in[k] * float(sqrt1_2))) + in[k] * pdf) * g[k];
+    }
+  }
   static constexpr double sqrt1_2 = 0.70710678118654752440;       // 1 / sqrt(2)
   static constexpr double sqrt_2_pi = 0.79788456080286535588;     // sqrt(2 / pi)
   static constexpr double inv_sqrt_2pi = 0.39894228040143267794;  // 1 / sqrt(2 pi)
