@@ -14,7 +14,7 @@
 //   mpiexec -n 2 build/examples/char_lm                          # data parallel, 6 epochs
 //   mpiexec -n 2 build/examples/char_lm --strategy pipeline
 //   mpiexec -n 2 build/examples/char_lm --strategy tensor
-//   mpiexec -n 2 build/examples/char_lm --checkpoint-dir ckpt --resume
+//   mpiexec -n 2 build/examples/char_lm --checkpoint-dir ckpt --resume   # ckpt/char_lm-heads records --heads
 //   build/examples/char_lm --help
 //
 // Corpus: the license texts Debian's base-files package installs in
@@ -155,6 +155,29 @@ corpus load(const config& cfg) {
   c.train = Windows(std::move(train_in), std::move(train_out));
   c.validation = Windows(std::move(val_in), std::move(val_out));
   return c;
+}
+
+// The parameters' shapes do not show how many heads split the width: the
+// checkpoint folder keeps it beside the checkpoints (char_lm-heads), and a
+// --resume with other --heads is an error on every rank, not a silently
+// different model. A run without --resume records its own.
+void check_recorded_heads(const config& cfg, const boost::mpi::communicator& world) {
+  namespace fs = std::filesystem;
+  if (cfg.checkpoints.dir.empty()) return;
+  parallax::agree(world, [&] {
+    if (world.rank() != 0) return;
+    const fs::path file = fs::path(cfg.checkpoints.dir) / "char_lm-heads";
+    if (cfg.checkpoints.resume && fs::exists(file)) {
+      std::size_t heads = 0;
+      std::ifstream(file) >> heads;
+      PARALLAX_CHECK(heads == cfg.heads, "--resume: the checkpoints in '" + cfg.checkpoints.dir +
+                                             "' were written with --heads " + std::to_string(heads) +
+                                             ", this run has --heads " + std::to_string(cfg.heads));
+      return;
+    }
+    fs::create_directories(cfg.checkpoints.dir);
+    std::ofstream(file) << cfg.heads << "\n";
+  });
 }
 
 // --- training -----------------------------------------------------------------
@@ -371,6 +394,7 @@ int main(int argc, char** argv) {
                      "(every rank would write its own shard as the whole model)");
     });
     if (cfg.strategy == "tensor") (void)nn::ParallelCausalSelfAttention<float>(cfg.width, cfg.heads, world);
+    check_recorded_heads(cfg, world);
     std::ofstream json = demo::open_summary(cfg.json, world);
     const corpus c = parallax::agree(world, [&] { return load(cfg); });
     if (root)

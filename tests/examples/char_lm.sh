@@ -8,7 +8,8 @@
 # weights, same batches; only rounding differs); checkpoints of a tensor
 # split are refused; a run resumed from a mid-epoch checkpoint at 1 rank
 # ends where the uninterrupted 2-rank run ends, and resumed again after its
-# last epoch measures the same loss; heads that do not divide
+# last epoch measures the same loss, and with other --heads is refused;
+# heads that do not divide
 # the width are one error, printed once.
 # Usage: char_lm.sh CHAR_LM_BINARY [mpiexec flags...]
 set -uo pipefail
@@ -50,6 +51,9 @@ run "$tmp/done.log" 1 --strategy data --checkpoint-dir "$tmp/ckpt" --resume --pr
 done_loss=$(loss "$tmp/done.log")
 check "a run resumed after its last epoch measures the same loss" "'${done_loss}' == '${reference}' and open('$tmp/done.log').read().count('nothing to train') == 1"
 check "a prompt character the corpus lacks is named once" "open('$tmp/done.log').read().count(\"left out: '~'\") == 1"
+mpiexec "${flags[@]}" -n 2 "$demo" "${common[@]}" --checkpoint-dir "$tmp/ckpt" --resume --heads 2 >"$tmp/heads.log" 2>&1
+status=$?
+check "--resume with other --heads than the checkpoints' is one error, exit 1" "$status == 1 and open('$tmp/heads.log').read().count('were written with --heads 4, this run has --heads 2') == 1"
 
 mpiexec "${flags[@]}" -n 2 "$demo" --heads 3 >"$tmp/bad.log" 2>&1
 status=$?
