@@ -154,6 +154,13 @@ TEST_CASE("SyncBatchNorm: errors are one error on every rank, ranks out of step 
     const auto e = agreed_error(world, [&] { SyncBatchNorm<double>(r == 1 ? 3 : 4, world); });
     CHECK(e.find("SyncBatchNorm: settings differ between ranks") != std::string::npos);
   }
+  if (world.size() > 1) {
+    const auto e = agreed_error(world, [&] { SyncBatchNorm<double>(4, world, r == 1 ? 0.2 : 0.1); });
+    CHECK(e.find("SyncBatchNorm: settings differ between ranks") != std::string::npos);
+    CHECK(e.find("momentum") != std::string::npos);
+    const auto bad_eps = agreed_error(world, [&] { SyncBatchNorm<double>(4, world, 0.1, r == 0 ? -1.0 : -1.0); });
+    CHECK(bad_eps.find("eps must be finite and >= 0, got -1") != std::string::npos);
+  }
   SyncBatchNorm<double> norm(4, world);
   CHECK(norm.describe() == "SyncBatchNorm(4, over " + std::to_string(world.size()) +
                                (world.size() == 1 ? " rank)" : " ranks)"));

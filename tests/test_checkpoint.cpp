@@ -25,6 +25,8 @@
 
 #include <doctest/doctest.h>
 
+#include <xtensor/xview.hpp>
+
 #include <boost/mpi/collectives.hpp>
 #include <boost/mpi/communicator.hpp>
 
@@ -476,6 +478,18 @@ TEST_CASE("checkpoint: BatchNorm's running statistics are saved, loaded and resh
   for (const auto& [k, v] : keyed_buffers(pipe)) {
     const auto at = std::find(keys.begin(), keys.end(), k) - keys.begin();
     CHECK(values[static_cast<std::size_t>(at)] == v);
+  }
+  // predict runs in eval mode (the running statistics): one row is fine,
+  // and it is what the loaded Sequential gives in eval mode.
+  {
+    const auto row = bn_batch(40).inputs;
+    xt::xtensor<double, 2> one = xt::view(row, xt::range(0, 1), xt::all());
+    const auto piped_one = pipe.predict(one);
+    dp.model().set_training(false);
+    const auto direct = dp.model().predict(one);
+    dp.model().set_training(true);
+    REQUIRE(piped_one.size() == direct.size());
+    for (std::size_t i = 0; i < direct.size(); ++i) CHECK(std::abs(piped_one.data()[i] - direct.data()[i]) < 1e-12);
   }
   for (std::uint64_t s = 3; s < 6; ++s) pipe.train_step(bn_batch(s));
   std::vector<double> mine;

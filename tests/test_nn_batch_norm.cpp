@@ -203,6 +203,19 @@ TEST_CASE("BatchNorm: a chain with it equals the hand-written one, and its buffe
   CHECK(std::abs((net.loss(half) + net.loss(rest)) / 2 - whole) < 1e-14);
 }
 
+TEST_CASE("BatchNorm: a large common offset keeps the variance (two passes, not E[x^2] - mean^2)") {
+  // Values 1e8 + {-3, -1, 1, 3}: mean 1e8, biased variance 5 (E[x^2] - mean^2
+  // in double would lose it almost entirely).
+  BatchNorm<double> norm(1, 1.0);  // momentum 1: the running statistics are the batch's
+  const xt::xtensor<double, 2> x = {{1e8 - 3}, {1e8 - 1}, {1e8 + 1}, {1e8 + 3}};
+  xt::xtensor<double, 2> y, dx;
+  norm.forward(x, y);
+  CHECK(std::abs(y(3, 0) - 3 / std::sqrt(5 + 1e-5)) < 1e-9);
+  norm.backward(x, y, xt::xtensor<double, 2>({4, 1}, 1.0), dx);
+  CHECK(std::abs(norm.running_mean()(0) - 1e8) < 1e-6);
+  CHECK(std::abs(norm.running_var()(0) - 20.0 / 3.0) < 1e-9);  // unbiased: 5 x 4 / 3
+}
+
 TEST_CASE_TEMPLATE("BatchNorm: a NaN makes its channel NaN for the whole batch", T, float, double) {
   using nonfinite::nan;
   BatchNorm<T> norm(2);

@@ -135,9 +135,11 @@ class ModelParallel {
   void set_after_step(std::function<void(const step_report&)> hook) { options_.after_step = std::move(hook); }
 
   /// Collective. The chain's output for x (any number of rows; every rank
-  /// passes the same x), on every rank.
+  /// passes the same x), on every rank, in eval mode as evaluate() (Dropout
+  /// the identity, BatchNorm with its running statistics).
   output_type predict(const input_type& x, std::source_location site = std::source_location::current()) {
     operation op(comm_, "ModelParallel::predict()", static_cast<std::int64_t>(optimizer_->steps()), site);
+    training::eval_mode guard([&](bool training) { engine_.layers().set_training(training); });
     return engine_.predict(batch_type{x, target_type{}});
   }
 

@@ -45,9 +45,9 @@ namespace parallax::nn {
 /// "Buffers"). They change in backward, not forward: a chain that recomputes
 /// forwards (a pipeline's recompute, a Residual) runs each micro-batch's
 /// backward once, so each micro-batch is counted once, as PyTorch counts each
-/// forward. Statistics are sums of x and x^2 in double (n sums of n values:
-/// what SyncBatchNorm adds across ranks), and backward recomputes them from
-/// x: nothing is kept between the calls. A NaN in a channel makes that
+/// forward. Statistics are taken in double in two passes (the means, then
+/// the squares about them: sums SyncBatchNorm adds across ranks), and
+/// backward recomputes them from x: nothing is kept between the calls. A NaN in a channel makes that
 /// channel's output, input gradient and running statistics NaN for the
 /// whole batch, as in PyTorch.
 /// @code
@@ -154,7 +154,11 @@ class BatchNorm {
   /// batch's mean and biased variance (for the running update).
   struct channel_statistics {
     std::vector<double> mean, inv_std, var;
-    double count = 0;  ///< values per channel, over every rank
+    double count = 0;        ///< values per channel, over every rank
+    double local_count = 0;  ///< values per channel on this rank
+    /// With dy: this rank's sum dy and sum dy (x - mean) per channel, and
+    /// the global batch's means of dy and dy xhat (each rank's dy weighted by its share).
+    std::vector<double> sum_dy, sum_dy_xmu, mean_dy, mean_dy_xhat;
   };
   /// Throws parallax::error unless x has channels_ channels.
   void check_input(const input_type& x, const char* where) const;
@@ -163,14 +167,14 @@ class BatchNorm {
   template <class F>
   void for_each_run(const input_type& x, F&& f) const;
   static std::size_t spatial(const input_type& x);
-  /// The local sums [count, sum x (channels), sum x^2 (channels)], then
-  /// with dy [sum dy, sum dy x] (channels each), in double.
-  std::vector<double> local_sums(const input_type& x, const output_type* dy) const;
   /// Sums `values` over the communicator's ranks with every rank's failure
   /// agreed (SyncBatchNorm), else throws `failure` if there is one.
-  void combine(std::vector<double>& values, const std::optional<parallax::error>& failure, const char* where) const;
-  /// The statistics from the combined sums; throws when a channel has one value.
-  channel_statistics statistics(const std::vector<double>& sums) const;
+  void combine(std::vector<double>& values, const std::optional<parallax::error>& failure) const;
+  /// The batch's statistics of x (with dy, its sums too), over every rank
+  /// for SyncBatchNorm, in two passes and double: the means, then the
+  /// squares about them. Checks the input (and dy); throws when a channel
+  /// has a single value.
+  channel_statistics batch_statistics(const input_type& x, const output_type* dy, const char* where) const;
   /// The running statistics as shift and scale (eval mode).
   channel_statistics running_statistics() const;
   /// y from x with the statistics.
@@ -192,8 +196,9 @@ class BatchNorm {
 
 /// BatchNorm whose batch statistics are those of the global batch: every
 /// training forward and backward sums each channel's statistics over the
-/// ranks of `comm` (one small all-reduce of 1 + 2 x channels doubles forward,
-/// 1 + 4 x channels backward, the failure verdict in the same collective).
+/// ranks of `comm` (in an operation, two small all-reduces: 1 + channels
+/// doubles with the failure verdict, then channels forward, 3 x channels
+/// backward).
 /// Under a DataParallel on `comm`, N ranks with batch B/N then train as one
 /// rank with batch B: parameters and running statistics equal to 1e-12 in
 /// double, where BatchNorm's would normalise each rank's shard alone
@@ -217,8 +222,9 @@ class BatchNorm {
 template <class T, std::size_t N = 2>
 class SyncBatchNorm : public BatchNorm<T, N> {
  public:
-  /// Collective: the channel counts are agreed over `comm` (a difference is
-  /// one rank_mismatch error naming them).
+  /// Collective: channels, momentum and eps are agreed over `comm` (a
+  /// difference is one rank_mismatch error naming them), and so are their
+  /// checks.
   SyncBatchNorm(std::size_t channels, mpi::communicator comm, double momentum = BatchNorm<T, N>::default_momentum,
                 double eps = BatchNorm<T, N>::default_eps);
   /// The ranks the statistics are summed over.
@@ -231,7 +237,7 @@ class SyncBatchNorm : public BatchNorm<T, N> {
   }
 
  private:
-  static mpi::communicator agreed(std::size_t channels, mpi::communicator comm);
+  static mpi::communicator agreed(std::size_t channels, double momentum, double eps, mpi::communicator comm);
 };
 
 // ---------------------------------------------------------------------------
@@ -293,56 +299,40 @@ void BatchNorm<T, N>::for_each_run(const input_type& x, F&& f) const {
 }
 
 template <class T, std::size_t N>
-std::vector<double> BatchNorm<T, N>::local_sums(const input_type& x, const output_type* dy) const {
-  const std::size_t C = channels_;
-  const std::size_t s = spatial(x);
-  std::vector<double> sums(1 + (dy ? 4 : 2) * C, 0.0);
-  sums[0] = static_cast<double>(x.shape()[0] * s);
-  double* sx = sums.data() + 1;
-  double* sxx = sx + C;
-  double* sdy = sxx + C;
-  double* sdyx = sdy + C;
-  for_each_run(x, [&](std::size_t c, std::size_t at) {
-    const T* in = x.data() + at;
-    double a = 0, aa = 0;
-    for (std::size_t k = 0; k < s; ++k) {
-      const double v = static_cast<double>(in[k]);
-      a += v;
-      aa += v * v;
-    }
-    sx[c] += a;
-    sxx[c] += aa;
-    if (dy) {
-      const T* g = dy->data() + at;
-      double d = 0, dv = 0;
-      for (std::size_t k = 0; k < s; ++k) {
-        const double gk = static_cast<double>(g[k]);
-        d += gk;
-        dv += gk * static_cast<double>(in[k]);
-      }
-      sdy[c] += d;
-      sdyx[c] += dv;
-    }
-  });
-  return sums;
-}
-
-template <class T, std::size_t N>
-void BatchNorm<T, N>::combine(std::vector<double>& values, const std::optional<parallax::error>& failure,
-                              const char* where) const {
+void BatchNorm<T, N>::combine(std::vector<double>& values, const std::optional<parallax::error>& failure) const {
   if (!comm_) {
     if (failure) throw *failure;
     return;
   }
-  operation op(*comm_, std::string(name_) + "::" + where + "()");
   parallax::sum_and_agree(*comm_, values, failure);
 }
 
 template <class T, std::size_t N>
-auto BatchNorm<T, N>::statistics(const std::vector<double>& sums) const -> channel_statistics {
-  const double n = sums[0];
+auto BatchNorm<T, N>::batch_statistics(const input_type& x, const output_type* dy, const char* where) const
+    -> channel_statistics {
+  const std::size_t C = channels_;
+  // One operation for the call (SyncBatchNorm): ranks out of step meet here.
+  std::optional<operation> op;
+  if (comm_) op.emplace(*comm_, std::string(name_) + "::" + where + "()");
+  // Pass 1: the count and the sums of x, for the means.
+  std::vector<double> first(1 + C, 0.0);
+  const auto failure = parallax::detail::capture([&] {
+    check_input(x, where);
+    if (dy) detail::check_dy_shape(dy->shape(), x.shape(), name_);
+    const std::size_t s = spatial(x);
+    first[0] = static_cast<double>(x.shape()[0] * s);
+    for_each_run(x, [&](std::size_t c, std::size_t at) {
+      double a = 0;
+      for (std::size_t k = 0; k < s; ++k) a += static_cast<double>(x.data()[at + k]);
+      first[1 + c] += a;
+    });
+  });
+  const double local_count = failure ? 0.0 : first[0];
+  if (failure) std::fill(first.begin(), first.end(), 0.0);  // a failed rank still takes part, with zeros
+  combine(first, failure);
+  const double n = first[0];
   if (!(n > 1)) {
-    const std::string message = std::string(name_) + "(" + std::to_string(channels_) +
+    const std::string message = std::string(name_) + "(" + std::to_string(C) +
                                 "): training needs more than one value per channel, got " +
                                 parallax::detail::number_text(n) + (comm_ ? " over every rank" : "") +
                                 " (batch x spatial positions); use eval mode for a single value";
@@ -353,20 +343,57 @@ auto BatchNorm<T, N>::statistics(const std::vector<double>& sums) const -> chann
     throw parallax::error(error_kind::invalid_argument, message,
                           parallax::detail::world_ranks_of(MPI_Comm(*comm_), ranks));
   }
-  channel_statistics s;
-  s.count = n;
-  s.mean.resize(channels_);
-  s.var.resize(channels_);
-  s.inv_std.resize(channels_);
-  for (std::size_t c = 0; c < channels_; ++c) {
-    const double mean = sums[1 + c] / n;
-    // E[x^2] - mean^2 may round below 0 for a constant channel; a NaN
-    // stays (std::max returns its first argument then).
-    s.mean[c] = mean;
-    s.var[c] = std::max(sums[1 + channels_ + c] / n - mean * mean, 0.0);
-    s.inv_std[c] = 1.0 / std::sqrt(s.var[c] + eps_);
+  channel_statistics st;
+  st.count = n;
+  st.local_count = local_count;
+  st.mean.resize(C);
+  for (std::size_t c = 0; c < C; ++c) st.mean[c] = first[1 + c] / n;
+  // Pass 2: the squares about the mean (as exact as two passes are), and
+  // with dy its sums: [sum (x - mean)^2, sum dy, sum dy (x - mean)].
+  std::vector<double> second((dy ? 3 : 1) * C, 0.0);
+  const std::size_t s = spatial(x);
+  if (local_count > 0)
+    for_each_run(x, [&](std::size_t c, std::size_t at) {
+      double q = 0, d = 0, dq = 0;
+      for (std::size_t k = 0; k < s; ++k) {
+        const double u = static_cast<double>(x.data()[at + k]) - st.mean[c];
+        q += u * u;
+        if (dy) {
+          const double g = static_cast<double>(dy->data()[at + k]);
+          d += g;
+          dq += g * u;
+        }
+      }
+      second[c] += q;
+      if (dy) {
+        second[C + c] += d;
+        second[2 * C + c] += dq;
+      }
+    });
+  if (dy) {
+    st.sum_dy.assign(second.begin() + static_cast<std::ptrdiff_t>(C), second.begin() + static_cast<std::ptrdiff_t>(2 * C));
+    st.sum_dy_xmu.assign(second.begin() + static_cast<std::ptrdiff_t>(2 * C), second.end());
+    // dy is this rank's share of the loss: weighted by its values (the
+    // trainer's weight for its samples) before the sum, divided back below.
+    for (std::size_t k = C; k < 3 * C; ++k) second[k] *= local_count;
   }
-  return s;
+  combine(second, std::nullopt);
+  st.var.resize(C);
+  st.inv_std.resize(C);
+  for (std::size_t c = 0; c < C; ++c) {
+    st.var[c] = second[c] / n;
+    st.inv_std[c] = 1.0 / std::sqrt(st.var[c] + eps_);
+  }
+  if (dy && local_count > 0) {
+    const double weight = n * local_count;
+    st.mean_dy.resize(C);
+    st.mean_dy_xhat.resize(C);
+    for (std::size_t c = 0; c < C; ++c) {
+      st.mean_dy[c] = second[C + c] / weight;
+      st.mean_dy_xhat[c] = second[2 * C + c] / weight * st.inv_std[c];
+    }
+  }
+  return st;
 }
 
 template <class T, std::size_t N>
@@ -401,14 +428,7 @@ void BatchNorm<T, N>::forward(const input_type& x, output_type& y) const {
     normalize(x, running_statistics(), y);
     return;
   }
-  std::vector<double> sums;
-  const auto failure = parallax::detail::capture([&] {
-    check_input(x, "forward");
-    sums = local_sums(x, nullptr);
-  });
-  sums.resize(1 + 2 * channels_, 0.0);  // a failed rank still takes part, with zeros
-  combine(sums, failure, "forward");
-  normalize(x, statistics(sums), y);
+  normalize(x, batch_statistics(x, nullptr, "forward"), y);
 }
 
 template <class T, std::size_t N>
@@ -435,41 +455,21 @@ void BatchNorm<T, N>::backward(const input_type& x, const output_type& /*y*/, co
     });
     return;
   }
-  std::vector<double> local;
-  const auto failure = parallax::detail::capture([&] {
-    check_input(x, "backward");
-    detail::check_dy_shape(dy.shape(), x.shape(), name_);
-    local = local_sums(x, &dy);
-  });
-  local.resize(1 + 4 * C, 0.0);
-  // dy is this rank's share of the loss: weighted by its values (the
-  // trainer's weight for its samples) before the sum, divided back below.
-  std::vector<double> global = local;
-  for (std::size_t k = 1 + 2 * C; k < 1 + 4 * C; ++k) global[k] *= local[0];
-  combine(global, failure, "backward");
-  const auto s = statistics(global);
+  const auto s = batch_statistics(x, &dy, "backward");
   if (dx.shape() != x.shape()) dx.resize(x.shape());
-  const double weight = s.count * local[0];
-  std::vector<double> mean_dy(C), mean_dy_xhat(C);
-  for (std::size_t c = 0; c < C; ++c) {
-    mean_dy[c] = global[1 + 2 * C + c] / weight;
-    const double mean_dy_x = global[1 + 3 * C + c] / weight;
-    mean_dy_xhat[c] = (mean_dy_x - s.mean[c] * mean_dy[c]) * s.inv_std[c];
-  }
+  if (s.local_count == 0) return;  // no values here (SyncBatchNorm: other ranks have them)
   for_each_run(x, [&](std::size_t c, std::size_t at) {
     const double g = static_cast<double>(gain_(c)) * s.inv_std[c];
     for (std::size_t k = 0; k < n; ++k) {
       const double xhat = (static_cast<double>(x.data()[at + k]) - s.mean[c]) * s.inv_std[c];
       dx.data()[at + k] =
-          static_cast<T>(g * (static_cast<double>(dy.data()[at + k]) - mean_dy[c] - xhat * mean_dy_xhat[c]));
+          static_cast<T>(g * (static_cast<double>(dy.data()[at + k]) - s.mean_dy[c] - xhat * s.mean_dy_xhat[c]));
     }
   });
   const double unbiased = s.count / (s.count - 1);
   for (std::size_t c = 0; c < C; ++c) {
-    const double sdy = local[1 + 2 * C + c];
-    const double sdyx = local[1 + 3 * C + c];
-    gain_grad_(c) += static_cast<T>((sdyx - s.mean[c] * sdy) * s.inv_std[c]);
-    bias_grad_(c) += static_cast<T>(sdy);
+    gain_grad_(c) += static_cast<T>(s.sum_dy_xmu[c] * s.inv_std[c]);
+    bias_grad_(c) += static_cast<T>(s.sum_dy[c]);
     running_mean_(c) =
         static_cast<T>((1 - momentum_) * static_cast<double>(running_mean_(c)) + momentum_ * s.mean[c]);
     running_var_(c) =
@@ -498,11 +498,16 @@ std::vector<std::size_t> BatchNorm<T, N>::output_shape(const std::vector<std::si
 
 template <class T, std::size_t N>
 SyncBatchNorm<T, N>::SyncBatchNorm(std::size_t channels, mpi::communicator comm, double momentum, double eps)
-    : BatchNorm<T, N>(channels, momentum, eps, agreed(channels, std::move(comm)), "SyncBatchNorm") {}
+    : BatchNorm<T, N>(channels, momentum, eps, agreed(channels, momentum, eps, std::move(comm)), "SyncBatchNorm") {}
 
 template <class T, std::size_t N>
-mpi::communicator SyncBatchNorm<T, N>::agreed(std::size_t channels, mpi::communicator comm) {
-  parallax::agree_settings(comm, {{"channels", static_cast<double>(channels)}}, "SyncBatchNorm");
+mpi::communicator SyncBatchNorm<T, N>::agreed(std::size_t channels, double momentum, double eps,
+                                              mpi::communicator comm) {
+  parallax::agree_settings(comm,
+                           {{"channels", static_cast<double>(channels)}, {"momentum", momentum}, {"eps", eps}},
+                           "SyncBatchNorm");
+  // The settings' checks, agreed: the same error on every rank.
+  parallax::agree(comm, [&] { BatchNorm<T, N> probe(channels, momentum, eps); });
   return comm;
 }
 
