@@ -314,13 +314,18 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     payload.learning_rate = state.learning_rate;
     payload.optimizer_steps = state.steps;
     payload.slot_names = state.slot_names;
-    std::size_t i = 0;
-    trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    // A record that lends the tensor's values (no copy), keyed as given.
+    auto record = [](std::uint64_t layer, std::uint64_t j, auto& t) {
       detail::tensor_record<T> r;
       r.layer = layer;
       r.index = j;
       r.shape.assign(t.shape().begin(), t.shape().end());
       r.view = std::span<const T>(t.data(), t.size());
+      return r;
+    };
+    std::size_t i = 0;
+    trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
+      auto r = record(layer, j, t);
       for (const auto& slot : state.slots) r.slot_views.push_back(i < slot.size() ? slot[i] : std::span<const T>{});
       payload.tensors.push_back(std::move(r));
       ++i;
@@ -334,12 +339,7 @@ std::string Checkpointer::save(Trainer& trainer, const data::DistributedSampler*
     // file of the same format beside the part, with no optimizer slots.
     std::vector<detail::tensor_record<T>> buffers;
     for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
-      detail::tensor_record<T> r;
-      r.layer = layer;
-      r.index = j;
-      r.shape.assign(t.shape().begin(), t.shape().end());
-      r.view = std::span<const T>(t.data(), t.size());
-      buffers.push_back(std::move(r));
+      buffers.push_back(record(layer, j, t));
     });
     if (!buffers.empty()) {
       payload.slot_names.clear();

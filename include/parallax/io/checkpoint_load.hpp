@@ -107,6 +107,36 @@ checkpoint_contents<T> read_checkpoint(const std::string& path, std::pair<std::u
   return c;
 }
 
+/// For match_checkpoint(): every tensor visit(f) visits (f(layer, j, t)) has
+/// a record of its shape in `records` and there is no other, else an
+/// incompatible error naming it as a `what` ("tensor", "buffer"), `hint`
+/// after a missing one. Returns the keys in visiting order.
+template <class T, class Visit>
+std::vector<std::pair<std::uint64_t, std::uint64_t>> match_records(
+    Visit&& visit, const std::map<std::pair<std::uint64_t, std::uint64_t>, tensor_record<T>>& records,
+    const std::string& what, const std::string& where, const std::string& hint) {
+  using parallax::detail::shape_string;
+  auto check = [](bool ok, const std::string& message) {
+    PARALLAX_CHECK_KIND(ok, error_kind::incompatible, message);
+  };
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> keys;
+  visit([&](std::uint64_t layer, std::uint64_t j, auto& t) {
+    const auto it = records.find({layer, j});
+    check(it != records.end(), where + " was written for another model: it has no " + what + " " + std::to_string(j) +
+                                   " of layer " + std::to_string(layer) + hint);
+    const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
+    check(it->second.shape == shape && it->second.values.size() == t.size(),
+          where + " was written for another model: " + what + " " + std::to_string(j) + " of layer " +
+              std::to_string(layer) + " has shape " + shape_string(it->second.shape) + " there, " +
+              shape_string(shape) + " in this model");
+    keys.push_back({layer, j});
+  });
+  check(keys.size() == records.size(), where + " was written for another model: it has " +
+                                           std::to_string(records.size()) + " " + what + "s for these layers, the model " +
+                                           std::to_string(keys.size()));
+  return keys;
+}
+
 /// Match: the contents against the trainer and the sampler — the same
 /// element type, layers, tensors and shapes, optimizer and sampler plan; any
 /// difference is incompatible. Returns the optimizer's state in the trainer's
@@ -124,38 +154,11 @@ optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::Distrib
   check(c.m.layers == trainer.checkpoint_layers(), where + " was written for a model of " + std::to_string(c.m.layers) +
                                                        " layers, this one has " +
                                                        std::to_string(trainer.checkpoint_layers()));
-  // Every tensor of ours is there with our shape: the same model.
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> wanted;
-  trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
-    const auto it = c.records.find({layer, j});
-    check(it != c.records.end(), where + " was written for another model: it has no tensor " + std::to_string(j) +
-                                     " of layer " + std::to_string(layer));
-    const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
-    check(it->second.shape == shape && it->second.values.size() == t.size(),
-          where + " was written for another model: tensor " + std::to_string(j) + " of layer " + std::to_string(layer) +
-              " has shape " + shape_string(it->second.shape) + " there, " + shape_string(shape) + " in this model");
-    wanted.push_back({layer, j});
-  });
-  check(wanted.size() == c.records.size(), where + " was written for another model: it has " +
-                                               std::to_string(c.records.size()) + " tensors for these layers, the model " +
-                                               std::to_string(wanted.size()));
-  // The buffers alike (BatchNorm's running statistics): all of ours, with
-  // our shapes, and no others.
-  std::size_t buffers = 0;
-  for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
-    const auto it = c.buffers.find({layer, j});
-    check(it != c.buffers.end(), where + " was written for another model: it has no buffer " + std::to_string(j) +
-                                     " of layer " + std::to_string(layer) +
-                                     (c.has_buffers ? "" : " (it holds no buffers: a model without BatchNorm?)"));
-    const std::vector<std::uint64_t> shape(t.shape().begin(), t.shape().end());
-    check(it->second.shape == shape && it->second.values.size() == t.size(),
-          where + " was written for another model: buffer " + std::to_string(j) + " of layer " + std::to_string(layer) +
-              " has shape " + shape_string(it->second.shape) + " there, " + shape_string(shape) + " in this model");
-    ++buffers;
-  });
-  check(buffers == c.buffers.size(), where + " was written for another model: it has " +
-                                         std::to_string(c.buffers.size()) + " buffers for these layers, the model " +
-                                         std::to_string(buffers));
+  // Every tensor of ours is there with our shape, and no other: the same
+  // model. The buffers alike (BatchNorm's running statistics).
+  const auto wanted = match_records<T>([&](auto&& f) { trainer.for_each_keyed_tensor(f); }, c.records, "tensor", where, "");
+  match_records<T>([&](auto&& f) { for_each_trainer_buffer(trainer, f); }, c.buffers, "buffer", where,
+                   c.has_buffers ? "" : " (it holds no buffers: a model without BatchNorm?)");
   const auto& meta = c.meta;
   optim::optimizer_state<T> state;
   state.kind = meta.optimizer_kind;
@@ -190,14 +193,14 @@ optim::optimizer_state<T> match_checkpoint(Trainer& trainer, const data::Distrib
 template <class Trainer, class T = typename Trainer::value_type>
 void apply_checkpoint(Trainer& trainer, data::DistributedSampler* sampler, checkpoint_contents<T>& c,
                       const optim::optimizer_state<T>& state) {
-  trainer.for_each_keyed_tensor([&](std::uint64_t layer, std::uint64_t j, auto& t) {
-    const auto& values = c.records[{layer, j}].values;
-    std::copy(values.begin(), values.end(), t.data());
-  });
-  for_each_trainer_buffer(trainer, [&](std::uint64_t layer, std::uint64_t j, auto& t) {
-    const auto& values = c.buffers[{layer, j}].values;
-    std::copy(values.begin(), values.end(), t.data());
-  });
+  auto copy_from = [](auto& records) {
+    return [&records](std::uint64_t layer, std::uint64_t j, auto& t) {
+      const auto& values = records[{layer, j}].values;
+      std::copy(values.begin(), values.end(), t.data());
+    };
+  };
+  trainer.for_each_keyed_tensor(copy_from(c.records));
+  for_each_trainer_buffer(trainer, copy_from(c.buffers));
   trainer.optimizer().load_state(state);
   if (sampler && c.meta.where.has_sampler) {
     sampler->set_epoch(c.meta.where.epoch);
