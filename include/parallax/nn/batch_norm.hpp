@@ -13,6 +13,7 @@
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/gain_and_bias.hpp>
 
 #include <algorithm>
 #include <array>
@@ -56,7 +57,7 @@ namespace parallax::nn {
 ///   norm.backward(x, y, dy, dx);                    // updates running_mean(), running_var()
 /// @endcode
 template <class T, std::size_t N = 2>
-class BatchNorm {
+class BatchNorm : public detail::GainAndBias<T> {
   static_assert(N >= 2, "parallax: BatchNorm needs tensors of rank 2 or more: batch first, then the channels");
 
  public:
@@ -98,23 +99,13 @@ class BatchNorm {
   /// running statistics with this batch's.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
-  /// The gain, then the bias, each [channels].
-  auto parameters() { return std::tie(gain_, bias_); }
-  auto parameters() const { return std::tie(gain_, bias_); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tie(gain_grad_, bias_grad_); }
-  auto gradients() const { return std::tie(gain_grad_, bias_grad_); }
+  // parameters() (the gain, then the bias, each [channels]), gradients(),
+  // gain() (PyTorch's `weight`) and bias(): detail::GainAndBias's.
   /// The running mean, then the running variance, each [channels]: saved
   /// and loaded with the parameters, never trained (HasLayerBuffers).
   auto buffers() { return std::tie(running_mean_, running_var_); }
   auto buffers() const { return std::tie(running_mean_, running_var_); }
 
-  /// The gain [channels] (PyTorch's `weight`).
-  xt::xtensor<T, 1>& gain() { return gain_; }
-  const xt::xtensor<T, 1>& gain() const { return gain_; }
-  /// The bias [channels].
-  xt::xtensor<T, 1>& bias() { return bias_; }
-  const xt::xtensor<T, 1>& bias() const { return bias_; }
   /// The running mean [channels].
   xt::xtensor<T, 1>& running_mean() { return running_mean_; }
   const xt::xtensor<T, 1>& running_mean() const { return running_mean_; }
@@ -186,10 +177,10 @@ class BatchNorm {
   std::optional<mpi::communicator> comm_;
   const char* name_;
   bool training_ = true;
-  xt::xtensor<T, 1> gain_;
-  xt::xtensor<T, 1> bias_;
-  xt::xtensor<T, 1> gain_grad_;
-  xt::xtensor<T, 1> bias_grad_;
+  using detail::GainAndBias<T>::gain_;
+  using detail::GainAndBias<T>::bias_;
+  using detail::GainAndBias<T>::gain_grad_;
+  using detail::GainAndBias<T>::bias_grad_;
   xt::xtensor<T, 1> running_mean_;
   xt::xtensor<T, 1> running_var_;
 };
@@ -249,7 +240,12 @@ BatchNorm<T, N>::BatchNorm(std::size_t channels, double momentum, double eps)
 template <class T, std::size_t N>
 BatchNorm<T, N>::BatchNorm(std::size_t channels, double momentum, double eps, std::optional<mpi::communicator> comm,
                            const char* name)
-    : channels_(channels), momentum_(momentum), eps_(eps), comm_(std::move(comm)), name_(name) {
+    : detail::GainAndBias<T>(channels),
+      channels_(channels),
+      momentum_(momentum),
+      eps_(eps),
+      comm_(std::move(comm)),
+      name_(name) {
   PARALLAX_CHECK(channels > 0, std::string(name_) + ": the channel count must be positive, got 0");
   PARALLAX_CHECK(std::isfinite(momentum) && momentum >= 0 && momentum <= 1,
                  std::string(name_) + "(" + std::to_string(channels) + "): momentum must be in [0, 1], got " +
@@ -258,18 +254,13 @@ BatchNorm<T, N>::BatchNorm(std::size_t channels, double momentum, double eps, st
                                                      "): eps must be finite and >= 0, got " +
                                                      parallax::detail::number_text(eps));
   const std::array<std::size_t, 1> shape{channels};
-  gain_ = xt::xtensor<T, 1>(shape, T(1));
-  bias_ = xt::xtensor<T, 1>(shape, T(0));
-  gain_grad_ = xt::xtensor<T, 1>(shape, T(0));
-  bias_grad_ = xt::xtensor<T, 1>(shape, T(0));
   running_mean_ = xt::xtensor<T, 1>(shape, T(0));
   running_var_ = xt::xtensor<T, 1>(shape, T(1));
 }
 
 template <class T, std::size_t N>
 void BatchNorm<T, N>::initialize(std::uint64_t /*seed*/, std::size_t /*index*/) {
-  std::fill(gain_.begin(), gain_.end(), T(1));
-  std::fill(bias_.begin(), bias_.end(), T(0));
+  this->reset_gain_and_bias();
   std::fill(running_mean_.begin(), running_mean_.end(), T(0));
   std::fill(running_var_.begin(), running_var_.end(), T(1));
 }

@@ -8,6 +8,7 @@
 #include <parallax/detail/number_text.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/gain_and_bias.hpp>
 
 #include <algorithm>
 #include <array>
@@ -35,7 +36,7 @@ namespace parallax::nn {
 ///   norm.backward(x, y, dy, dx);                     // dgain += sum dy xhat; dbias += sum dy
 /// @endcode
 template <class T, std::size_t N = 2>
-class LayerNorm {
+class LayerNorm : public detail::GainAndBias<T> {
   static_assert(N >= 2, "parallax: LayerNorm needs tensors of rank 2 or more: batch first, the normalised width last");
 
  public:
@@ -66,19 +67,8 @@ class LayerNorm {
   /// gain gradient and sum dy to the bias gradient, summed over rows.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
-  /// The gain, then the bias, each [width].
-  auto parameters() { return std::tie(gain_, bias_); }
-  auto parameters() const { return std::tie(gain_, bias_); }
-  /// Gradients laid out like parameters().
-  auto gradients() { return std::tie(gain_grad_, bias_grad_); }
-  auto gradients() const { return std::tie(gain_grad_, bias_grad_); }
-
-  /// The gain [width] (PyTorch's `weight`).
-  xt::xtensor<T, 1>& gain() { return gain_; }
-  const xt::xtensor<T, 1>& gain() const { return gain_; }
-  /// The bias [width].
-  xt::xtensor<T, 1>& bias() { return bias_; }
-  const xt::xtensor<T, 1>& bias() const { return bias_; }
+  // parameters() (the gain, then the bias, each [width]), gradients(),
+  // gain() (PyTorch's `weight`) and bias(): detail::GainAndBias's.
 
   /// The normalised width (the last dimension).
   std::size_t width() const { return width_; }
@@ -105,31 +95,26 @@ class LayerNorm {
 
   std::size_t width_;
   double eps_;
-  xt::xtensor<T, 1> gain_;
-  xt::xtensor<T, 1> bias_;
-  xt::xtensor<T, 1> gain_grad_;
-  xt::xtensor<T, 1> bias_grad_;
+  using detail::GainAndBias<T>::gain_;
+  using detail::GainAndBias<T>::bias_;
+  using detail::GainAndBias<T>::gain_grad_;
+  using detail::GainAndBias<T>::bias_grad_;
 };
 
 // ---------------------------------------------------------------------------
 
 template <class T, std::size_t N>
-LayerNorm<T, N>::LayerNorm(std::size_t width, double eps) : width_(width), eps_(eps) {
+LayerNorm<T, N>::LayerNorm(std::size_t width, double eps)
+    : detail::GainAndBias<T>(width), width_(width), eps_(eps) {
   PARALLAX_CHECK(width > 0, "LayerNorm: the width must be positive, got 0");
   PARALLAX_CHECK(std::isfinite(eps) && eps >= 0,
                  "LayerNorm(" + std::to_string(width) + "): eps must be finite and >= 0, got " +
                      parallax::detail::number_text(eps));
-  const std::array<std::size_t, 1> shape{width};
-  gain_ = xt::xtensor<T, 1>(shape, T(1));
-  bias_ = xt::xtensor<T, 1>(shape, T(0));
-  gain_grad_ = xt::xtensor<T, 1>(shape, T(0));
-  bias_grad_ = xt::xtensor<T, 1>(shape, T(0));
 }
 
 template <class T, std::size_t N>
 void LayerNorm<T, N>::initialize(std::uint64_t /*seed*/, std::size_t /*index*/) {
-  std::fill(gain_.begin(), gain_.end(), T(1));
-  std::fill(bias_.begin(), bias_.end(), T(0));
+  this->reset_gain_and_bias();
 }
 
 template <class T, std::size_t N>
