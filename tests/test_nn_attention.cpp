@@ -208,6 +208,44 @@ TEST_CASE("CausalSelfAttention: two micro-batches in flight give each one's own 
   CHECK(std::get<0>(a.output().gradients()) == std::get<0>(fresh.output().gradients()));
 }
 
+TEST_CASE_TEMPLATE("CausalSelfAttention: backward reuses the forward's scratch only for the same bits of x", T, float,
+                   double) {
+  // `a` runs each case; `fresh` (initialised alike) recomputes everything
+  // from a forward on another input just before.
+  CausalSelfAttention<T> a(8, 2), fresh(8, 2);
+  a.initialize(3, 1);
+  fresh.initialize(3, 1);
+  auto x = random_tensor<T, 3>({2, 5, 8}, 71);
+  const auto other = random_tensor<T, 3>({2, 5, 8}, 72);
+  const auto dy = random_tensor<T, 3>({2, 5, 8}, 73);
+  xt::xtensor<T, 3> y, dx, y_fresh, dx_fresh, scratch;
+  auto expect_fresh = [&](const xt::xtensor<T, 3>& input) {
+    fresh.forward(input, y_fresh);
+    fresh.forward(other, scratch);
+    fresh.backward(input, y_fresh, dy, dx_fresh);
+    CHECK(dx == dx_fresh);
+  };
+  SUBCASE("forward then backward") {
+    a.forward(x, y);
+    a.backward(x, y, dy, dx);
+    expect_fresh(x);
+    CHECK(std::get<0>(a.qkv().gradients()) == std::get<0>(fresh.qkv().gradients()));
+    CHECK(std::get<0>(a.output().gradients()) == std::get<0>(fresh.output().gradients()));
+  }
+  SUBCASE("x changed in place between them") {
+    a.forward(x, y);
+    x(1, 4, 7) += T(1);  // the last token of the last sample: only its probabilities change
+    a.backward(x, y, dy, dx);
+    expect_fresh(x);
+  }
+  SUBCASE("an eval-mode forward") {
+    a.set_training(false);
+    a.forward(x, y);
+    a.backward(x, y, dy, dx);
+    expect_fresh(x);
+  }
+}
+
 TEST_CASE_TEMPLATE("CausalSelfAttention: a NaN reaches every output of its sample, and only of its sample", T, float,
                    double) {
   CausalSelfAttention<T> a(4, 2);

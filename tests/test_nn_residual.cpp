@@ -199,17 +199,83 @@ TEST_CASE("Residual: backward skips the forward of a last layer whose backward d
   a.initialize(4, 0);
   b.initialize(4, 0);
   const auto x = random_tensor<double, 2>({2, 3}, 5);
+  const auto other = random_tensor<double, 2>({2, 3}, 7);
   const auto dy = random_tensor<double, 2>({2, 3}, 6);
-  xt::xtensor<double, 2> ya, yb, dxa, dxb;
+  xt::xtensor<double, 2> ya, yb, dxa, dxb, scratch;
   a.forward(x, ya);
   b.forward(x, yb);
-  CHECK(skipped == 1);
-  CHECK(kept == 1);
+  // Another micro-batch in flight: backward on x must recompute.
+  a.forward(other, scratch);
+  b.forward(other, scratch);
+  CHECK(skipped == 2);
+  CHECK(kept == 2);
   a.backward(x, ya, dy, dxa);
   b.backward(x, yb, dy, dxb);
-  CHECK(skipped == 1);  // the recomputation left the last layer out
-  CHECK(kept == 2);
+  CHECK(skipped == 2);  // the recomputation left the last layer out
+  CHECK(kept == 3);
   CHECK(ya == yb);
   CHECK(dxa == dxb);  // the same bits either way
   CHECK(std::get<0>(a.gradients()) == std::get<0>(b.gradients()));
+}
+
+TEST_CASE("Residual: backward right after a forward on the same x reuses its activations, with the same bits") {
+  // Three copies of one Residual: `reuse` runs forward then backward; `again`
+  // has another forward in between, so it recomputes; `fresh` is checked
+  // after each kind of interruption.
+  int reuse_forwards = 0, again_forwards = 0;
+  Residual reuse{Linear<double>(3, 3), Tanh<double>{}, Doubling<true>{&reuse_forwards}};
+  Residual again{Linear<double>(3, 3), Tanh<double>{}, Doubling<true>{&again_forwards}};
+  reuse.initialize(4, 0);
+  again.initialize(4, 0);
+  const auto x = random_tensor<double, 2>({2, 3}, 5);
+  const auto other = random_tensor<double, 2>({2, 3}, 7);
+  const auto dy = random_tensor<double, 2>({2, 3}, 6);
+  xt::xtensor<double, 2> y1, y2, dx1, dx2, scratch;
+  reuse.forward(x, y1);
+  reuse.backward(x, y1, dy, dx1);
+  CHECK(reuse_forwards == 1);  // no forward in backward
+  again.forward(x, y2);
+  again.forward(other, scratch);
+  again.backward(x, y2, dy, dx2);
+  CHECK(again_forwards == 3);
+  CHECK(y1 == y2);
+  CHECK(dx1 == dx2);
+  CHECK(std::get<0>(reuse.gradients()) == std::get<0>(again.gradients()));
+  CHECK(std::get<1>(reuse.gradients()) == std::get<1>(again.gradients()));
+
+  SUBCASE("a second backward recomputes: the first may have overwritten the activations") {
+    reuse.backward(x, y1, dy, dx1);
+    CHECK(reuse_forwards == 2);
+  }
+  SUBCASE("an input changed in place since the forward is recomputed") {
+    auto changed = x;
+    reuse.forward(changed, y1);
+    changed(1, 2) = std::nextafter(changed(1, 2), 1.0);  // one bit
+    reuse.backward(changed, y1, dy, dx1);
+    CHECK(reuse_forwards == 3);
+    Residual fresh{Linear<double>(3, 3), Tanh<double>{}, Doubling<true>{&again_forwards}};
+    fresh.initialize(4, 0);
+    xt::xtensor<double, 2> y3, dx3;
+    fresh.forward(changed, y3);
+    fresh.backward(changed, y3, dy, dx3);
+    CHECK(dx1 == dx3);
+  }
+  SUBCASE("an input of another shape is recomputed") {
+    reuse.forward(x, y1);
+    const auto wide = random_tensor<double, 2>({3, 3}, 8);
+    reuse.backward(wide, scratch, random_tensor<double, 2>({3, 3}, 9), dx1);
+    CHECK(reuse_forwards == 3);
+  }
+  SUBCASE("an eval-mode forward keeps nothing") {
+    reuse.set_training(false);
+    reuse.forward(x, y1);
+    reuse.backward(x, y1, dy, dx1);
+    CHECK(reuse_forwards == 3);
+  }
+  SUBCASE("a failed forward keeps nothing of an earlier one") {
+    reuse.forward(x, y1);
+    CHECK_THROWS_AS(reuse.forward(xt::xtensor<double, 2>(xt::zeros<double>({2, 4})), scratch), parallax::error);
+    reuse.backward(x, y1, dy, dx1);
+    CHECK(reuse_forwards == 3);
+  }
 }

@@ -9,6 +9,8 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
+#include <parallax/nn/detail/lane_sum.hpp>
+#include <parallax/nn/detail/last_input.hpp>
 #include <parallax/nn/detail/softmax_row.hpp>
 #include <parallax/nn/detail/strided_gemm.hpp>
 #include <parallax/nn/linear.hpp>
@@ -73,7 +75,8 @@ class causal_heads {
 };
 
 /// x -> qkv projection -> heads -> output projection, forward and backward
-/// (which runs the forward again), for any pair of projection layers.
+/// (over the scratch of the forward just before when it had the same x,
+/// else after running the forward again), for any pair of projection layers.
 template <class T, class Projection, class Output>
 class attention_block {
  public:
@@ -91,6 +94,9 @@ class attention_block {
   Output& output() { return output_; }
   const Output& output() const { return output_; }
 
+  /// In eval mode (false) a forward keeps neither x nor the probabilities.
+  void set_training(bool training) { training_ = training; }
+
  protected:
   attention_block(Projection qkv, Output output, std::size_t inner, std::size_t heads)
       : qkv_(std::move(qkv)), output_(std::move(output)), heads_(inner, heads) {}
@@ -104,7 +110,9 @@ class attention_block {
   Projection qkv_;
   Output output_;
   causal_heads<T> heads_;
-  // Scratch, each used within one call only.
+  bool training_ = true;
+  last_input<xt::xtensor<T, 3>> last_input_;  // x of the forward whose scratch below is still whole
+  // Scratch of one call, or of the forward before the backward that reuses it.
   xt::xtensor<T, 3> qkv_out_;     // [batch, sequence, 3 inner]
   xt::xtensor<T, 3> heads_out_;   // [batch, sequence, inner]: the heads side by side
   xt::xtensor<T, 3> dheads_out_;  // its gradient
@@ -124,9 +132,12 @@ class attention_block {
 /// Linear<T, 3> layers (PyTorch's nn.Linear draw, from (seed, index)); the
 /// per-head products are strided GEMMs on the projection's output in place.
 ///
-/// A layer keeps nothing between forward and backward, so backward runs the
-/// forward again (one more forward per step) and, within the call, holds
-/// every head's probabilities: batch * heads * sequence^2 values of scratch.
+/// A layer keeps no activations between forward and backward, so backward
+/// needs the projection and every head's probabilities for x (batch * heads
+/// * sequence^2 values of scratch): a training-mode forward keeps them, and
+/// the backward right after it on the same bits of x uses them; otherwise
+/// (a pipeline's micro-batches in flight) backward runs the forward again,
+/// with the same result.
 ///
 /// NaN: as in PyTorch's masked softmax followed by a full product with v, a
 /// NaN anywhere in a sample's input reaches every output of that sample
@@ -236,8 +247,8 @@ void causal_heads<T>::attend_backward(const T* qkv, const T* dout, T* dqkv, std:
   for (std::size_t i = 0; i < sequence; ++i) {
     const T* pr = p + i * sequence;
     T* r = ds + i * sequence;
-    double dot = 0;
-    for (std::size_t j = 0; j <= i; ++j) dot += static_cast<double>(pr[j]) * static_cast<double>(r[j]);
+    const double dot =
+        lane_sum(i + 1, [&](std::size_t j) { return static_cast<double>(pr[j]) * static_cast<double>(r[j]); });
     for (std::size_t j = 0; j <= i; ++j)
       r[j] = static_cast<T>(static_cast<double>(pr[j]) * (static_cast<double>(r[j]) - dot));
     std::fill(r + i + 1, r + sequence, T(0));
@@ -280,17 +291,22 @@ void attention_block<T, Projection, Output>::initialize_projections(std::uint64_
 
 template <class T, class Projection, class Output>
 void attention_block<T, Projection, Output>::run_forward(const xt::xtensor<T, 3>& x, xt::xtensor<T, 3>& y) {
+  last_input_.forget();
   qkv_.forward(x, qkv_out_);
-  heads_.forward(qkv_out_, heads_out_, false);
+  heads_.forward(qkv_out_, heads_out_, training_);
   output_.forward(heads_out_, y);
+  if (training_) last_input_.remember(x);
 }
 
 template <class T, class Projection, class Output>
 void attention_block<T, Projection, Output>::run_backward(const xt::xtensor<T, 3>& x, const xt::xtensor<T, 3>& y,
                                                           const xt::xtensor<T, 3>& dy, xt::xtensor<T, 3>& dx) {
-  // The forward again, keeping every head's probabilities for the way back.
-  qkv_.forward(x, qkv_out_);
-  heads_.forward(qkv_out_, heads_out_, true);
+  // The forward's projection and every head's probabilities: kept by the
+  // forward just before on this x, else computed again.
+  if (!last_input_.take(x)) {
+    qkv_.forward(x, qkv_out_);
+    heads_.forward(qkv_out_, heads_out_, true);
+  }
   output_.backward(heads_out_, y, dy, dheads_out_);
   heads_.backward(qkv_out_, dheads_out_, dqkv_out_);
   qkv_.backward(x, qkv_out_, dqkv_out_, dx);

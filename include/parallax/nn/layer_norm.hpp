@@ -9,6 +9,7 @@
 #include <parallax/detail/xtensor.hpp>
 #include <parallax/nn/detail/checks.hpp>
 #include <parallax/nn/detail/gain_and_bias.hpp>
+#include <parallax/nn/detail/lane_sum.hpp>
 
 #include <algorithm>
 #include <array>
@@ -130,14 +131,11 @@ auto LayerNorm<T, N>::row_statistics(const T* row) const -> statistics {
   // Two passes (mean, then the squares about it) in double, as exact as a
   // row of float or double needs; a NaN anywhere in the row reaches both.
   const double n = static_cast<double>(width_);
-  double sum = 0;
-  for (std::size_t j = 0; j < width_; ++j) sum += static_cast<double>(row[j]);
-  const double mean = sum / n;
-  double squares = 0;
-  for (std::size_t j = 0; j < width_; ++j) {
+  const double mean = detail::lane_sum(width_, [&](std::size_t j) { return static_cast<double>(row[j]); }) / n;
+  const double squares = detail::lane_sum(width_, [&](std::size_t j) {
     const double d = static_cast<double>(row[j]) - mean;
-    squares += d * d;
-  }
+    return d * d;
+  });
   return {mean, 1.0 / std::sqrt(squares / n + eps_)};
 }
 
@@ -173,23 +171,16 @@ void LayerNorm<T, N>::backward(const input_type& x, const output_type& /*y*/, co
     const T* grad = dy.data() + r * width_;
     T* d = dx.data() + r * width_;
     const statistics s = row_statistics(in);
+    auto xhat = [&](std::size_t j) { return (static_cast<double>(in[j]) - s.mean) * s.inv_std; };
+    auto g = [&](std::size_t j) { return static_cast<double>(grad[j]) * static_cast<double>(gain[j]); };
     // mean(g) and mean(g xhat), g = dy * gain: the two terms the
     // normalisation's Jacobian subtracts.
-    double mean_g = 0, mean_g_xhat = 0;
+    const double mean_g = detail::lane_sum(width_, g) / n;
+    const double mean_g_xhat = detail::lane_sum(width_, [&](std::size_t j) { return g(j) * xhat(j); }) / n;
     for (std::size_t j = 0; j < width_; ++j) {
-      const double xhat = (static_cast<double>(in[j]) - s.mean) * s.inv_std;
-      const double g = static_cast<double>(grad[j]) * static_cast<double>(gain[j]);
-      mean_g += g;
-      mean_g_xhat += g * xhat;
-      dgain[j] += static_cast<T>(static_cast<double>(grad[j]) * xhat);
+      dgain[j] += static_cast<T>(static_cast<double>(grad[j]) * xhat(j));
       dbias[j] += grad[j];
-    }
-    mean_g /= n;
-    mean_g_xhat /= n;
-    for (std::size_t j = 0; j < width_; ++j) {
-      const double xhat = (static_cast<double>(in[j]) - s.mean) * s.inv_std;
-      const double g = static_cast<double>(grad[j]) * static_cast<double>(gain[j]);
-      d[j] = static_cast<T>((g - mean_g - xhat * mean_g_xhat) * s.inv_std);
+      d[j] = static_cast<T>((g(j) - mean_g - xhat(j) * mean_g_xhat) * s.inv_std);
     }
   }
 }

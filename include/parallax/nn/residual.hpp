@@ -9,6 +9,7 @@
 #include <parallax/detail/random.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/detail/xtensor.hpp>
+#include <parallax/nn/detail/last_input.hpp>
 #include <parallax/nn/layer_chain.hpp>
 
 #include <cstddef>
@@ -52,9 +53,12 @@ constexpr bool check_residual() {
 /// must have x's type and shape.
 ///
 /// A layer keeps no activations between forward and backward (several
-/// micro-batches may be in flight through it), so backward runs f's forward
-/// on x again before going back through it: a Residual costs one more
-/// forward of its body per step. f's parameters are the Residual's, in
+/// micro-batches may be in flight through it), so backward needs f's
+/// activations for x: when the Residual's last call was a training-mode
+/// forward on the same bits of x (a step's forward then backward), the
+/// body's buffers still hold them and are used; otherwise (a pipeline's
+/// micro-batches in flight) backward runs f's forward on x again, one more
+/// forward of the body, with the same result. f's parameters are the Residual's, in
 /// layer order; layer i of the body is initialised from (a key of the
 /// Residual's seed and index, i), so nested bodies never share weights.
 /// @code
@@ -94,8 +98,9 @@ class Residual {
 
   /// y = x + f(x); y is resized only when its shape differs from x's.
   void forward(const input_type& x, output_type& y);
-  /// dx = dy + (df/dx)^T dy, after f's forward on x again; adds the body's
-  /// parameter gradients.
+  /// dx = dy + (df/dx)^T dy, over the body's activations of the forward
+  /// just before on the same x, else after f's forward on x again; adds the
+  /// body's parameter gradients.
   void backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
   /// The body's parameters and gradients (only when some body layer has any).
@@ -132,7 +137,11 @@ class Residual {
     return body_.buffers();
   }
 
-  void set_training(bool training) { body_.set_training(training); }
+  /// Forwards the mode to the body; an eval-mode forward keeps no copy of x.
+  void set_training(bool training) {
+    training_ = training;
+    body_.set_training(training);
+  }
   void set_step(std::uint64_t step) { body_.set_step(step); }
 
   /// The trainable scalars of a Residual built from these layers: what
@@ -156,6 +165,8 @@ class Residual {
 
  private:
   chain_type body_;
+  bool training_ = true;
+  detail::last_input<input_type> last_input_;  // x of the forward whose activations the body holds
 };
 
 template <class... Layers>
@@ -171,6 +182,7 @@ Residual(Residual<Inner...>) -> Residual<Residual<Inner...>>;
 template <class... Layers>
 void Residual<Layers...>::forward(const input_type& x, output_type& y) {
   if constexpr (ok_) {
+    last_input_.forget();
     const auto& f = body_.forward(x, "Residual");
     PARALLAX_CHECK(f.shape() == x.shape(), describe() + ": its body maps " + parallax::detail::shape_string(x.shape()) +
                                                " to " + parallax::detail::shape_string(f.shape()) +
@@ -180,6 +192,7 @@ void Residual<Layers...>::forward(const input_type& x, output_type& y) {
     const auto* b = f.data();
     auto* out = y.data();
     for (std::size_t i = 0; i < x.size(); ++i) out[i] = a[i] + b[i];
+    if (training_) last_input_.remember(x);
   }
 }
 
@@ -190,7 +203,7 @@ void Residual<Layers...>::backward(const input_type& x, const output_type& /*y*/
     PARALLAX_CHECK(dy.shape() == x.shape(), "Residual::backward(): dy has shape " +
                                                 parallax::detail::shape_string(dy.shape()) + ", expected " +
                                                 parallax::detail::shape_string(x.shape()));
-    body_.forward_for_backward(x, "Residual");  // the body's activations, recomputed
+    if (!last_input_.take(x)) body_.forward_for_backward(x, "Residual");  // the body's activations, recomputed
     body_.backward(x, &dy, &dx);
     // The skip path: dL/dx gets dy itself as well.
     auto* out = dx.data();

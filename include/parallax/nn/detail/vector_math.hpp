@@ -30,6 +30,12 @@ inline float block_erf(float x) { return std::erf(x); }
 inline float block_exp(float x) { return std::exp(x); }
 #endif
 
+/// out[k] = exp(in[k]) for one block of math_block values (out may be in);
+/// never inlined, so every block runs the same code.
+[[gnu::noinline]] inline void exp_block(float* out, const float* in) {
+  for (std::size_t k = 0; k < math_block; ++k) out[k] = block_exp(in[k]);
+}
+
 /// block(out, in...) on whole blocks of math_block values of n, then on the
 /// tail copied into a zero-padded block: `in` read, `out` written. Pass a
 /// function that is never inlined, so that both calls run the same code.
