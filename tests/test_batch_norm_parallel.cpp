@@ -4,11 +4,14 @@
 // running statistics to 1e-12 in double, with shards of equal and of
 // unequal size, SGD with momentum and Adam), where BatchNorm alone
 // normalises each rank's shard and drifts away; its errors are one error on
-// every rank, and ranks out of step are a rank_mismatch, not a hang.
+// every rank, and ranks out of step are a rank_mismatch, not a hang. A step
+// skipped or failed leaves the running statistics as it found them, under
+// DataParallel and ModelParallel.
 
 #include <parallax/core/operation.hpp>
 #include <parallax/data/batch.hpp>
 #include <parallax/data_parallel.hpp>
+#include <parallax/model_parallel.hpp>
 #include <parallax/detail/tensor_list.hpp>
 #include <parallax/nn/activation.hpp>
 #include <parallax/nn/batch_norm.hpp>
@@ -31,6 +34,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <limits>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -191,4 +196,127 @@ TEST_CASE("SyncBatchNorm: errors are one error on every rank, ranks out of step 
     CHECK(e.find("ranks are in different library operations") != std::string::npos);
     CHECK(e.find("SyncBatchNorm::forward()") != std::string::npos);
   }
+}
+
+namespace {
+
+/// Every buffer of a trainer's model on this rank, in order (visited as
+/// the checkpoints do).
+template <class Trainer>
+std::vector<double> trainer_buffers(Trainer& t) {
+  std::vector<double> out;
+  t.for_each_keyed_buffer([&](std::uint64_t, std::uint64_t, auto& b) { out.insert(out.end(), b.begin(), b.end()); });
+  return out;
+}
+
+/// A copy of b whose first target is NaN (the loss and the gradients NaN;
+/// the statistics of the inputs stay finite) or, with `inputs`, whose first
+/// input is NaN (the statistics of its channel NaN too).
+batch poisoned(batch b, bool inputs) {
+  (inputs ? b.inputs : b.targets)(0, 0) = std::numeric_limits<double>::quiet_NaN();
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("DataParallel: a skipped or failed step leaves the running statistics as it found them", Norm,
+                   BatchNorm<double>, SyncBatchNorm<double>) {
+  communicator world;
+  const parallax::optim::SGD<double> sgd({.lr = 0.1, .momentum = 0.9});
+  const batch all = make_batch(12);
+  const batch mine = my_rows(world, all);
+  auto make = [&] {
+    if constexpr (std::is_same_v<Norm, SyncBatchNorm<double>>) return make_net<Norm>(world);
+    else return make_net<Norm>();
+  };
+  const auto skip = parallax::nonfinite_policy::skip_step;
+  // NaN targets (finite statistics) and NaN inputs (NaN statistics).
+  const std::vector<bool> nan_inputs{false, true};
+  SUBCASE("skip_step") {
+    for (const bool in_inputs : nan_inputs) {
+      CAPTURE(in_inputs);
+      parallax::DataParallel dp(make(), sgd, {.on_nonfinite = skip}, world);
+      (void)dp.train_step(mine);
+      const auto before = trainer_buffers(dp);
+      const auto parameters = flat(dp.model().parameters());
+      (void)dp.train_step(poisoned(mine, in_inputs));
+      CHECK(dp.skipped_steps() == 1);
+      CHECK(trainer_buffers(dp) == before);
+      CHECK(flat(dp.model().parameters()) == parameters);
+      (void)dp.train_step(mine);  // a good step moves them again
+      CHECK(trainer_buffers(dp) != before);
+      if constexpr (std::is_same_v<Norm, SyncBatchNorm<double>>) {
+        // Two good steps, as one process with BatchNorm on the global batch.
+        auto serial = make_net<BatchNorm<double>>();
+        (void)serial::train_on(serial, all, sgd, 2);
+        CHECK(max_difference(flat(dp.model().buffers()), flat(serial.buffers())) < 1e-12);
+        CHECK(max_difference(flat(dp.model().parameters()), flat(serial.parameters())) < 1e-12);
+      }
+    }
+  }
+  SUBCASE("skip_step after two accumulated micro-steps, the second poisoned") {
+    for (const bool in_inputs : nan_inputs) {
+      CAPTURE(in_inputs);
+      parallax::DataParallel dp(make(), sgd, {.accumulation_steps = 2, .on_nonfinite = skip}, world);
+      const auto before = trainer_buffers(dp);
+      (void)dp.train_step(mine);
+      CHECK(trainer_buffers(dp) != before);  // the first micro-step moved them
+      (void)dp.train_step(poisoned(mine, in_inputs));
+      CHECK(dp.skipped_steps() == 1);
+      CHECK(trainer_buffers(dp) == before);
+    }
+  }
+  SUBCASE("the error policy: every rank throws, the statistics as before") {
+    for (const bool in_inputs : nan_inputs) {
+      CAPTURE(in_inputs);
+      parallax::DataParallel dp(make(), sgd, {}, world);
+      (void)dp.train_step(mine);
+      const auto before = trainer_buffers(dp);
+      const auto e = agreed_error(world, [&] { (void)dp.train_step(poisoned(mine, in_inputs)); });
+      CHECK(e.find("is not finite") != std::string::npos);
+      CHECK(trainer_buffers(dp) == before);
+    }
+  }
+  SUBCASE("one rank's input of another width: the agreed error, the statistics as before on every rank") {
+    parallax::DataParallel dp(make(), sgd, {}, world);
+    (void)dp.train_step(mine);
+    const auto before = trainer_buffers(dp);
+    batch wrong = mine;
+    if (world.rank() == world.size() - 1) wrong.inputs = xt::zeros<double>({mine.inputs.shape()[0], std::size_t(4)});
+    if constexpr (std::is_same_v<Norm, BatchNorm<double>>) {
+      // The other ranks' backward moved theirs before the step failed.
+      const auto e = agreed_error(world, [&] { (void)dp.train_step(wrong); });
+      CHECK(e.find("Linear(3 -> 5)") != std::string::npos);
+      CHECK(trainer_buffers(dp) == before);
+    }
+  }
+}
+
+TEST_CASE("ModelParallel: a skipped or failed step leaves the running statistics as it found them") {
+  communicator world;
+  using Pipe =
+      parallax::ModelParallel<Linear<double>, Tanh<double>, BatchNorm<double>, Linear<double>, MeanSquaredError<double>>;
+  const auto args = std::tuple{std::tuple{3, 4}, std::tuple{}, std::tuple{4}, std::tuple{4, 2}, std::tuple{}};
+  const parallax::optim::SGD<double> sgd({.lr = 0.1});
+  batch b = make_batch(8);
+  b.inputs += 1.0;  // the running mean moves off 0
+  for (const auto policy : {parallax::nonfinite_policy::skip_step, parallax::nonfinite_policy::error})
+    for (const auto schedule : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b}) {
+      CAPTURE(static_cast<int>(policy));
+      Pipe pipe(args, sgd, {.micro_batches = 2, .schedule = schedule, .seed = 5, .on_nonfinite = policy}, world);
+      (void)pipe.train_step(b);
+      const auto before = trainer_buffers(pipe);
+      for (const bool nan_inputs : {false, true}) {
+        if (policy == parallax::nonfinite_policy::skip_step) {
+          (void)pipe.train_step(poisoned(b, nan_inputs));
+        } else {
+          const auto e = agreed_error(world, [&] { (void)pipe.train_step(poisoned(b, nan_inputs)); });
+          CHECK(e.find("is not finite") != std::string::npos);
+        }
+        CHECK(trainer_buffers(pipe) == before);
+      }
+      (void)pipe.train_step(b);
+      // The stage holding the BatchNorm sees them move again.
+      if (!before.empty()) CHECK(trainer_buffers(pipe) != before);
+    }
 }

@@ -25,6 +25,7 @@
 #include <parallax/io/checkpointable.hpp>
 #include <parallax/optim/optimizer.hpp>
 #include <parallax/optim/schedule.hpp>
+#include <parallax/training/buffer_snapshot.hpp>
 #include <parallax/training/evaluate.hpp>
 #include <parallax/training/exact_sum.hpp>
 #include <parallax/training/local_sgd.hpp>
@@ -310,6 +311,12 @@ class DataParallel {
                                               const optim::Optimizer<T>& optimizer, std::source_location site);
   /// train_step() on `batch`, or fail_step() without one.
   double micro_step(const batch_type* batch, std::optional<error> cause, std::source_location site);
+  /// f(tensor) on each of the model's buffers (none without HasLayerBuffers).
+  auto visit_buffers();
+  /// step(), the end of an optimizer step; a step skipped or failed there
+  /// leaves the buffers as the step found them.
+  template <class Step>
+  double finish_step(Step&& step);
   double local_step();
   void reset_accumulation();
   /// The non-finite step's message: the (averaged) gradient of `parameter`,
@@ -327,6 +334,7 @@ class DataParallel {
   step_meta meta_;                  // this rank's part of the pending step
   gradient_reducer<T> reducer_;     // its buckets hold the averaged gradient
   training::updater<T> updater_;
+  training::buffer_snapshot<T> buffers_before_;  // the buffers as the optimizer step began
   training::local_sgd local_sgd_;
   training::exact_sum<T> exact_;  // reproducible mode's sums
   struct exact_step {
@@ -441,7 +449,10 @@ template <class M>
 double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error> cause, std::source_location site) {
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  if (micro_ == 0) timing_ = {};  // an optimizer step starts (a failed one left its times behind)
+  if (micro_ == 0) {  // an optimizer step starts (a failed one left its times behind)
+    timing_ = {};
+    if constexpr (HasLayerBuffers<M>) buffers_before_.take(visit_buffers());
+  }
   const std::size_t n = batch ? parallax::batch_size(*batch) : 0;
   double loss = 0;
   if (cause && !failure_) failure_ = std::move(cause);
@@ -482,13 +493,30 @@ double DataParallel<M>::micro_step(const batch_type* batch, std::optional<error>
   timing_.compute += std::chrono::duration<double>(clock::now() - t0).count();
   if (exact) {
     operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
-    return synchronize_exact(ok ? static_cast<double>(n) : 0.0);
+    return finish_step([&] { return synchronize_exact(ok ? static_cast<double>(n) : 0.0); });
   }
   if (micro_ < options_.accumulation_steps) return loss;
-  if (local_sgd_.enabled()) return local_step();  // communicates only when it averages: its own operation
+  // Local SGD communicates only when it averages: its own operation.
+  if (local_sgd_.enabled()) return finish_step([&] { return local_step(); });
   // fail_step() is the same operation: it meets the other ranks' train_step().
   operation op(comm_, "DataParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
-  return synchronize_gradients();
+  return finish_step([&] { return synchronize_gradients(); });
+}
+
+template <class M>
+auto DataParallel<M>::visit_buffers() {
+  return [this](auto&& f) {
+    if constexpr (HasLayerBuffers<M>) detail::for_each_tensor(model_.buffers(), f);
+  };
+}
+
+template <class M>
+template <class Step>
+double DataParallel<M>::finish_step(Step&& step) {
+  if constexpr (HasLayerBuffers<M>)
+    return buffers_before_.finish(visit_buffers(), [this] { return updater_.skipped(); }, step);
+  else
+    return step();
 }
 
 template <class M>
@@ -654,9 +682,14 @@ template <class M>
 void DataParallel<M>::flush(std::source_location site) {
   if (micro_ == 0) return;
   operation op(comm_, "DataParallel::flush()", static_cast<std::int64_t>(optimizer_->steps()), site);
-  if (local_sgd_.enabled()) local_step();
-  else if (options_.reproducible_atom) apply_exact();  // the micro-steps are already summed
-  else synchronize_gradients();
+  finish_step([&] {
+    if (local_sgd_.enabled()) return local_step();
+    if (options_.reproducible_atom) {  // the micro-steps are already summed
+      apply_exact();
+      return 0.0;
+    }
+    return synchronize_gradients();
+  });
 }
 
 template <class M>

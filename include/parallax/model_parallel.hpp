@@ -30,6 +30,7 @@
 #include <parallax/pipeline/profile.hpp>
 #include <parallax/pipeline/schedule.hpp>
 #include <parallax/pipeline/stage.hpp>
+#include <parallax/training/buffer_snapshot.hpp>
 #include <parallax/training/evaluate.hpp>
 #include <parallax/training/loop.hpp>
 #include <parallax/training/sampler.hpp>
@@ -217,6 +218,9 @@ class ModelParallel {
   using T = value_type;
   using stage_type = pipeline::stage<Parts...>;
 
+  /// train_step() inside its operation and the buffers' snapshot.
+  double run_step(const batch_type& batch, std::chrono::steady_clock::time_point start);
+
   void refresh_views() {
     params_.clear();
     grads_.clear();
@@ -230,6 +234,7 @@ class ModelParallel {
   pipeline::engine<stage_type, batch_type> engine_;
   std::unique_ptr<optim::Optimizer<T>> optimizer_;
   training::updater<T> updater_;
+  training::buffer_snapshot<T> buffers_before_;  // this rank's buffers as the step began
   std::vector<std::span<T>> params_;
   std::vector<std::span<const T>> grads_const_;
   std::vector<std::span<T>> grads_;
@@ -276,6 +281,15 @@ template <class... Parts>
 double ModelParallel<Parts...>::train_step(const batch_type& batch, std::source_location site) {
   operation op(comm_, "ModelParallel::train_step()", static_cast<std::int64_t>(optimizer_->steps()), site);
   const auto start = std::chrono::steady_clock::now();
+  // A step skipped or failed leaves the buffers (BatchNorm's running
+  // statistics, moved in backward) as it found them.
+  auto visit_buffers = [this](auto&& f) { for_each_keyed_buffer([&](std::size_t, std::size_t, auto& t) { f(t); }); };
+  buffers_before_.take(visit_buffers);
+  return buffers_before_.finish(visit_buffers, [this] { return updater_.skipped(); }, [&] { return run_step(batch, start); });
+}
+
+template <class... Parts>
+double ModelParallel<Parts...>::run_step(const batch_type& batch, std::chrono::steady_clock::time_point start) {
   engine_.prepare(batch, true);
   engine_.layers().zero_gradients();
   refresh_views();
