@@ -7,8 +7,9 @@
 // Smaller micro-batches also make each GEMM less efficient, so a second
 // efficiency compares with one rank running the same m micro-batches
 // (gradient accumulation): that isolates what the schedule costs (bubble,
-// messages). Also the peak bytes of saved activations per stage, GPipe vs
-// 1F1B.
+// messages). Schedules: GPipe, 1F1B and zero bubble (ZB-H1 style: the
+// weight-gradient GEMMs fill the waits). Also the peak bytes of saved
+// activations per stage for each.
 //
 //   mpiexec -n 2 build/benchmarks/pipeline [--batch 2048] [--steps 15] [--json pipeline.json]
 //   mpiexec -n 4 --oversubscribe build/benchmarks/pipeline   (4 stages on 2 cores: oversubscribed)
@@ -99,8 +100,9 @@ int main(int argc, char** argv) {
     double stage0, most;
   };
   std::vector<measured> results;
-  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b}) {
-    const char* name = kind == parallax::pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b";
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
+                    parallax::pipeline::schedule_kind::zero_bubble}) {
+    const char* name = parallax::pipeline::schedule_name(kind);
     for (std::size_t m : {1, 2, 4, 8, 16}) {
       Chain chain(chain_args(width), sgd, {.micro_batches = m, .schedule = kind}, world);
       const auto t = time_steps(world, chain, batch, steps);
@@ -118,12 +120,12 @@ int main(int argc, char** argv) {
   if (world.rank() == 0) {
     std::printf("serial step: %.2f ms before, %.2f ms after; baseline %.2f ms\n", serial_before * 1e3,
                 serial_after * 1e3, serial * 1e3);
-    std::printf("schedule  m | step ms (min-max)        | efficiency | ideal | eff/ideal | vs same micro | peak MiB\n");
+    std::printf("schedule     m | step ms (min-max)        | efficiency | ideal | eff/ideal | vs same micro | peak MiB\n");
     for (const auto& r : results) {
       const double efficiency = serial / (p * r.t.median);
       const double ideal = static_cast<double>(r.m) / static_cast<double>(r.m + static_cast<std::size_t>(p) - 1);
       const double same_micro = serial_micro[r.m] / (p * r.t.median);
-      std::printf("%-6s %3zu | %-24s | %10.3f | %5.3f | %9.3f | %6.3f (%5.3f) | %8.2f\n", r.name, r.m,
+      std::printf("%-11s %3zu | %-24s | %10.3f | %5.3f | %9.3f | %6.3f (%5.3f) | %8.2f\n", r.name, r.m,
                   bench::spread_text(r.t, 1e3, 2).c_str(), efficiency, ideal, efficiency / ideal, same_micro,
                   same_micro / ideal, r.stage0 / (1 << 20));
       rows.push_back(bench::row()

@@ -165,7 +165,8 @@ def plot_pipeline(doc, out):
     meta, rows = doc["meta"], doc["rows"]
     p = rows[0]["ranks"] if rows else 0
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    styles = {"pipeline_gpipe": ("GPipe", "s-", GREY), "pipeline_1f1b": ("1F1B", "o-", PARALLAX)}
+    styles = {"pipeline_gpipe": ("GPipe", "s-", GREY), "pipeline_1f1b": ("1F1B", "o-", PARALLAX),
+              "pipeline_zero_bubble": ("zero bubble", "^-", "#d1495b")}
     for name, (label, marker, colour) in styles.items():
         mine = sorted((r for r in rows if r["name"] == name), key=lambda r: r["micro_batches"])
         if not mine:
@@ -197,12 +198,13 @@ def plot_pipeline(doc, out):
 
 
 # Colours of a trace's spans by name (pipeline operations) or category.
-TRACE_COLOURS = {"forward": PARALLAX, "backward": "#3c9a4a", "recompute": "#7fb0e0", "receive activation": GREY,
+TRACE_COLOURS = {"forward": PARALLAX, "backward": "#3c9a4a", "backward input": "#3c9a4a", "backward weight": "#9bd18f",
+                 "recompute": "#7fb0e0", "receive activation": GREY,
                  "receive gradient": GREY, "send activation": "#c9c9c9", "send gradient": "#c9c9c9",
                  "communication": "#c0392b", "update": PYTORCH, "data": "#8e44ad", "io": "#6d4c41",
                  "train": "#ececec", "evaluate": "#f1c40f", "compute": "#d6e4f5", "sync": "#2c3e50", "hooks": "#b0b0b0"}
 # Short labels on a pipeline operation's bar: F3 is micro-batch 3's forward.
-TRACE_LABELS = {"forward": "F", "backward": "B", "recompute": "R"}
+TRACE_LABELS = {"forward": "F", "backward": "B", "backward input": "B", "backward weight": "W", "recompute": "R"}
 
 
 def trace_spans(doc):

@@ -301,7 +301,8 @@ TEST_CASE("ModelParallel: a skipped or failed step leaves the running statistics
   batch b = make_batch(8);
   b.inputs += 1.0;  // the running mean moves off 0
   for (const auto policy : {parallax::nonfinite_policy::skip_step, parallax::nonfinite_policy::error})
-    for (const auto schedule : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b}) {
+    for (const auto schedule : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
+                                parallax::pipeline::schedule_kind::zero_bubble}) {
       CAPTURE(static_cast<int>(policy));
       Pipe pipe(args, sgd, {.micro_batches = 2, .schedule = schedule, .seed = 5, .on_nonfinite = policy}, world);
       (void)pipe.train_step(b);

@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <span>
@@ -140,11 +141,12 @@ double run_equivalence(const communicator& world, const parallax::optim::Optimiz
 
 }  // namespace
 
-TEST_CASE("ModelParallel: p stages equal the serial chain in double (both schedules, m = 1, 2, 4, 8)") {
+TEST_CASE("ModelParallel: p stages equal the serial chain in double (every schedule, m = 1, 2, 4, 8)") {
   communicator world;
   parallax::optim::SGD<double> sgd({.lr = 0.5, .momentum = 0.9});
   parallax::optim::Adam<double> adam({.lr = 0.01});
-  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b})
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
+                    parallax::pipeline::schedule_kind::zero_bubble})
     for (std::size_t m : {1, 2, 4, 8})
       for (bool recompute : {false, true}) {
         const double d1 = run_equivalence<double>(world, sgd, kind, m, recompute, 16);
@@ -153,6 +155,67 @@ TEST_CASE("ModelParallel: p stages equal the serial chain in double (both schedu
         const double d2 = run_equivalence<double>(world, adam, kind, m, recompute, 13);
         CHECK_MESSAGE(d2 <= 1e-12, "Adam, batch 13, m=" << m << " recompute=" << recompute << ": " << d2);
       }
+}
+
+namespace {
+/// Every parameter element of this rank's layers, in order.
+template <class T = double, class MP>
+std::vector<T> local_parameters(MP& mp) {
+  std::vector<T> out;
+  mp.for_each_local_layer([&](std::size_t, auto& layer) {
+    if constexpr (parallax::HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
+      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
+  });
+  return out;
+}
+}  // namespace
+
+TEST_CASE("ModelParallel: zero bubble gives 1F1B's bits (double and float, m = 1, 3, 8, batch 13)") {
+  // Its backward_weight's run in the order 1F1B runs its backwards: the
+  // same sums in the same order.
+  communicator world;
+  const auto check = [&]<class T>(T, const parallax::optim::Optimizer<T>& opt, std::size_t m) {
+    CAPTURE(m);
+    Chain<T> f(chain_args<T>(), opt, {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::one_f_one_b, .seed = 9}, world);
+    Chain<T> z(chain_args<T>(), opt, {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::zero_bubble, .seed = 9}, world);
+    for (std::size_t step = 0; step < 5; ++step) {
+      const auto batch = make_batch<T>(13, 300 + step);
+      CHECK(f.train_step(batch) == z.train_step(batch));
+    }
+    const auto a = local_parameters<T>(f);
+    const auto b = local_parameters<T>(z);
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+    // The run moved the parameters: the comparison is not between two starts.
+    Chain<T> start(chain_args<T>(), opt, {.micro_batches = m, .seed = 9}, world);
+    const auto c = local_parameters<T>(start);
+    if (!a.empty()) CHECK(std::memcmp(a.data(), c.data(), a.size() * sizeof(T)) != 0);
+  };
+  for (std::size_t m : {1, 3, 8}) {
+    check(double{}, parallax::optim::Adam<double>({.lr = 0.01}), m);
+    check(float{}, parallax::optim::SGD<float>({.lr = 0.3, .momentum = 0.9}), m);
+  }
+}
+
+TEST_CASE("ModelParallel: zero bubble holds at most one micro-batch more than 1F1B, and says what it saved") {
+  communicator world;
+  const std::size_t p = static_cast<std::size_t>(world.size());
+  const std::size_t s = static_cast<std::size_t>(world.rank());
+  for (std::size_t m : {1, 2, 4, 8}) {
+    CAPTURE(m);
+    Chain<double> z(chain_args<double>(), parallax::optim::SGD<double>(),
+                    {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::zero_bubble}, world);
+    Chain<double> f(chain_args<double>(), parallax::optim::SGD<double>(),
+                    {.micro_batches = m, .schedule = parallax::pipeline::schedule_kind::one_f_one_b}, world);
+    const auto batch = make_batch<double>(16, 3);
+    z.train_step(batch);
+    f.train_step(batch);
+    const auto expected = parallax::pipeline::simulate(parallax::pipeline::zero_bubble(p, m), m).peak_in_flight[s];
+    CHECK(z.stats().peak_micro_batches == expected);
+    CHECK(z.stats().peak_micro_batches <= std::min(p - s + 1, m));
+    // Between its two halves a micro-batch also keeps its output gradients.
+    CHECK(z.stats().peak_saved_bytes >= f.stats().peak_saved_bytes);
+  }
 }
 
 TEST_CASE("ModelParallel: a chain of Residual layers equals the serial chain in double, each Residual one layer") {
@@ -165,7 +228,8 @@ TEST_CASE("ModelParallel: a chain of Residual layers equals the serial chain in 
                                std::tuple{Linear<double>(6, 6), Sigmoid<double>{}}, std::tuple{6, 3}};
   CHECK(Block::parameter_count(Linear<double>(6, 8), Tanh<double>{}, Linear<double>(8, 6)) == 6 * 8 + 8 + 8 * 6 + 6);
   parallax::optim::Adam<double> adam({.lr = 0.01});
-  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b})
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
+                    parallax::pipeline::schedule_kind::zero_bubble})
     for (bool recompute : {false, true}) {
       CAPTURE(recompute);
       Net mp(args, adam, {.micro_batches = 4, .schedule = kind, .recompute = recompute, .seed = 42}, world);
@@ -431,17 +495,6 @@ Dataset make_dataset(std::size_t n, std::uint64_t seed) {
   return Dataset(std::move(b.inputs), std::move(b.targets));
 }
 
-/// Every parameter element of this rank's layers, in order.
-template <class MP>
-std::vector<double> local_parameters(MP& mp) {
-  std::vector<double> out;
-  mp.for_each_local_layer([&](std::size_t, auto& layer) {
-    if constexpr (parallax::HasLayerParameters<std::remove_cvref_t<decltype(layer)>>)
-      parallax::detail::for_each_tensor(layer.parameters(), [&](auto& t) { out.insert(out.end(), t.begin(), t.end()); });
-  });
-  return out;
-}
-
 using WithPoison = parallax::ModelParallel<Linear<double>, Tanh<double>, Linear<double>, FaultLayer, Linear<double>,
                                            SoftmaxCrossEntropy<double>>;
 
@@ -551,8 +604,9 @@ TEST_CASE("ModelParallel: a NaN gradient on one stage is an error on every rank,
 TEST_CASE("ModelParallel: a non-finite step names the layer output or input where the NaN appeared") {
   communicator world;
   const int p = world.size();
+  for (auto kind : {parallax::pipeline::schedule_kind::one_f_one_b, parallax::pipeline::schedule_kind::zero_bubble})
   for (auto recompute : {false, true}) {
-    auto net = poisoned_chain(world, {.micro_batches = 2, .recompute = recompute});
+    auto net = poisoned_chain(world, {.micro_batches = 2, .schedule = kind, .recompute = recompute});
     const auto before = local_parameters(net);
     // A layer whose output is NaN: every later layer and every gradient is NaN too.
     if (auto* poison = net.layer<3>()) poison->nan_forward = true;

@@ -157,7 +157,7 @@ TEST_CASE("a GPT-style chain (attention and MLP blocks): serial, DataParallel an
   for (std::size_t s = 0; s < steps; ++s) CHECK(std::abs(dp.train_step(mine) - serial_losses[s]) < 1e-12);
   CHECK(max_difference(flat(dp.model().parameters()), flat(serial.parameters())) < 1e-12);
 
-  // Six layers over up to four stages, both schedules, with and without recomputation.
+  // Six layers over up to four stages, every schedule, with and without recomputation.
   using Gpt = parallax::ModelParallel<Embedding<double>, PositionEmbedding<double>, AttentionBlock, MlpBlock,
                                       LayerNorm<double, 3>, Linear<double, 3>, TokenCrossEntropy<double>>;
   const auto args = std::make_tuple(
@@ -166,7 +166,8 @@ TEST_CASE("a GPT-style chain (attention and MLP blocks): serial, DataParallel an
       std::make_tuple(LayerNorm<double, 3>(gpt_width), Linear<double, 3>(gpt_width, 2 * gpt_width), GELU<double, 3>{},
                       Linear<double, 3>(2 * gpt_width, gpt_width)),
       std::make_tuple(gpt_width), std::make_tuple(gpt_width, gpt_vocabulary), std::make_tuple());
-  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b})
+  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
+                    parallax::pipeline::schedule_kind::zero_bubble})
     for (bool recompute : {false, true}) {
       CAPTURE(recompute);
       Gpt mp(args, sgd, {.micro_batches = 3, .schedule = kind, .recompute = recompute, .seed = 11}, world);

@@ -295,6 +295,18 @@ concept HasParameterBackward = HasLayerTypes<L> &&
                                requires(L& l, const typename L::input_type& x, const typename L::output_type& y,
                                         const typename L::output_type& dy) { l.backward_parameters(x, y, dy); };
 
+/// Optional for a Layer, with backward_parameters: `backward_input(x, y, dy,
+/// dx)`, backward that writes dx and leaves the parameter gradients alone.
+/// backward(x, y, dy, dx) is then backward_input followed by
+/// backward_parameters, and the zero-bubble pipeline schedule runs the two
+/// halves at different times (Linear has it).
+template <class L>
+concept HasSplitBackward = HasParameterBackward<L> &&
+                           requires(L& l, const typename L::input_type& x, const typename L::output_type& y,
+                                    const typename L::output_type& dy, typename L::input_type& dx) {
+                             l.backward_input(x, y, dy, dx);
+                           };
+
 /// Optional for a Layer: `static constexpr bool backward_reads_output =
 /// false` declares that backward(x, y, dy, dx) never reads y. A Residual
 /// that recomputes its body for backward then skips the forward of the

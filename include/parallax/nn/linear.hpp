@@ -58,6 +58,9 @@ class Linear : public detail::WeightAndBias<T> {
   /// backward() without dx: only adds the parameter gradients. Chains call it
   /// for their first layer, whose input gradient nobody reads (a GEMM saved).
   void backward_parameters(const input_type& x, const output_type& y, const output_type& dy);
+  /// backward() without the parameter gradients: only dx (HasSplitBackward;
+  /// the zero-bubble pipeline schedule runs backward_parameters later).
+  void backward_input(const input_type& x, const output_type& y, const output_type& dy, input_type& dx);
 
   // parameters(), gradients(), weight() and bias(): from WeightAndBias, the
   // weight [in, out] and the bias [out].
@@ -130,12 +133,18 @@ void Linear<T, N>::forward(const input_type& x, output_type& y) const {
 
 template <class T, std::size_t N>
 void Linear<T, N>::backward(const input_type& x, const output_type& y, const output_type& dy, input_type& dx) {
+  backward_input(x, y, dy, dx);
+  backward_parameters(x, y, dy);
+}
+
+template <class T, std::size_t N>
+void Linear<T, N>::backward_input(const input_type& x, const output_type& /*y*/, const output_type& dy,
+                                  input_type& dx) {
   check_backward(x, dy);
   if (dx.shape() != x.shape()) dx.resize(x.shape());
   const std::size_t rows = row_count(x);
   if (rows == 0) return;
   this->input_gradient(dy.data(), rows, dx.data());
-  backward_parameters(x, y, dy);
 }
 
 template <class T, std::size_t N>

@@ -24,6 +24,8 @@ concept worker = requires(W& w, std::size_t mb) {
   w.receive_gradient(mb);
   w.backward(mb);
   w.send_gradient(mb);
+  w.backward_input(mb);
+  w.backward_weight(mb);
 };
 
 /// The name of an op kind on the trace's timeline.
@@ -35,6 +37,8 @@ constexpr const char* op_name(op_kind k) {
     case op_kind::recv_gradient: return "receive gradient";
     case op_kind::backward: return "backward";
     case op_kind::send_gradient: return "send gradient";
+    case op_kind::backward_input: return "backward input";
+    case op_kind::backward_weight: return "backward weight";
   }
   return "op";
 }
@@ -58,6 +62,8 @@ void execute(std::span<const op> ops, W& w) {
       case op_kind::recv_gradient: w.receive_gradient(o.micro_batch); break;
       case op_kind::backward: w.backward(o.micro_batch); break;
       case op_kind::send_gradient: w.send_gradient(o.micro_batch); break;
+      case op_kind::backward_input: w.backward_input(o.micro_batch); break;
+      case op_kind::backward_weight: w.backward_weight(o.micro_batch); break;
     }
   }
 }

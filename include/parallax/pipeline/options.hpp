@@ -70,7 +70,7 @@ std::vector<setting> pipeline_settings(const pipeline_options& o, const pipeline
   for (auto b : cut) text += (text.empty() ? "" : ", ") + std::to_string(b);
   std::vector<setting> out = {{"the partition (pipeline_options::boundaries or stage_speeds)", 0, "{" + text + "}"},
                               {"micro_batches", static_cast<double>(o.micro_batches)},
-                              {"schedule", 0, o.schedule == pipeline::schedule_kind::gpipe ? "gpipe" : "1f1b"},
+                              {"schedule", 0, pipeline::schedule_name(o.schedule)},
                               {"recompute", o.recompute ? 1.0 : 0.0},
                               {"seed", 0, std::to_string(o.seed)}};
   const auto update = training::update_settings({o.on_nonfinite, o.clip_norm, o.lr_schedule}, optimizer);

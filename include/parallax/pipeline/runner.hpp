@@ -68,6 +68,8 @@ class runner {
   void receive_gradient(std::size_t mb);
   void backward(std::size_t mb);
   void send_gradient(std::size_t mb);
+  void backward_input(std::size_t mb);
+  void backward_weight(std::size_t mb);
 
  private:
   /// One micro-batch in flight on this stage: what its backward needs.
@@ -75,6 +77,7 @@ class runner {
     typename Stage::activations act;
     typename loss_type::target_type target{};  // last stage: the micro-batch's targets
     outgoing sends;
+    std::size_t uses_left = 0;  // after its backward(_input): the gradient send and backward_weight still to come
     void wait_sends() { sends.wait(); }
   };
 
@@ -85,6 +88,11 @@ class runner {
   /// ..."), then on_failure() leaves what the neighbours wait for.
   template <class F, class G>
   void attempt(const char* what, F&& f, G&& on_failure);
+  /// One of the uses left of micro-batch mb's slot is done; the slot is
+  /// free after the last.
+  void used(std::size_t mb) {
+    if (--slots_[mb].uses_left == 0) slots_.release(mb);
+  }
   void note_if(const std::string& why) {
     if (!why.empty()) (*note_)(error(error_kind::invalid_argument, why, parallax::detail::this_rank()));
   }
@@ -198,14 +206,34 @@ void runner<Stage, Batch>::backward(std::size_t mb) {
   slots_.drop(layers_->saved_bytes(s.act));
   attempt("backward", [&] { layers_->backward(s.act, recompute_); },
           [&] { layers_->zero_input_gradient(s.act, micro_shape(in_shape_, mb)); });
-  if (stage_ == 0) slots_.release(mb);
+  s.uses_left = stage_ > 0 ? 1 : 0;
+  if (s.uses_left == 0) slots_.release(mb);
 }
 
 template <class Stage, class Batch>
 void runner<Stage, Batch>::send_gradient(std::size_t mb) {
   auto& s = slots_[mb];
   s.sends.gradient = links_.send_gradient(mb, s.act);
-  slots_.release(mb);
+  used(mb);
+}
+
+template <class Stage, class Batch>
+void runner<Stage, Batch>::backward_input(std::size_t mb) {
+  auto& s = slots_[mb];
+  const std::size_t before = layers_->saved_bytes(s.act);
+  attempt("backward", [&] { layers_->backward_input(s.act, recompute_); },
+          [&] { layers_->zero_input_gradient(s.act, micro_shape(in_shape_, mb)); });
+  slots_.resize_held(before, layers_->saved_bytes(s.act));  // now with the gradients backward_weight reads
+  s.uses_left = (stage_ > 0 ? 1 : 0) + 1;
+}
+
+template <class Stage, class Batch>
+void runner<Stage, Batch>::backward_weight(std::size_t mb) {
+  auto& s = slots_[mb];
+  slots_.drop(layers_->saved_bytes(s.act));
+  attempt("backward", [&] { layers_->backward_weight(s.act); }, [] {});
+  s.act.weights_pending = false;  // after a failure too: the slot is reused clean
+  used(mb);
 }
 
 }  // namespace parallax::pipeline

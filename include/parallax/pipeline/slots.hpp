@@ -33,6 +33,9 @@ class slot_pool {
   void hold(std::size_t bytes);
   /// ... and its backward has begun: they are no longer counted.
   void drop(std::size_t bytes);
+  /// A micro-batch held `before` bytes and now holds `after` (the first half
+  /// of a split backward: the gradients for the second half).
+  void resize_held(std::size_t before, std::size_t after);
   /// The most micro-batches (bytes) held at once since the pool was made.
   std::size_t peak_micro_batches() const { return peak_micro_batches_; }
   std::size_t peak_saved_bytes() const { return peak_saved_bytes_; }
@@ -82,6 +85,12 @@ void slot_pool<Slot>::hold(std::size_t bytes) {
   ++in_flight_;
   peak_micro_batches_ = std::max(peak_micro_batches_, in_flight_);
   saved_now_ += bytes;
+  peak_saved_bytes_ = std::max(peak_saved_bytes_, saved_now_);
+}
+
+template <class Slot>
+void slot_pool<Slot>::resize_held(std::size_t before, std::size_t after) {
+  saved_now_ = saved_now_ - before + after;
   peak_saved_bytes_ = std::max(peak_saved_bytes_, saved_now_);
 }
 

@@ -81,6 +81,10 @@ class stage {
     outputs_tuple out;  ///< layer outputs (only the stage output, at end() - 1, when recomputing)
     outputs_tuple dy;   ///< gradient of the stage output, at index end() - 1
     inputs_tuple dx;    ///< gradient of the stage input, at index begin()
+    /// After backward_input() ran the split: the parameter gradients wait
+    /// for backward_weight(), which reads the layer outputs' gradients,
+    /// kept in dy at every index of the stage.
+    bool weights_pending = false;
   };
 
   /// Builds layers [begin, end) from their tuples of constructor arguments
@@ -121,11 +125,23 @@ class stage {
   /// to the layers' parameter gradients. Layer 0 skips its input gradient
   /// when it can (backward_parameters): nobody reads it.
   void backward(activations& a, bool recompute);
+  /// The first half of backward(): a.dx and every input gradient in
+  /// between, keeping each layer output's gradient in a.dy. Layers with
+  /// backward_input (HasSplitBackward) leave their parameter gradients, and
+  /// the first layer its backward_parameters, to backward_weight(); other
+  /// layers run their whole backward here. With `recompute`, or while a
+  /// watch is set, the whole backward runs here.
+  void backward_input(activations& a, bool recompute);
+  /// The second half: the parameter gradients backward_input() left, from
+  /// the saved inputs and output gradients (nothing when it left none).
+  void backward_weight(activations& a);
   /// After a failure the neighbours still wait for a tensor: the stage
   /// output (input gradient) becomes zeros of the expected shape.
   void zero_output(activations& a, const std::vector<std::size_t>& shape);
   void zero_input_gradient(activations& a, const std::vector<std::size_t>& shape);
-  /// Bytes that a holds from forward to backward: the stage input and the outputs.
+  /// Bytes that a holds from forward to backward: the stage input and the
+  /// outputs, and after backward_input() the output gradients that
+  /// backward_weight() reads.
   std::size_t saved_bytes(const activations& a) const;
 
  private:
@@ -298,6 +314,52 @@ void stage<Parts...>::backward(activations& a, bool recompute) {
 }
 
 template <class... Parts>
+void stage<Parts...>::backward_input(activations& a, bool recompute) {
+  if (recompute || watch_) {
+    backward(a, recompute);
+    return;
+  }
+  a.weights_pending = true;
+  for_range_reverse<layer_count>(begin_, end_, [&](auto I) {
+    using layer_type = part_t<I()>;
+    auto& layer = *std::get<I()>(parts_);
+    trace::span span([&] { return parallax::detail::layer_name(layer, I()); }, "backward input",
+                     static_cast<std::int64_t>(I()));
+    const auto& x = input_of<I()>(a, false);
+    const auto& y = std::get<I()>(a.out);
+    const auto& dy = std::get<I()>(a.dy);
+    auto& dx = [&]() -> in_t<I()>& {
+      if constexpr (I() > 0) {
+        if (I() > begin_) return std::get<I() - 1>(a.dy);
+      }
+      return std::get<I()>(a.dx);
+    }();
+    if constexpr (I() == 0 && HasParameterBackward<layer_type>) {
+      // Nobody reads the chain input's gradient: all of it is backward_weight's.
+    } else if constexpr (HasSplitBackward<layer_type>) {
+      layer.backward_input(x, y, dy, dx);
+    } else {
+      layer.backward(x, y, dy, dx);
+    }
+  });
+}
+
+template <class... Parts>
+void stage<Parts...>::backward_weight(activations& a) {
+  if (!a.weights_pending) return;
+  a.weights_pending = false;
+  for_range_reverse<layer_count>(begin_, end_, [&](auto I) {
+    using layer_type = part_t<I()>;
+    if constexpr ((I() == 0 && HasParameterBackward<layer_type>) || HasSplitBackward<layer_type>) {
+      auto& layer = *std::get<I()>(parts_);
+      trace::span span([&] { return parallax::detail::layer_name(layer, I()); }, "backward weight",
+                       static_cast<std::int64_t>(I()));
+      layer.backward_parameters(input_of<I()>(a, false), std::get<I()>(a.out), std::get<I()>(a.dy));
+    }
+  });
+}
+
+template <class... Parts>
 void stage<Parts...>::zero_output(activations& a, const std::vector<std::size_t>& shape) {
   for_range<layer_count>(end_ - 1, end_, [&](auto I) { detail::zero_fill(std::get<I()>(a.out), shape); });
 }
@@ -310,7 +372,9 @@ void stage<Parts...>::zero_input_gradient(activations& a, const std::vector<std:
 template <class... Parts>
 std::size_t stage<Parts...>::saved_bytes(const activations& a) const {
   std::size_t elements = 0;
-  for_range<layer_count>(begin_, end_, [&](auto I) { elements += std::get<I()>(a.out).size(); });
+  for_range<layer_count>(begin_, end_, [&](auto I) {
+    elements += std::get<I()>(a.out).size() + (a.weights_pending ? std::get<I()>(a.dy).size() : 0);
+  });
   for_range<layer_count>(begin_, begin_ + 1, [&](auto I) { elements += std::get<I()>(a.in).size(); });
   return elements * sizeof(value_type);
 }
