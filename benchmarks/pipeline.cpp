@@ -8,7 +8,9 @@
 // efficiency compares with one rank running the same m micro-batches
 // (gradient accumulation): that isolates what the schedule costs (bubble,
 // messages). Schedules: GPipe, 1F1B and zero bubble (ZB-H1 style: the
-// weight-gradient GEMMs fill the waits). Also the peak bytes of saved
+// weight-gradient GEMMs fill the waits), taking turns step by step for each
+// m so that the machine's slow phases fall on all three alike; the last line
+// gives zero bubble's step time over 1F1B's. Also the peak bytes of saved
 // activations per stage for each.
 //
 //   mpiexec -n 2 build/benchmarks/pipeline [--batch 2048] [--steps 15] [--json pipeline.json]
@@ -25,6 +27,7 @@
 
 #include <iostream>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -100,17 +103,28 @@ int main(int argc, char** argv) {
     double stage0, most;
   };
   std::vector<measured> results;
-  for (auto kind : {parallax::pipeline::schedule_kind::gpipe, parallax::pipeline::schedule_kind::one_f_one_b,
-                    parallax::pipeline::schedule_kind::zero_bubble}) {
-    const char* name = parallax::pipeline::schedule_name(kind);
-    for (std::size_t m : {1, 2, 4, 8, 16}) {
-      Chain chain(chain_args(width), sgd, {.micro_batches = m, .schedule = kind}, world);
-      const auto t = time_steps(world, chain, batch, steps);
-      double peak = static_cast<double>(chain.stats().peak_saved_bytes), most = 0;
+  // For each m the three schedules take turns, one step each per round
+  // (bench::alternate), so a slow phase of the machine falls on all alike.
+  const parallax::pipeline::schedule_kind kinds[] = {parallax::pipeline::schedule_kind::gpipe,
+                                                     parallax::pipeline::schedule_kind::one_f_one_b,
+                                                     parallax::pipeline::schedule_kind::zero_bubble};
+  std::map<std::size_t, std::vector<double>> medians;  // m -> step median per schedule
+  for (std::size_t m : {1, 2, 4, 8, 16}) {
+    std::vector<std::unique_ptr<Chain>> chains;
+    bench::paths ways;
+    for (auto kind : kinds) {
+      chains.push_back(std::make_unique<Chain>(chain_args(width), sgd, parallax::pipeline_options{.micro_batches = m, .schedule = kind}, world));
+      ways.emplace_back(parallax::pipeline::schedule_name(kind), [&chain = *chains.back(), &batch] { chain.train_step(batch); });
+    }
+    const auto times = bench::alternate(world, ways, 3, steps);
+    for (std::size_t k = 0; k < chains.size(); ++k) {
+      double peak = static_cast<double>(chains[k]->stats().peak_saved_bytes), most = 0;
       boost::mpi::all_reduce(world, peak, most, boost::mpi::maximum<double>());
       double stage0 = peak;
       boost::mpi::broadcast(world, stage0, 0);
-      results.push_back({name, m, t, stage0, most});
+      const auto t = bench::summarize(times[k]);
+      medians[m].push_back(t.median);
+      results.push_back({parallax::pipeline::schedule_name(kinds[k]), m, t, stage0, most});
     }
   }
   const double serial_after = time_serial();
@@ -146,6 +160,9 @@ int main(int argc, char** argv) {
                          .set("peak_saved_bytes_stage0", r.stage0)
                          .set("peak_saved_bytes_max", r.most));
     }
+    std::printf("zero_bubble / 1f1b step time, same rounds:");
+    for (const auto& [m, t] : medians) std::printf(" m=%zu %.3f", m, t[2] / t[1]);
+    std::printf("\n");
   }
   if (world.rank() == 0 && !json.empty()) {
     bench::write_json(json, "pipeline", rows,
