@@ -321,3 +321,34 @@ TEST_CASE("ModelParallel: a skipped or failed step leaves the running statistics
       if (!before.empty()) CHECK(trainer_buffers(pipe) != before);
     }
 }
+
+TEST_CASE("SyncBatchNorm combines ranks, so do the chains that hold one; DataParallel refuses it reproducible_atom") {
+  communicator world;
+  static_assert(parallax::CombinesRanks<SyncBatchNorm<double>>);
+  static_assert(parallax::CombinesRanks<SyncBatchNorm<float, 4>>);
+  static_assert(!parallax::CombinesRanks<BatchNorm<double>>);
+  static_assert(!parallax::CombinesRanks<Linear<double>>);
+  using Synced = decltype(make_net<SyncBatchNorm<double>>(world));
+  using Plain = decltype(make_net<BatchNorm<double>>());
+  static_assert(parallax::CombinesRanks<Synced>);
+  static_assert(!parallax::CombinesRanks<Plain>);
+  static_assert(parallax::CombinesRanks<Residual<Linear<double>, SyncBatchNorm<double>>>);
+  static_assert(!parallax::CombinesRanks<Residual<Linear<double>, BatchNorm<double>>>);
+  // Only inside a Residual: the Sequential sees it through the Residual.
+  using Inner = decltype(Sequential{Linear<double>(3, 3), Residual{Linear<double>(3, 3), SyncBatchNorm<double>(3, world)},
+                                    MeanSquaredError<double>{}});
+  static_assert(parallax::CombinesRanks<Inner>);
+
+  const parallax::optim::SGD<double> sgd({.lr = 0.1});
+  const auto e = agreed_error(world, [&] {
+    parallax::DataParallel dp(make_net<SyncBatchNorm<double>>(world), sgd, {.reproducible_atom = 2}, world);
+  });
+  CHECK(e.find("DataParallel: reproducible_atom does not go with a model whose layers combine ranks (SyncBatchNorm)") !=
+        std::string::npos);
+  // Plain BatchNorm has nothing to combine: reproducible mode trains.
+  parallax::DataParallel plain(make_net<BatchNorm<double>>(), sgd, {.reproducible_atom = 2}, world);
+  CHECK(std::isfinite(plain.train_step(make_batch(8))));
+  // And SyncBatchNorm trains without it.
+  parallax::DataParallel synced(make_net<SyncBatchNorm<double>>(world), sgd, {}, world);
+  CHECK(std::isfinite(synced.train_step(make_batch(8))));
+}

@@ -409,6 +409,11 @@ data_parallel_options DataParallel<M>::checked_options(const mpi::communicator& 
     PARALLAX_CHECK(!(o.reproducible_atom && o.average_every),
                    "DataParallel: reproducible_atom and average_every (local SGD) do not go together: local SGD's "
                    "ranks train apart, so its result depends on the number of ranks");
+    if constexpr (CombinesRanks<M>)
+      PARALLAX_CHECK(!o.reproducible_atom,
+                     "DataParallel: reproducible_atom does not go with a model whose layers combine ranks "
+                     "(SyncBatchNorm): each atom is a forward that is a collective, and the ranks run "
+                     "different numbers of atoms");
     if constexpr (training::exact_sum_unavailable != nullptr)
       PARALLAX_CHECK(!o.reproducible_atom,
                      std::string("DataParallel: reproducible_atom needs IEEE double arithmetic; ") +

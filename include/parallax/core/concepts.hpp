@@ -287,6 +287,16 @@ concept HasLayerBuffers = requires(L& l) {
   { l.buffers() } -> TensorList;
 };
 
+/// Optional for a Layer (and a Model): `static constexpr bool
+/// combines_ranks = true` declares that its training forward and backward
+/// are collectives over a communicator it was given (SyncBatchNorm), so
+/// every rank of it must call them the same number of times. LayerChain,
+/// Sequential and Residual combine ranks when one of their layers does.
+/// DataParallel refuses reproducible_atom for such a model: its atoms are
+/// forwards that the ranks run different numbers of.
+template <class L>
+concept CombinesRanks = requires { requires L::combines_ranks; };
+
 /// Optional for a Layer: `backward_parameters(x, y, dy)`, backward without
 /// dx. A chain calls it for its first layer, whose input gradient nobody
 /// reads (for Linear, one GEMM less per step).

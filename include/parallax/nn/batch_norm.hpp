@@ -213,6 +213,8 @@ class BatchNorm : public detail::GainAndBias<T> {
 template <class T, std::size_t N = 2>
 class SyncBatchNorm : public BatchNorm<T, N> {
  public:
+  /// Its training forward and backward are collectives over comm (CombinesRanks).
+  static constexpr bool combines_ranks = true;
   /// Collective: channels, momentum and eps are agreed over `comm` (a
   /// difference is one rank_mismatch error naming them), and so are their
   /// checks.

@@ -57,6 +57,8 @@ class LayerChain {
 
  public:
   static constexpr std::size_t layer_count = sizeof...(Layers);
+  /// Whether a layer's forward and backward are collectives (CombinesRanks).
+  static constexpr bool combines_ranks = (CombinesRanks<Layers> || ...);
   using input_type = typename parallax::detail::input_of<layer_t<0>>::type;
   using output_type = typename parallax::detail::output_of<layer_t<layer_count - 1>>::type;
 

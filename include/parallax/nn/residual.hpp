@@ -79,6 +79,8 @@ class Residual {
   using output_type = typename chain_type::output_type;
   /// backward(x, y, dy, dx) never reads y (BackwardIgnoresOutput).
   static constexpr bool backward_reads_output = false;
+  /// Whether a layer of the body's forward and backward are collectives (CombinesRanks).
+  static constexpr bool combines_ranks = chain_type::combines_ranks;
   using value_type = typename output_type::value_type;
 
   explicit Residual(Layers... layers) : body_(std::move(layers)...) {}

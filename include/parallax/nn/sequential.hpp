@@ -58,6 +58,9 @@ class Sequential {
  public:
   /// How many layers precede the loss.
   static constexpr std::size_t layer_count = sizeof...(Parts) == 0 ? 0 : sizeof...(Parts) - 1;
+  /// Whether a layer's forward and backward are collectives (CombinesRanks:
+  /// SyncBatchNorm, also inside a Residual).
+  static constexpr bool combines_ranks = (CombinesRanks<Parts> || ...);
 
   using loss_type = part_t<layer_count>;
   /// The first layer's input.
