@@ -3,7 +3,8 @@
 """Turns benchmark JSON files into PNG pictures (Debian's python3-matplotlib).
 
 Each file's "benchmark" field picks the picture:
-  vs_pytorch     (benchmarks/run_vs_pytorch.sh)  epoch time, parallax vs PyTorch, by process count
+  vs_pytorch     (benchmarks/run_vs_pytorch.sh)  epoch time, parallax vs PyTorch (and numpy + mpi4py
+                                                 in newer files), by process count
   data_parallel  (benchmarks/data_parallel)      step time per configuration, split into
                                                  compute / all-reduce / update, with speedups
   allreduce      (benchmarks/allreduce)          time per all-reduce against buffer size, and the ratio
@@ -34,6 +35,7 @@ import matplotlib.patches  # noqa: E402
 
 PARALLAX = "#1f5fa8"
 PYTORCH = "#e07b22"
+NUMPY = "#3c9a4a"
 GREY = "#8a8a8a"
 
 
@@ -60,36 +62,52 @@ def finish(fig, out):
     print(f"wrote {out}")
 
 
+# The vs_pytorch frameworks in bar order: (colour, legend). Older files have no numpy+mpi4py rows.
+VS_PYTORCH = {"parallax": (PARALLAX, "parallax (C++, MPI)"), "pytorch": (PYTORCH, "PyTorch {torch}"),
+              "numpy+mpi4py": (NUMPY, "numpy {numpy} + mpi4py {mpi4py} (by hand)")}
+
+
 def plot_vs_pytorch(doc, out):
     meta, rows = doc["meta"], doc["rows"]
     counts = sorted({r["processes"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    width = 0.36
+    frameworks = [f for f in VS_PYTORCH if any(r["framework"] == f for r in rows)]
+    fig, ax = plt.subplots(figsize=(7.5 + 1.5 * (len(frameworks) - 2), 4.6))
+    width = 0.72 / len(frameworks)
+    small = 8 if len(frameworks) < 3 else 7  # the labels of three bars side by side
     tallest = max(r["max"] for r in rows)
     for i, n in enumerate(counts):
-        for j, framework in enumerate(("parallax", "pytorch")):
+        for j, framework in enumerate(frameworks):
             r = next((r for r in rows if r["processes"] == n and r["framework"] == framework), None)
             if r is None:
                 continue
-            x = i + (j - 0.5) * width
-            color = PARALLAX if framework == "parallax" else PYTORCH
-            ax.bar(x, r["epoch_s"], width, color=color, zorder=2,
+            x = i + (j - (len(frameworks) - 1) / 2) * width
+            ax.bar(x, r["epoch_s"], width, color=VS_PYTORCH[framework][0], zorder=2,
                    yerr=[[r["epoch_s"] - r["min"]], [r["max"] - r["epoch_s"]]], capsize=3,
                    error_kw={"elinewidth": 1, "ecolor": "#333333"})
             label = f"{r['epoch_s']:.2f} s\n{r['samples_per_s'] / 1000:.0f}k samples/s"
-            if framework == "pytorch":
+            if framework != "parallax":
                 label += f"\n{r['ratio_to_parallax']:.2f}x parallax's time"
-            ax.text(x, r["max"] + 0.02 * tallest, label, ha="center", va="bottom", fontsize=8)
+            ax.text(x, r["max"] + 0.02 * tallest, label, ha="center", va="bottom", fontsize=small)
     names = {1: "1 process", **{n: f"{n} processes" for n in counts if n > 1}}
     ax.set_xticks(range(len(counts)))
-    ax.set_xticklabels([f"{names[n]}\n(PyTorch: {'single' if n == 1 else 'DDP, gloo'})" for n in counts])
+    ax.set_xticklabels([f"{names[n]}\n(PyTorch: {'single' if n == 1 else 'DDP, gloo'}"
+                        + ("" if "numpy+mpi4py" not in frameworks or n == 1 else "; numpy: MPI Allreduce") + ")"
+                        for n in counts])
     ax.set_ylabel("seconds per epoch (lower is better)")
     ax.set_ylim(0, tallest * 1.38)
     ax.grid(axis="y", color="#dddddd", zorder=0)
     ax.spines[["top", "right"]].set_visible(False)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=PARALLAX), plt.Rectangle((0, 0), 1, 1, color=PYTORCH)]
-    torch = meta.get("torch_debian_package") or meta.get("torch", "")
-    ax.legend(handles, ["parallax (C++, MPI)", f"PyTorch {torch}"], loc="upper right", frameon=False, fontsize=9)
+    versions = {"torch": meta.get("torch_debian_package") or meta.get("torch", ""),
+                "numpy": meta.get("numpy", ""), "mpi4py": meta.get("mpi4py", "")}
+    handles = [plt.Rectangle((0, 0), 1, 1, color=VS_PYTORCH[f][0]) for f in frameworks]
+    labels = [VS_PYTORCH[f][1].format(**versions).replace("  ", " ") for f in frameworks]
+    # Three frameworks' legend is wider: over the group whose bars are shorter.
+    loc = "upper right"
+    if len(frameworks) > 2:
+        def group(n):
+            return max(r["max"] for r in rows if r["processes"] == n)
+        loc = "upper left" if group(counts[0]) <= group(counts[-1]) else "upper right"
+    ax.legend(handles, labels, loc=loc, frameon=False, fontsize=9)
     batch = rows[0]["batch_per_process"]
     ax.set_title(f"Fashion-MNIST, one epoch: MLP 784-256-128-10, batch {batch} per process, SGD momentum\n"
                  f"{machine_line(meta)}", fontsize=10)

@@ -4,12 +4,13 @@
 the parallax side; benchmarks/run_vs_pytorch.sh runs both).
 
 The same MLP 784-256-128-10 (ReLU, cross-entropy, float32), the same 60000
-training images read from the same .gz IDX files (gzip + numpy), the same
-batch PER PROCESS (default 64), SGD with momentum 0.9 and the same fixed
-learning rate, one thread per process (torch.set_num_threads(1)). The data
-stay in memory as two tensors and each step indexes them with its sample
-indices, as parallax does: no DataLoader, whose per-sample collation would
-make PyTorch slower for reasons unrelated to training.
+training images read from the same .gz IDX files (gzip + numpy, in
+benchmarks/bench.py), the same batch PER PROCESS (default 64), SGD with
+momentum 0.9 and the same fixed learning rate, one thread per process
+(torch.set_num_threads(1)). The data stay in memory as two tensors and each
+step indexes them with its sample indices, as parallax does: no DataLoader,
+whose per-sample collation would make PyTorch slower for reasons unrelated
+to training.
 
 Shuffling as parallax's sampler: one shared-seed permutation per epoch, the
 last global batch filled by wrapping around to the epoch's first samples, so
@@ -26,13 +27,10 @@ slowest process's; data loading and the test evaluation are not timed.
 """
 
 import argparse
-import ctypes
-import gzip
 import json
 import os
 import socket
 import statistics
-import struct
 import sys
 import time
 
@@ -42,34 +40,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
-
-
-def read_idx(path):
-    """An IDX file (plain or .gz) as a numpy array of unsigned bytes."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, kind, dims = struct.unpack(">HBB", data[:4])
-    if zero != 0 or kind != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * dims, data[4 : 4 + 4 * dims])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def find(directory, base):
-    """The plain file when it exists (as parallax's loader), else the .gz."""
-    plain = os.path.join(directory, base)
-    return plain if os.path.exists(plain) else plain + ".gz"
+import bench  # benchmarks/bench.py: IDX reading, the BLAS core
 
 
 def load_split(directory, split):
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(find(directory, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(find(directory, f"{prefix}-labels-idx1-ubyte"))
-    x = torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float32) / 255.0)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    """bench.load_split's arrays as tensors."""
+    x, y = bench.load_split(directory, split)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def make_model(seed):
@@ -114,20 +91,6 @@ def test_accuracy(model, x, y):
     return correct / x.shape[0]
 
 
-def blas_core():
-    """OpenBLAS's core as loaded in this process (torch links it through libblas.so.3)."""
-    with open("/proc/self/maps") as maps:
-        libs = sorted({line.split()[-1] for line in maps if "blas" in line and line.split()[-1].startswith("/")})
-    for lib in libs:
-        try:
-            corename = ctypes.CDLL(lib).openblas_get_corename
-        except (OSError, AttributeError):
-            continue
-        corename.restype = ctypes.c_char_p
-        return corename().decode(), lib
-    return "unknown (not OpenBLAS)", ", ".join(libs)
-
-
 def run(rank, world, args, results):
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
@@ -170,7 +133,7 @@ def run(rank, world, args, results):
             print(f"  epoch {repeat + 1}: {times[-1]:.3f} s, train loss {train_loss:.4f}, test accuracy {accuracy:.4f}",
                   flush=True)
     if rank == 0:
-        core, lib = blas_core()
+        core, lib = bench.blas_core()
         results.put({
             "times": times, "samples": int(totals[1].item()), "steps": int(batches.shape[0]),
             "train_loss": train_loss, "test_accuracy": accuracy,
@@ -198,7 +161,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--data", default=bench.DEFAULT_DATA)
     parser.add_argument("--json", default="")
     args = parser.parse_args()
 

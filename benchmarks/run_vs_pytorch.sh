@@ -4,11 +4,13 @@
 # rank and at N ranks, PyTorch in a single process and
 # DistributedDataParallel (gloo) on N processes; the same model, batch per
 # process, optimizer and data. Prints a table (time, throughput, ratio to
-# parallax at the same process count) and writes one JSON for
+# parallax at the same process count), the targets, and writes one JSON for
 # benchmarks/plot.py.
 #   --model mlp (default): one epoch of Fashion-MNIST with the MLP
 #     784-256-128-10, SGD momentum (benchmarks/mlp_epoch.cpp,
-#     benchmarks/pytorch_mlp.py);
+#     benchmarks/pytorch_mlp.py), and the same by hand in numpy with mpi4py
+#     under mpiexec at 1 process and at N (benchmarks/numpy_mlp.py: one
+#     in-place Allreduce per gradient tensor);
 #   --model transformer: --steps steps of the GPT-style model of
 #     examples/char_lm.cpp on random tokens, Adam, tokens/s
 #     (benchmarks/transformer_step.cpp, benchmarks/pytorch_transformer.py).
@@ -18,12 +20,12 @@
 #
 # --batch is per process (defaults: 64 images, 16 sequences); --lr defaults
 # to 0.05 (SGD) and 0.001 (Adam). Installs what is missing (python3-torch,
-# python3-matplotlib and the build packages of scripts/setup.sh) as root or
-# through sudo. One BLAS thread per process; OPENBLAS_CORETYPE=SkylakeX when
-# the CPU has AVX-512 (F, BW, VL, DQ), as scripts/setup.sh's
-# parallax_pick_blas_core sets it (an OpenBLAS older than the CPU need not
-# pick its AVX-512 kernels by itself); the value is recorded. Run it on an
-# otherwise idle machine.
+# python3-matplotlib, python3-numpy, python3-mpi4py and the build packages of
+# scripts/setup.sh) as root or through sudo. One BLAS thread per process;
+# OPENBLAS_CORETYPE=SkylakeX when the CPU has AVX-512 (F, BW, VL, DQ), as
+# scripts/setup.sh's parallax_pick_blas_core sets it (an OpenBLAS older than
+# the CPU need not pick its AVX-512 kernels by itself); the value is
+# recorded. Run it on an otherwise idle machine.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,24 +52,25 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$model" in
-  mlp) bench=mlp_epoch script=pytorch_mlp.py; batch=${batch:-64}; lr=${lr:-0.05}
+  mlp) bench=mlp_epoch script=pytorch_mlp.py numpy_script=numpy_mlp.py; batch=${batch:-64}; lr=${lr:-0.05}
        json=${json:-$root/build-bench/vs_pytorch.json}; extra=() ;;
-  transformer) bench=transformer_step script=pytorch_transformer.py; batch=${batch:-16}; lr=${lr:-0.001}
-       json=${json:-$root/build-bench/vs_pytorch_transformer.json}; extra=(--steps "$steps") ;;
+  transformer) bench=transformer_step script=pytorch_transformer.py numpy_script=""; batch=${batch:-16}
+       lr=${lr:-0.001}; json=${json:-$root/build-bench/vs_pytorch_transformer.json}; extra=(--steps "$steps") ;;
   *) echo "run_vs_pytorch.sh: --model is mlp or transformer, not $model" >&2; exit 2 ;;
 esac
 case "$json" in /*) ;; *) json="$PWD/$json" ;; esac
 case "$build" in /*) ;; *) build="$PWD/$build" ;; esac
 
-# Packages: the build's (scripts/setup.sh installs them when sourced) and PyTorch's.
+# Packages: the build's (scripts/setup.sh installs them when sourced), PyTorch's
+# and numpy_mlp.py's.
 # shellcheck source=../scripts/setup.sh
 source "$root/scripts/setup.sh"
-parallax_install_missing python3-torch python3-matplotlib python3-numpy
+parallax_install_missing python3-torch python3-matplotlib python3-numpy python3-mpi4py
 # Debian's python3-torch lives in the system interpreter, which need not be
 # the first python3 on PATH.
 python=${PYTHON:-/usr/bin/python3}
 
-# One BLAS thread per process: processes are the parallelism, in both frameworks.
+# One BLAS thread per process: processes are the parallelism, in every framework.
 export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1
 parallax_pick_blas_core  # from scripts/setup.sh, sourced above
 echo "run_vs_pytorch: OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-(unset)}, OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
@@ -100,6 +103,14 @@ echo "== PyTorch, 1 process"
 echo "== PyTorch DDP, $ranks processes"
 MASTER_ADDR=127.0.0.1 "$python" "$root/benchmarks/$script" --processes "$ranks" --batch "$batch" \
   --lr "$lr" --repeats "$repeats" "${extra[@]}" --json "$work/pytorch_n.json"
+if [ -n "$numpy_script" ]; then
+  echo "== numpy, 1 process"
+  mpiexec "${mpiexec_flags[@]}" -n 1 "$python" "$root/benchmarks/$numpy_script" --batch "$batch" --lr "$lr" \
+    --repeats "$repeats" --json "$work/numpy_1.json"
+  echo "== numpy + mpi4py, $ranks processes"
+  mpiexec "${mpiexec_flags[@]}" -n "$ranks" "$python" "$root/benchmarks/$numpy_script" --batch "$batch" --lr "$lr" \
+    --repeats "$repeats" --json "$work/numpy_n.json"
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 mkdir -p "$(dirname "$json")"
@@ -107,9 +118,10 @@ mkdir -p "$(dirname "$json")"
 import datetime, json, os, platform, subprocess, sys
 
 work, out, load_before, load_after, model = sys.argv[1:6]
-parts = {k: json.load(open(os.path.join(work, k + ".json")))
-         for k in ("parallax_1", "parallax_n", "pytorch_1", "pytorch_n")}
-rows = [parts[k]["rows"][0] for k in ("parallax_1", "parallax_n", "pytorch_1", "pytorch_n")]
+# The MLP also has the numpy + mpi4py rows (benchmarks/numpy_mlp.py).
+keys = ["parallax_1", "parallax_n", "pytorch_1", "pytorch_n"] + (["numpy_1", "numpy_n"] if model == "mlp" else [])
+parts = {k: json.load(open(os.path.join(work, k + ".json"))) for k in keys}
+rows = [parts[k]["rows"][0] for k in keys]
 seconds = "epoch_s" if model == "mlp" else "run_s"
 ours = {r["processes"]: r[seconds] for r in rows if r["framework"] == "parallax"}
 for r in rows:
@@ -141,12 +153,16 @@ meta = {
     "batch_per_process": rows[0]["batch_per_process"], "data": px.get("data", "random token ids"),
     "load_before": load_before, "load_after": load_after,
 }
+if "numpy_n" in parts:
+    nm = parts["numpy_n"]["meta"]
+    meta.update({"numpy": nm["numpy"], "mpi4py": nm["mpi4py"], "numpy_blas_core": nm["blas_core"],
+                 "numpy_threads_per_process": nm["threads_per_process"]})
 with open(out, "w") as f:
     json.dump({"benchmark": "vs_pytorch" if model == "mlp" else "vs_pytorch_transformer", "meta": meta, "rows": rows},
               f, indent=2)
 
 n = rows[1]["processes"]
-p1, pn, t1, tn = (r[seconds] for r in rows)
+p1, pn, t1, tn = (r[seconds] for r in rows[:4])
 if model == "transformer":
     print(f"\nGPT-style model {px['model']}, {rows[0]['steps']:.0f} Adam steps of {rows[0]['batch_per_process']:.0f} "
           f"sequences of 64 tokens per process; {meta['cores']} cores {cpu}; OpenBLAS core {meta['blas_core']}; "
@@ -166,15 +182,17 @@ if model == "transformer":
 
 print(f"\nFashion-MNIST, one epoch of {rows[0]['samples']} samples, MLP 784-256-128-10, batch "
       f"{rows[0]['batch_per_process']} per process; {meta['cores']} cores {cpu}; OpenBLAS core {meta['blas_core']}; "
-      f"torch {meta['torch_debian_package'] or meta['torch']}")
+      f"torch {meta['torch_debian_package'] or meta['torch']}, numpy {meta['numpy']}, mpi4py {meta['mpi4py']}")
 print(f"{'run':<26} | {'epoch s median (min-max)':>25} | {'samples/s':>9} | {'x parallax':>10} | "
       f"{'train loss':>10} | {'test acc':>8}")
 for r in rows:
     print(f"{r['name']:<26} | {r['epoch_s']:8.3f} ({r['min']:.3f}-{r['max']:.3f})   | {r['samples_per_s']:9.0f} | "
           f"{r['ratio_to_parallax']:10.2f} | {r['train_loss']:10.4f} | {r['test_accuracy']:8.4f}")
+np_n = parts["numpy_n"]["rows"][0][seconds]
 checks = [
-    (f"parallax {n} ranks <= 0.4 x PyTorch DDP {n} processes", pn / tn, pn <= 0.4 * tn),
+    (f"parallax {n} ranks <= 0.25 x PyTorch DDP {n} processes", pn / tn, pn <= 0.25 * tn),
     (f"parallax {n} ranks <= 0.5 x PyTorch single process", pn / t1, pn <= 0.5 * t1),
+    (f"parallax {n} ranks <= 0.7 x numpy + mpi4py {n} processes", pn / np_n, pn <= 0.7 * np_n),
     ("parallax 1 rank faster than PyTorch single process", p1 / t1, p1 < t1),
 ]
 for name, ratio, ok in checks:
