@@ -25,6 +25,12 @@ std::string text(const std::vector<op>& ops) {
   }
   return s;
 }
+/// What the simulator finds wrong with s ("" when it completes).
+std::string problem_of(const schedule& s, std::size_t m) {
+  const auto r = simulate(s, m);
+  return r.completes ? std::string() : r.problem;
+}
+
 /// The time a schedule takes when forward, backward_input and
 /// backward_weight each take one unit, a whole backward two, sends and
 /// receives nothing, and a message is there as soon as what it carries is
@@ -177,40 +183,26 @@ TEST_CASE("schedule: the simulator finds deadlocks, missing receives and bad ord
   // Stage 0 waits for a gradient before sending the activation it depends on.
   schedule dead = {{{op_kind::forward, 0}, {op_kind::recv_gradient, 0}, {op_kind::send_activation, 0}, {op_kind::backward, 0}},
                    {{op_kind::recv_activation, 0}, {op_kind::forward, 0}, {op_kind::backward, 0}, {op_kind::send_gradient, 0}}};
-  auto r = simulate(dead, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("deadlock") != std::string::npos);
+  CHECK(problem_of(dead, 1).find("deadlock") != std::string::npos);
 
   schedule unreceived = {{{op_kind::forward, 0}, {op_kind::send_activation, 0}, {op_kind::send_activation, 0}, {op_kind::recv_gradient, 0}, {op_kind::backward, 0}},
                          {{op_kind::recv_activation, 0}, {op_kind::forward, 0}, {op_kind::backward, 0}, {op_kind::send_gradient, 0}}};
-  r = simulate(unreceived, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("never received") != std::string::npos);
+  CHECK(problem_of(unreceived, 1).find("never received") != std::string::npos);
 
   schedule early = {{{op_kind::backward, 0}, {op_kind::forward, 0}}};
-  r = simulate(early, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("backward before forward") != std::string::npos);
+  CHECK(problem_of(early, 1).find("backward before forward") != std::string::npos);
 
   schedule missing = {{{op_kind::forward, 0}, {op_kind::backward, 0}}};
-  r = simulate(missing, 2);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("never ran micro-batch 1") != std::string::npos);
+  CHECK(problem_of(missing, 2).find("never ran micro-batch 1") != std::string::npos);
 
   schedule weight_first = {{{op_kind::forward, 0}, {op_kind::backward_weight, 0}, {op_kind::backward_input, 0}}};
-  r = simulate(weight_first, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("backward_weight before backward_input") != std::string::npos);
+  CHECK(problem_of(weight_first, 1).find("backward_weight before backward_input") != std::string::npos);
 
   schedule weight_twice = {{{op_kind::forward, 0}, {op_kind::backward, 0}, {op_kind::backward_weight, 0}}};
-  r = simulate(weight_twice, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("backward_weight twice") != std::string::npos);
+  CHECK(problem_of(weight_twice, 1).find("backward_weight twice") != std::string::npos);
 
   schedule no_weight = {{{op_kind::forward, 0}, {op_kind::backward_input, 0}}};
-  r = simulate(no_weight, 1);
-  CHECK_FALSE(r.completes);
-  CHECK(r.problem.find("never ran micro-batch 0") != std::string::npos);
+  CHECK(problem_of(no_weight, 1).find("never ran micro-batch 0") != std::string::npos);
 }
 
 TEST_CASE("schedule: no stages or no micro-batches is an error") {
