@@ -74,7 +74,7 @@ struct config {
   std::uint64_t seed = 1;
   std::string corpus_dir = "/usr/share/common-licenses";
   std::size_t limit = 0;  // 0: the whole corpus
-  std::size_t micro_batches = 4;
+  demo::pipeline_flags pipeline;  // --micro-batches, --pipeline-schedule
   std::size_t generate = 200;
   std::string prompt = "Permission is ";
   std::string json;
@@ -290,13 +290,14 @@ run_result train_replicas(Net net, std::size_t parameters, const config& cfg, co
 run_result train_pipeline(const config& cfg, const corpus& c, const boost::mpi::communicator& world,
                           demo::progress_bar& progress) {
   run_result result;
-  parallax::pipeline_options options{.micro_batches = cfg.micro_batches, .seed = cfg.seed};
+  parallax::pipeline_options options{.micro_batches = cfg.pipeline.micro_batches, .schedule = cfg.pipeline.kind(),
+                                     .seed = cfg.seed};
   common_options(options, cfg, c, progress);
   gpt::Pipeline pipeline(gpt::parts(shape(cfg, c)), optim::Adam<float>({.lr = cfg.lr}), std::move(options),
                        world);
   std::size_t local = pipeline.stats().local_parameters;
   boost::mpi::all_reduce(world, local, result.parameters, std::plus<std::size_t>());
-  demo::print_stages(pipeline, cfg.micro_batches, world);
+  demo::print_stages(pipeline, cfg.pipeline, world);
   train_epochs(pipeline, result, cfg, c, world, progress);
   // predict() is collective: every rank runs the same draws.
   if (cfg.generate > 0) result.generated = generate(cfg, c, [&](const Ids& x) { return pipeline.predict(x); });
@@ -371,9 +372,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--corpus-dir", cfg.corpus_dir, "Folder whose regular files are the text")->capture_default_str();
   app.add_option("--limit", cfg.limit, "Use the first N characters of the corpus only (0: all)")->capture_default_str();
-  app.add_option("--micro-batches", cfg.micro_batches, "Micro-batches per step (pipeline)")
-      ->check(CLI::Range(std::size_t{1}, std::size_t{1024}))
-      ->capture_default_str();
+  demo::add_pipeline_options(app, cfg.pipeline);
   app.add_option("--generate", cfg.generate, "Characters to write after training (0: none)")->capture_default_str();
   app.add_option("--prompt", cfg.prompt, "Text the generated characters follow")->capture_default_str();
   demo::add_checkpoint_options(app, cfg.checkpoints);

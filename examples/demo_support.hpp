@@ -9,6 +9,7 @@
 #include <parallax/core/error.hpp>
 #include <parallax/data/sampler.hpp>
 #include <parallax/io/checkpoint.hpp>
+#include <parallax/pipeline/schedule.hpp>
 #include <parallax/training/loop.hpp>
 
 #include <CLI/CLI.hpp>
@@ -28,6 +29,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 #include <utility>
 
 namespace demo {
@@ -125,6 +127,34 @@ inline void add_checkpoint_options(CLI::App& app, checkpoint_flags& flags) {
   app.add_flag("--resume", flags.resume, "Continue from the newest valid checkpoint in --checkpoint-dir");
 }
 
+// --micro-batches and --pipeline-schedule, for the pipeline strategy.
+struct pipeline_flags {
+  std::size_t micro_batches = 4;
+  std::string schedule = parallax::pipeline::schedule_name(parallax::pipeline::schedule_kind::one_f_one_b);
+  static constexpr parallax::pipeline::schedule_kind kinds[] = {parallax::pipeline::schedule_kind::gpipe,
+                                                                parallax::pipeline::schedule_kind::one_f_one_b,
+                                                                parallax::pipeline::schedule_kind::zero_bubble};
+  /// The schedule named (add_pipeline_options has checked the name).
+  parallax::pipeline::schedule_kind kind() const {
+    for (const auto k : kinds)
+      if (schedule == parallax::pipeline::schedule_name(k)) return k;
+    return parallax::pipeline::schedule_kind::one_f_one_b;
+  }
+};
+
+inline void add_pipeline_options(CLI::App& app, pipeline_flags& flags) {
+  app.add_option("--micro-batches", flags.micro_batches, "Micro-batches per step (pipeline)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1024}))
+      ->capture_default_str();
+  std::vector<std::string> names;
+  for (const auto k : pipeline_flags::kinds) names.emplace_back(parallax::pipeline::schedule_name(k));
+  app.add_option("--pipeline-schedule", flags.schedule,
+                 "Pipeline schedule: gpipe, 1f1b or zero_bubble (1F1B with the weight gradients moved into the "
+                 "waits: the same results, faster, a little more memory)")
+      ->check(CLI::IsMember(names))
+      ->capture_default_str();
+}
+
 // Checkpoints, when asked for: every `every` optimizer steps, and at the end
 // of every epoch (end_epoch); --resume continues from the newest valid one.
 inline std::optional<parallax::io::Checkpointer> make_checkpointer(const checkpoint_flags& flags,
@@ -168,12 +198,12 @@ void train_epochs(Trainer& trainer, const Dataset& train, std::size_t batch_size
 
 // Rank 0's line about a pipeline's stages.
 template <class Pipeline>
-void print_stages(const Pipeline& pipeline, std::size_t micro_batches, const boost::mpi::communicator& world) {
+void print_stages(const Pipeline& pipeline, const pipeline_flags& flags, const boost::mpi::communicator& world) {
   if (world.rank() != 0) return;
   std::cout << "pipeline: " << world.size() << (world.size() == 1 ? " stage" : " stages") << ", layers";
   for (std::size_t s = 0; s + 1 < pipeline.boundaries().size(); ++s)
     std::cout << (s ? " | " : " ") << pipeline.boundaries()[s] << "-" << pipeline.boundaries()[s + 1] - 1;
-  std::cout << ", " << micro_batches << " micro-batches, 1F1B" << std::endl;
+  std::cout << ", " << flags.micro_batches << " micro-batches, " << flags.schedule << std::endl;
 }
 
 // The --json summary file, open on rank 0 (closed elsewhere, and when no

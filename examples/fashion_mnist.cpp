@@ -80,7 +80,7 @@ struct config {
   std::string trace;  // empty: no timeline trace
   bool quiet = false;
   double min_accuracy = 0;
-  std::size_t micro_batches = 4;  // pipeline
+  demo::pipeline_flags pipeline;  // --micro-batches, --pipeline-schedule
   demo::checkpoint_flags checkpoints;
 };
 
@@ -250,14 +250,15 @@ run_result train_pipeline(const Parts& parts, const parallax::data::TensorDatase
   result.train_samples = train.size();
   result.test_samples = test.size();
   const std::size_t steps_per_epoch = (train.size() + cfg.batch_size - 1) / cfg.batch_size;
-  parallax::pipeline_options options{.micro_batches = cfg.micro_batches, .seed = cfg.seed};
+  parallax::pipeline_options options{.micro_batches = cfg.pipeline.micro_batches, .schedule = cfg.pipeline.kind(),
+                                     .seed = cfg.seed};
   if (cfg.schedule == "cosine")
     options.lr_schedule = optim::cosine_lr(cfg.lr, static_cast<std::uint64_t>(cfg.epochs) * steps_per_epoch);
   options.on_step = [&progress](const parallax::step_report& r) { progress.step(r); };
   Pipeline pipeline(parts, *make_optimizer(cfg), std::move(options), world);
   std::size_t local = pipeline.stats().local_parameters;
   boost::mpi::all_reduce(world, local, result.parameters, std::plus<std::size_t>());
-  demo::print_stages(pipeline, cfg.micro_batches, world);
+  demo::print_stages(pipeline, cfg.pipeline, world);
   // The data strategy's plan, taken whole: every stage reads each global batch.
   demo::train_epochs(pipeline, train, cfg.batch_size, cfg.seed, cfg.epochs, cfg.checkpoints, world,
                      [&](std::uint64_t epoch, const parallax::epoch_report& report) {
@@ -325,9 +326,7 @@ int main(int argc, char** argv) {
                  "averaged) or pipeline (the layers cut into one stage per rank, micro-batches streamed through)")
       ->check(CLI::IsMember({"data", "pipeline"}))
       ->capture_default_str();
-  app.add_option("--micro-batches", cfg.micro_batches, "Micro-batches per step (pipeline)")
-      ->check(CLI::Range(std::size_t{1}, std::size_t{1024}))
-      ->capture_default_str();
+  demo::add_pipeline_options(app, cfg.pipeline);
   demo::add_checkpoint_options(app, cfg.checkpoints);
   app.add_option("--model", cfg.model, "mlp (784-256-128-10) or cnn (two 5x5 conv layers)")
       ->check(CLI::IsMember({"mlp", "cnn"}))

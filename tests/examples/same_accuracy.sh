@@ -4,7 +4,8 @@
 # reaches the accuracy of --strategy data at 2 ranks (same initial weights,
 # same global batches; only floating-point rounding differs), and a run
 # resumed from a mid-epoch checkpoint at another rank count ends where the
-# uninterrupted run ends. Short runs on the first 6000 training images.
+# uninterrupted run ends; --pipeline-schedule zero_bubble ends with 1F1B's
+# accuracy. Short runs on the first 6000 training images.
 # Usage: same_accuracy.sh FASHION_MNIST_BINARY [mpiexec flags...]
 set -uo pipefail
 demo=$1; shift
@@ -22,6 +23,14 @@ for n in 2 3 4; do
   echo "pipeline, $n stages: accuracy ${a:-none}"
   check "pipeline at $n ranks reaches the data-parallel accuracy" "'${a}' != '' and '${reference}' != '' and abs(${a:-0} - ${reference:-1}) <= 0.005"
 done
+
+# Zero bubble gives 1F1B's bits, so the same accuracy to the last digit.
+run "$tmp/zero_bubble.log" 2 --strategy pipeline --micro-batches 4 --pipeline-schedule zero_bubble
+z=$(accuracy "$tmp/zero_bubble.log")
+p2=$(accuracy "$tmp/pipe2.log")
+echo "pipeline, 2 stages, zero bubble: accuracy ${z:-none}"
+said=$(grep -c "4 micro-batches, zero_bubble" "$tmp/zero_bubble.log")  # the flag took effect
+check "zero bubble at 2 ranks ends with 1F1B's accuracy" "'${z}' != '' and '${z}' == '${p2}' and ${said} == 1"
 
 # Interrupted at a mid-epoch checkpoint, resumed at 3 ranks: same end.
 run "$tmp/full.log" 2 --strategy data --checkpoint-dir "$tmp/ckpt" --checkpoint-every 30
